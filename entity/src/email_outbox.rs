@@ -1,0 +1,78 @@
+//! The transactional outbox: one row per registration, written in the same transaction as the
+//! user. The database, not an actor's mailbox, is the source of truth for pending syncs.
+
+use sea_orm::entity::prelude::*;
+
+/// Lifecycle of an outbox row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+pub enum Status {
+    /// Not yet acknowledged by the provider; due at `next_attempt_at`.
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// Acknowledged by the provider (2xx) at `delivered_at`.
+    #[sea_orm(string_value = "delivered")]
+    Delivered,
+    /// Given up on (permanent answer, or attempts/time exhausted); waits for an operator.
+    #[sea_orm(string_value = "dead")]
+    Dead,
+}
+
+impl Status {
+    /// The name used in the database, the admin API and the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "email_outbox")]
+pub struct Model {
+    /// Stable across attempts: sent as `webhook-id`, the delivery's idempotency key.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    /// The registered user this row announces.
+    pub user_id: Uuid,
+    /// The `data` object of the webhook body, fixed at registration time (JSON text).
+    #[sea_orm(column_type = "Text")]
+    pub payload: String,
+    /// pending | delivered | dead.
+    pub status: Status,
+    /// Attempts made so far (reset by an operator's retry).
+    pub attempts: i32,
+    /// When the row is next due; oldest due first.
+    pub next_attempt_at: DateTimeUtc,
+    /// Lease: while in the future, one instance owns the row's delivery.
+    pub locked_until: Option<DateTimeUtc>,
+    /// The last failure, for operators.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub last_error: Option<String>,
+    /// The provider's last HTTP status, if it answered.
+    pub last_status: Option<i32>,
+    /// When the registration (and so this row) was committed.
+    pub created_at: DateTimeUtc,
+    /// When the provider acknowledged it.
+    pub delivered_at: Option<DateTimeUtc>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::user::Entity",
+        from = "Column::UserId",
+        to = "super::user::Column::Id"
+    )]
+    User,
+}
+
+impl Related<super::user::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::User.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,21 @@
+//! signup's schema, as sea-orm migrations applied at `signup serve` and `signup migrate`.
+//! A migration's name is its module name: never rename or edit one that has shipped.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_create_users;
+mod m20261126_000002_create_email_outbox;
+mod m20261126_000003_create_idempotency_keys;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261126_000001_create_users::Migration),
+            Box::new(m20261126_000002_create_email_outbox::Migration),
+            Box::new(m20261126_000003_create_idempotency_keys::Migration),
+        ]
+    }
+}

@@ -1,0 +1,8 @@
+//! The two actors of SPEC §1: the RegistrationActor (serialized uniqueness + insert, replies
+//! synchronously) and the email sync side it wakes with fire-and-forget messages.
+
+pub mod email_sync;
+pub mod registration;
+
+pub use email_sync::WakeUp;
+pub use registration::{Ping, RegisterUser, RegistrationActor, RegistrationError};

@@ -1,0 +1,198 @@
+//! The JSON API's one error type. Every failure a handler can meet becomes one of these
+//! variants, and this file alone turns them into RFC 9457 problem responses (SPEC §2.1).
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::domain::FieldError;
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_UNAVAILABLE: &str = "2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `bad_request`: malformed JSON, a missing field, a wrong type.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404 `not_found`.
+    #[error("not found")]
+    NotFound,
+    /// 409 `username_taken`.
+    #[error("this username is already taken")]
+    UsernameTaken,
+    /// 409 `email_taken`.
+    #[error("an account with this email address already exists")]
+    EmailTaken,
+    /// 413 `payload_too_large`.
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// 415 `unsupported_media_type`.
+    #[error("expected Content-Type: {expected}")]
+    UnsupportedMediaType { expected: &'static str },
+    /// 422 `invalid`, every failing field listed.
+    #[error("some fields are invalid")]
+    Invalid(Vec<FieldError>),
+    /// 422 `idempotency_key_reused`.
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    /// 503 `unavailable` with `Retry-After`: the database (or the actor) did not answer.
+    /// Nothing was half-written.
+    #[error("the service is temporarily unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// 500 `internal`: a bug, never bad input.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+}
+
+impl ApiError {
+    /// The stable, machine-readable `code` member.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound => "not_found",
+            ApiError::UsernameTaken => "username_taken",
+            ApiError::EmailTaken => "email_taken",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            ApiError::Invalid(_) => "invalid",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            ApiError::UsernameTaken => Some("username"),
+            ApiError::EmailTaken => Some("email"),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UsernameTaken | ApiError::EmailTaken => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Invalid(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        match self {
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = %error_chain(e.as_ref()), "answering 503")
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %error_chain(e.as_ref()), "answering 500")
+            }
+            _ => {}
+        }
+        let problem = Problem {
+            kind: format!("urn:signup:problem:{}", self.code()),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code: self.code(),
+            field: self.field(),
+            errors: match self {
+                ApiError::Invalid(errors) => Some(errors),
+                _ => None,
+            },
+        };
+        let mut response = HttpResponse::build(status);
+        response.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
+        if matches!(self, ApiError::Unavailable(_)) {
+            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE));
+        }
+        response.body(serde_json::to_string(&problem).unwrap_or_default())
+    }
+}
+
+/// `error: cause: cause…`, for logs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Maps actix-web's JSON extractor failures onto the problem types (SPEC §2.1).
+pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
+    use actix_web::error::JsonPayloadError as J;
+    match error {
+        J::ContentType => ApiError::UnsupportedMediaType {
+            expected: "application/json",
+        },
+        J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::PayloadTooLarge { limit },
+        J::Payload(actix_web::error::PayloadError::Overflow) => ApiError::PayloadTooLarge { limit },
+        J::Deserialize(e) => ApiError::BadRequest(describe_json_error(&e)),
+        other => ApiError::BadRequest(format!("unreadable body: {other}")),
+    }
+}
+
+/// Maps the URL-encoded form extractor's failures the same way.
+pub fn form_error(error: actix_web::error::UrlencodedError, limit: usize) -> ApiError {
+    use actix_web::error::UrlencodedError as U;
+    match error {
+        U::ContentType => ApiError::UnsupportedMediaType {
+            expected: "application/x-www-form-urlencoded",
+        },
+        U::Overflow { .. } => ApiError::PayloadTooLarge { limit },
+        U::Payload(actix_web::error::PayloadError::Overflow) => ApiError::PayloadTooLarge { limit },
+        other => ApiError::BadRequest(format!("invalid form body: {other}")),
+    }
+}
+
+/// serde_json's message without the offending value: "invalid type: integer `12345678`" could
+/// echo a password sent with the wrong type.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let at = format!("at line {} column {}", e.line(), e.column());
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            let message = e.to_string();
+            if let Some(expected) = message.split(", expected ").nth(1) {
+                let expected = expected.split(" at line").next().unwrap_or(expected);
+                format!("a field has the wrong type or value (expected {expected}) {at}")
+            } else {
+                // "missing field `email`", "duplicate field `email`": no values in them.
+                message
+            }
+        }
+        serde_json::error::Category::Syntax => format!("malformed JSON {at}"),
+        serde_json::error::Category::Eof => "the JSON body ends too early".to_string(),
+        serde_json::error::Category::Io => "the body could not be read".to_string(),
+    }
+}

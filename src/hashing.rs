@@ -1,0 +1,103 @@
+//! argon2id password hashing, off the async workers and outside the RegistrationActor.
+//!
+//! A hash takes tens of milliseconds of CPU and `argon2_m_kib` of memory. It runs on the
+//! blocking pool so HTTP workers keep serving, and never inside the actor's serialized section
+//! so registrations do not queue behind each other's hashing.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHasher as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand::RngCore;
+use tokio::sync::Semaphore;
+
+use crate::configuration::PasswordSettings;
+use crate::domain::Password;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("invalid argon2 parameters: {0}")]
+    Params(argon2::Error),
+    #[error("argon2 hashing failed: {0}")]
+    Hash(argon2::password_hash::Error),
+    #[error("the hashing task did not finish: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("the hashing pool is closed")]
+    Closed,
+}
+
+/// Hashes passwords with argon2id on the blocking pool, at most one hash per core at a time.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    params: Params,
+    /// Bounds concurrent hashes to the number of cores: more would not finish sooner, and each
+    /// holds `argon2_m_kib` of memory, so a burst of sign-ups cannot exhaust memory.
+    permits: Arc<Semaphore>,
+}
+
+impl PasswordHasher {
+    pub fn new(settings: &PasswordSettings) -> Result<Self, HashError> {
+        let params = Params::new(
+            settings.argon2_m_kib,
+            settings.argon2_t,
+            settings.argon2_p,
+            None,
+        )
+        .map_err(HashError::Params)?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(cores)),
+        })
+    }
+
+    /// Returns the PHC string (`$argon2id$v=19$m=…`) of `password` with a fresh random salt.
+    pub async fn hash(&self, password: Password) -> Result<String, HashError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashError::Closed)?;
+        let params = self.params.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut salt = [0u8; 16];
+            rand::rng().fill_bytes(&mut salt);
+            let salt = SaltString::encode_b64(&salt).map_err(HashError::Hash)?;
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(password.expose().as_bytes(), &salt)
+                .map(|hash| hash.to_string())
+                .map_err(HashError::Hash)
+        })
+        .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_phc_strings_that_verify() {
+        let settings = PasswordSettings {
+            argon2_m_kib: 1024,
+            argon2_t: 1,
+            argon2_p: 1,
+        };
+        let hasher = PasswordHasher::new(&settings).expect("valid parameters");
+        let password = Password::parse("correct horse", &[]).expect("valid password");
+        let phc = hasher.hash(password).await.expect("hashes");
+        assert!(phc.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{phc}");
+        let parsed = PasswordHash::new(&phc).expect("PHC string");
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse", &parsed)
+                .is_ok()
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"wrong horse", &parsed)
+                .is_err()
+        );
+    }
+}

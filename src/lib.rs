@@ -1,0 +1,25 @@
+//! signup: a registration server that answers sign-ups synchronously and syncs new users to the
+//! email provider asynchronously. Reading these modules top to bottom is a tour of it.
+
+/// The two actors: RegistrationActor (serialized writes) and the email sync's messages.
+pub mod actors;
+/// Settings from `config.toml` and `SIGNUP_…` variables.
+pub mod configuration;
+/// Connecting to SQLite / PostgreSQL and migrating.
+pub mod database;
+/// Username, Email, Password: parsed, normalised, validated.
+pub mod domain;
+/// The JSON API's error type and its problem+json responses.
+pub mod error;
+/// argon2id hashing on the blocking pool.
+pub mod hashing;
+/// The pipeline validate → hash → RegistrationActor, shared by API and form.
+pub mod registration;
+/// HTTP handlers.
+pub mod routes;
+/// Building and running the server.
+pub mod startup;
+/// The registration's transaction and the queries around users and the outbox.
+pub mod store;
+/// Log output.
+pub mod telemetry;

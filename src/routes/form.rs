@@ -1,0 +1,207 @@
+//! The HTML sign-up form (SPEC §2.2): works without JavaScript, POST/redirect/GET.
+
+use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::pages::{self, FormView};
+use super::{AppState, csrf};
+use crate::domain::FieldError;
+use crate::error::ApiError;
+use crate::store::{self, IdempotencyKey, Outcome};
+
+/// Remembers, for the welcome page, whom this browser just registered.
+const WELCOME_COOKIE: &str = "signup_welcome";
+
+/// The posted form. Absent fields are empty strings, so they get the same field messages as
+/// empty ones. No `Debug`: it holds the password.
+#[derive(Deserialize)]
+pub struct RegisterForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf_token: String,
+}
+
+pub async fn root() -> HttpResponse {
+    see_other("/register")
+}
+
+pub async fn show(request: HttpRequest) -> HttpResponse {
+    let (secret, is_new) = browser_secret(&request);
+    let view = FormView {
+        csrf_token: csrf::issue(&secret),
+        ..FormView::default()
+    };
+    with_secret_cookie(
+        pages::register(StatusCode::OK, &view),
+        &request,
+        &secret,
+        is_new,
+    )
+}
+
+pub async fn submit(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<RegisterForm>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    let secret = request.cookie(csrf::COOKIE).map(|c| c.value().to_owned());
+    let Some(nonce) = secret
+        .as_deref()
+        .and_then(|s| csrf::verify(s, &form.csrf_token))
+    else {
+        return pages::message(
+            StatusCode::FORBIDDEN,
+            "This form has expired",
+            "Please reload the sign-up page and submit it again. (Cookies must be enabled.)",
+        );
+    };
+    let secret = secret.unwrap_or_default();
+    // The nonce names this rendering of the form: a resubmission replays the first outcome.
+    // Only the nonce counts (an edited resubmission of a form that already succeeded still
+    // lands on the same welcome page), hence the constant fingerprint.
+    let key = IdempotencyKey {
+        key: format!("form:{nonce}"),
+        fingerprint: String::new(),
+    };
+    let result = state
+        .registrar
+        .register(&form.username, &form.email, &form.password, Some(key))
+        .await;
+    let again = |status: StatusCode, errors: Vec<FieldError>, notice: Option<String>| {
+        let view = FormView {
+            username: form.username.trim().to_owned(),
+            email: form.email.trim().to_owned(),
+            csrf_token: csrf::issue(&secret),
+            errors,
+            notice,
+        };
+        pages::register(status, &view)
+    };
+    match result {
+        Ok(Outcome::Created(user) | Outcome::Replayed(user)) => {
+            let mut response = see_other("/register/welcome");
+            let cookie = Cookie::build(WELCOME_COOKIE, user.id.to_string())
+                .path("/register")
+                .http_only(true)
+                .secure(is_https(&request))
+                .same_site(SameSite::Lax)
+                .max_age(CookieDuration::hours(1))
+                .finish();
+            if let Err(e) = response.add_cookie(&cookie) {
+                tracing::warn!(error = %e, "cannot set the welcome cookie");
+            }
+            response
+        }
+        Ok(Outcome::UsernameTaken) => again(
+            StatusCode::CONFLICT,
+            vec![FieldError::new(
+                "username",
+                "taken",
+                "This username is already taken.",
+            )],
+            None,
+        ),
+        Ok(Outcome::EmailTaken) => again(
+            StatusCode::CONFLICT,
+            vec![FieldError::new(
+                "email",
+                "taken",
+                "An account with this email address already exists.",
+            )],
+            None,
+        ),
+        Ok(Outcome::IdempotencyKeyReused) => again(
+            StatusCode::CONFLICT,
+            Vec::new(),
+            Some("This form was already used. Please submit it again.".into()),
+        ),
+        Err(ApiError::Invalid(errors)) => again(StatusCode::UNPROCESSABLE_ENTITY, errors, None),
+        Err(e) => {
+            let status = actix_web::ResponseError::status_code(&e);
+            tracing::warn!(error = %crate::error::error_chain(&e), %status, "form registration failed");
+            let mut response = again(
+                status,
+                Vec::new(),
+                Some("We could not complete your registration just now. Please try again in a moment.".into()),
+            );
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+            }
+            response
+        }
+    }
+}
+
+pub async fn welcome(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let id = request
+        .cookie(WELCOME_COOKIE)
+        .and_then(|c| Uuid::parse_str(c.value()).ok());
+    let Some(id) = id else {
+        return see_other("/register");
+    };
+    match store::find_user(&state.db, id).await {
+        Ok(Some(user)) => pages::welcome(&user.username),
+        Ok(None) => see_other("/register"),
+        Err(e) => {
+            tracing::warn!(error = %e, "welcome page cannot read the user");
+            let mut response = pages::message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Welcome!",
+                "Your account exists. This page could not be shown just now; please reload it.",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+            response
+        }
+    }
+}
+
+/// The browser's CSRF secret, or a new one (true) to be set.
+fn browser_secret(request: &HttpRequest) -> (String, bool) {
+    match request.cookie(csrf::COOKIE) {
+        Some(c) if !c.value().is_empty() => (c.value().to_owned(), false),
+        _ => (csrf::new_secret(), true),
+    }
+}
+
+fn with_secret_cookie(
+    mut response: HttpResponse,
+    request: &HttpRequest,
+    secret: &str,
+    is_new: bool,
+) -> HttpResponse {
+    if is_new {
+        let cookie = Cookie::build(csrf::COOKIE, secret.to_owned())
+            .path("/register")
+            .http_only(true)
+            .secure(is_https(request))
+            .same_site(SameSite::Strict)
+            .finish();
+        if let Err(e) = response.add_cookie(&cookie) {
+            tracing::warn!(error = %e, "cannot set the CSRF cookie");
+        }
+    }
+    response
+}
+
+fn is_https(request: &HttpRequest) -> bool {
+    request.connection_info().scheme() == "https"
+}
+
+fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .finish()
+}

@@ -1,0 +1,53 @@
+//! HTTP routes: the JSON API, the HTML form, health. Handlers parse, call the [`Registrar`]
+//! or a query, and shape the answer; they hold no business rules.
+
+mod csrf;
+mod form;
+mod health;
+mod pages;
+mod registrations;
+
+use actix::Addr;
+use actix_web::web;
+use sea_orm::DatabaseConnection;
+
+use crate::actors::RegistrationActor;
+use crate::error::{ApiError, form_error, json_error};
+use crate::registration::Registrar;
+
+/// Shared by every worker (cheap clones of handles).
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub registrar: Registrar,
+    pub registration_actor: Addr<RegistrationActor>,
+}
+
+/// Mounts every route; `max_body_bytes` bounds JSON and form bodies (413 beyond).
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(max_body_bytes)
+            .error_handler(move |e, _| json_error(e, max_body_bytes).into()),
+    )
+    .app_data(
+        web::FormConfig::default()
+            .limit(max_body_bytes)
+            .error_handler(move |e, _| form_error(e, max_body_bytes).into()),
+    )
+    .route("/", web::get().to(form::root))
+    .route("/register", web::get().to(form::show))
+    .route("/register", web::post().to(form::submit))
+    .route("/register/welcome", web::get().to(form::welcome))
+    .route(
+        "/api/v1/registrations",
+        web::post().to(registrations::create),
+    )
+    .route("/health/live", web::get().to(health::live))
+    .route("/health/ready", web::get().to(health::ready))
+    .default_service(web::to(not_found));
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}

@@ -1,0 +1,312 @@
+//! The registration's database work: check a batch of candidates for uniqueness and insert the
+//! accepted users, their outbox rows and idempotency keys in one transaction. Called only by the
+//! RegistrationActor, one batch at a time.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use entity::{email_outbox, idempotency_key, user};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait, QueryFilter, QuerySelect, SqlErr, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::domain::{Email, Username};
+
+/// One registration waiting to be committed (validated, password already hashed).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub username: Username,
+    pub email: Email,
+    pub password_hash: String,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// A submission's key and the fingerprint of what it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// Namespaced, e.g. `form:<nonce>`.
+    pub key: String,
+    /// Equal fingerprints mean "the same request".
+    pub fingerprint: String,
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredUser {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<user::Model> for RegisteredUser {
+    fn from(m: user::Model) -> Self {
+        Self {
+            id: m.id,
+            username: m.username,
+            email: m.email,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// What became of one candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new user (and outbox row) was committed.
+    Created(RegisteredUser),
+    /// The idempotency key had already created this user: nothing new was written.
+    Replayed(RegisteredUser),
+    UsernameTaken,
+    /// Also when both are taken: the email wins.
+    EmailTaken,
+    /// The key was used before for a different request.
+    IdempotencyKeyReused,
+}
+
+/// Registers `candidates` in order, as if one after the other: a later candidate that repeats
+/// an earlier one's username or email is refused exactly as it would be a moment later.
+///
+/// Either every accepted candidate is committed or none is (`Err`).
+pub async fn register_batch(
+    db: &DatabaseConnection,
+    candidates: &[Candidate],
+) -> Result<Vec<Outcome>, DbErr> {
+    match try_batch(db, candidates).await {
+        Err(e) if is_unique_violation(&e) => {
+            // Another instance on the same PostgreSQL inserted a name or address between our
+            // check and our insert. Replay the batch one by one: each check then sees the rival.
+            let mut outcomes = Vec::with_capacity(candidates.len());
+            for candidate in candidates {
+                outcomes.push(register_one(db, candidate).await?);
+            }
+            Ok(outcomes)
+        }
+        other => other,
+    }
+}
+
+/// Alone, a lost race can only repeat if the rival keeps winning; after a few tries the
+/// violated index itself tells which field is taken.
+async fn register_one(db: &DatabaseConnection, candidate: &Candidate) -> Result<Outcome, DbErr> {
+    let single = std::slice::from_ref(candidate);
+    for _ in 0..3 {
+        match try_batch(db, single).await {
+            Ok(mut outcomes) => return Ok(outcomes.remove(0)),
+            Err(e) if is_unique_violation(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    match try_batch(db, single).await {
+        Ok(mut outcomes) => Ok(outcomes.remove(0)),
+        Err(e) => match e.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(m)) if m.contains("email") => {
+                Ok(Outcome::EmailTaken)
+            }
+            Some(SqlErr::UniqueConstraintViolation(m)) if m.contains("username") => {
+                Ok(Outcome::UsernameTaken)
+            }
+            _ => Err(e),
+        },
+    }
+}
+
+fn is_unique_violation(e: &DbErr) -> bool {
+    matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// One transaction: look up keys and taken names, decide each candidate, insert the winners.
+async fn try_batch(
+    db: &DatabaseConnection,
+    candidates: &[Candidate],
+) -> Result<Vec<Outcome>, DbErr> {
+    // IMMEDIATE on SQLite: take the write lock at BEGIN. A deferred transaction that reads and
+    // then writes fails with SQLITE_BUSY (not waiting) if another connection wrote in between.
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+
+    let keys: Vec<&str> = candidates
+        .iter()
+        .filter_map(|c| c.idempotency.as_ref().map(|k| k.key.as_str()))
+        .collect();
+    let mut known_keys = known_keys(&txn, &keys).await?;
+    let (mut taken_usernames, mut taken_emails) = taken(&txn, candidates).await?;
+
+    // Truncated to microseconds: PostgreSQL stores no finer, and a replay must show the same
+    // `created_at` as the first answer.
+    let now = Utc::now().trunc_subsecs(6);
+    let mut outcomes = Vec::with_capacity(candidates.len());
+    let mut users = Vec::new();
+    let mut outbox = Vec::new();
+    let mut new_keys = Vec::new();
+    for candidate in candidates {
+        if let Some(key) = &candidate.idempotency {
+            if let Some((fingerprint, user)) = known_keys.get(&key.key) {
+                outcomes.push(if *fingerprint == key.fingerprint {
+                    Outcome::Replayed(user.clone())
+                } else {
+                    Outcome::IdempotencyKeyReused
+                });
+                continue;
+            }
+        }
+        if taken_emails.contains(candidate.email.normalized()) {
+            outcomes.push(Outcome::EmailTaken);
+            continue;
+        }
+        if taken_usernames.contains(candidate.username.normalized()) {
+            outcomes.push(Outcome::UsernameTaken);
+            continue;
+        }
+        let created = RegisteredUser {
+            id: Uuid::new_v4(),
+            username: candidate.username.as_str().to_owned(),
+            email: candidate.email.as_str().to_owned(),
+            created_at: now,
+        };
+        taken_emails.insert(candidate.email.normalized().to_owned());
+        taken_usernames.insert(candidate.username.normalized().to_owned());
+        users.push(user::ActiveModel {
+            id: Set(created.id),
+            username: Set(created.username.clone()),
+            username_normalized: Set(candidate.username.normalized().to_owned()),
+            email: Set(created.email.clone()),
+            email_normalized: Set(candidate.email.normalized().to_owned()),
+            password_hash: Set(candidate.password_hash.clone()),
+            created_at: Set(now),
+        });
+        outbox.push(new_outbox_row(&created));
+        if let Some(key) = &candidate.idempotency {
+            new_keys.push(idempotency_key::ActiveModel {
+                key: Set(key.key.clone()),
+                fingerprint: Set(key.fingerprint.clone()),
+                user_id: Set(created.id),
+                created_at: Set(now),
+            });
+            known_keys.insert(key.key.clone(), (key.fingerprint.clone(), created.clone()));
+        }
+        outcomes.push(Outcome::Created(created));
+    }
+
+    if !users.is_empty() {
+        user::Entity::insert_many(users)
+            .exec_without_returning(&txn)
+            .await?;
+        email_outbox::Entity::insert_many(outbox)
+            .exec_without_returning(&txn)
+            .await?;
+        if !new_keys.is_empty() {
+            idempotency_key::Entity::insert_many(new_keys)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+    }
+    txn.commit().await?;
+    Ok(outcomes)
+}
+
+/// The outbox row announcing `user`: due at once, attempt 0.
+fn new_outbox_row(user: &RegisteredUser) -> email_outbox::ActiveModel {
+    let payload = serde_json::json!({
+        "user_id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "registered_at": user.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    });
+    email_outbox::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        user_id: Set(user.id),
+        payload: Set(payload.to_string()),
+        status: Set(email_outbox::Status::Pending),
+        attempts: Set(0),
+        next_attempt_at: Set(user.created_at),
+        locked_until: Set(None),
+        last_error: Set(None),
+        last_status: Set(None),
+        created_at: Set(user.created_at),
+        delivered_at: Set(None),
+    }
+}
+
+/// Keys among `keys` used before, with their fingerprint and user.
+async fn known_keys<C: ConnectionTrait>(
+    db: &C,
+    keys: &[&str],
+) -> Result<HashMap<String, (String, RegisteredUser)>, DbErr> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = idempotency_key::Entity::find()
+        .filter(idempotency_key::Column::Key.is_in(keys.iter().copied()))
+        .all(db)
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+    let users: HashMap<Uuid, user::Model> = user::Entity::find()
+        .filter(user::Column::Id.is_in(ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let user = users.get(&r.user_id)?.clone();
+            Some((r.key, (r.fingerprint, user.into())))
+        })
+        .collect())
+}
+
+/// The normalised usernames and emails among the candidates' that are already registered.
+async fn taken<C: ConnectionTrait>(
+    db: &C,
+    candidates: &[Candidate],
+) -> Result<(HashSet<String>, HashSet<String>), DbErr> {
+    let usernames: Vec<&str> = candidates.iter().map(|c| c.username.normalized()).collect();
+    let emails: Vec<&str> = candidates.iter().map(|c| c.email.normalized()).collect();
+    let rows: Vec<(String, String)> = user::Entity::find()
+        .select_only()
+        .column(user::Column::UsernameNormalized)
+        .column(user::Column::EmailNormalized)
+        .filter(
+            Condition::any()
+                .add(user::Column::UsernameNormalized.is_in(usernames.iter().copied()))
+                .add(user::Column::EmailNormalized.is_in(emails.iter().copied())),
+        )
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut taken_usernames = HashSet::new();
+    let mut taken_emails = HashSet::new();
+    for (username, email) in rows {
+        taken_usernames.insert(username);
+        taken_emails.insert(email);
+    }
+    Ok((taken_usernames, taken_emails))
+}
+
+/// The user with `id`, if registered.
+pub async fn find_user(db: &DatabaseConnection, id: Uuid) -> Result<Option<RegisteredUser>, DbErr> {
+    Ok(user::Entity::find_by_id(id).one(db).await?.map(Into::into))
+}
+
+/// Pending and dead outbox rows, for readiness.
+pub async fn outbox_counts(db: &DatabaseConnection) -> Result<(u64, u64), DbErr> {
+    use sea_orm::PaginatorTrait;
+    let count = |status| {
+        email_outbox::Entity::find()
+            .filter(email_outbox::Column::Status.eq(status))
+            .count(db)
+    };
+    Ok((
+        count(email_outbox::Status::Pending).await?,
+        count(email_outbox::Status::Dead).await?,
+    ))
+}
