@@ -37,7 +37,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -268,21 +268,6 @@ impl Default for LogSettings {
         Self {
             level: "info".into(),
             format: LogFormat::Text,
-        }
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            server: ServerSettings::default(),
-            database: DatabaseSettings::default(),
-            password: PasswordSettings::default(),
-            registration: RegistrationSettings::default(),
-            rate_limit: RateLimitSettings::default(),
-            email_sync: EmailSyncSettings::default(),
-            admin: AdminSettings::default(),
-            log: LogSettings::default(),
         }
     }
 }
@@ -617,7 +602,9 @@ mod tests {
 
     #[test]
     fn bad_configuration_is_rejected_naming_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str, &str)] = &[
+        // (file, environment, the key the message must name, what the case shows)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (
                 "[server]\nbindd = \"x\"\n",
                 &[],

@@ -147,15 +147,15 @@ async fn try_batch(
     let mut outbox = Vec::new();
     let mut new_keys = Vec::new();
     for candidate in candidates {
-        if let Some(key) = &candidate.idempotency {
-            if let Some((fingerprint, user)) = known_keys.get(&key.key) {
-                outcomes.push(if *fingerprint == key.fingerprint {
-                    Outcome::Replayed(user.clone())
-                } else {
-                    Outcome::IdempotencyKeyReused
-                });
-                continue;
-            }
+        if let Some(key) = &candidate.idempotency
+            && let Some((fingerprint, user)) = known_keys.get(&key.key)
+        {
+            outcomes.push(if *fingerprint == key.fingerprint {
+                Outcome::Replayed(user.clone())
+            } else {
+                Outcome::IdempotencyKeyReused
+            });
+            continue;
         }
         if taken_emails.contains(candidate.email.normalized()) {
             outcomes.push(Outcome::EmailTaken);

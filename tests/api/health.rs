@@ -1,0 +1,63 @@
+//! `/health/live` and `/health/ready`.
+
+use serde_json::Value;
+
+use crate::helpers::{registration, spawn_app};
+
+#[actix_web::test]
+async fn liveness_is_200_ok() {
+    let app = spawn_app().await;
+
+    let response = app.get("/health/live").await;
+
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+}
+
+#[actix_web::test]
+async fn readiness_reports_database_actor_and_outbox_counts() {
+    let app = spawn_app().await;
+    for n in 0..3 {
+        assert_eq!(
+            app.post_registration(&registration(n))
+                .await
+                .status()
+                .as_u16(),
+            201
+        );
+    }
+
+    let response = app.get("/health/ready").await;
+
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["database"], "up");
+    assert_eq!(body["registration"], "up");
+    assert_eq!(body["email_sync"]["pending"], 3);
+    assert_eq!(body["email_sync"]["dead"], 0);
+    assert!(
+        ["closed", "open", "half_open"]
+            .contains(&body["email_sync"]["circuit"].as_str().unwrap_or(""))
+    );
+}
+
+#[actix_web::test]
+async fn readiness_is_503_while_liveness_stays_200_when_the_database_is_gone() {
+    let app = spawn_app().await;
+    app.server_db.close_by_ref().await.expect("the pool closes");
+
+    let ready = app.get("/health/ready").await;
+    let live = app.get("/health/live").await;
+
+    assert_eq!(ready.status().as_u16(), 503);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["database"], "down");
+    assert_eq!(
+        live.status().as_u16(),
+        200,
+        "liveness never touches the database"
+    );
+}

@@ -1,0 +1,243 @@
+use std::sync::Once;
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use signup::configuration::Settings;
+use signup::startup::Application;
+use tempfile::TempDir;
+
+/// Which database the suite runs on: SQLite (default) or PostgreSQL (`TEST_DATABASE=postgres`,
+/// with `TEST_POSTGRES_URL` naming a role that may create databases).
+pub enum TestDatabase {
+    Sqlite,
+    Postgres(String),
+}
+
+impl TestDatabase {
+    pub fn from_env() -> Self {
+        match std::env::var("TEST_DATABASE").as_deref() {
+            Ok("postgres") => match std::env::var("TEST_POSTGRES_URL") {
+                Ok(url) => TestDatabase::Postgres(url),
+                Err(_) => panic!("TEST_DATABASE=postgres needs TEST_POSTGRES_URL"),
+            },
+            Ok("sqlite") | Err(_) => TestDatabase::Sqlite,
+            Ok(other) => panic!("TEST_DATABASE must be sqlite or postgres, not {other}"),
+        }
+    }
+}
+
+static TRACING: Once = Once::new();
+
+/// Logs only when `TEST_LOG` is set.
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            signup::telemetry::init(&Default::default());
+        }
+    });
+}
+
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// A connection of the test's own, for arranging and asserting.
+    pub db: DatabaseConnection,
+    /// The server's own pool: closing it makes the database "unavailable" to the server.
+    pub server_db: DatabaseConnection,
+    /// No redirects followed, cookies kept (like a browser).
+    pub client: reqwest::Client,
+    pub is_postgres: bool,
+    /// Keeps the SQLite file alive for the test's duration.
+    _dir: Option<TempDir>,
+}
+
+/// Settings every test starts from: a free port, cheap hashing, no rate limit.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.workers = 2;
+    settings.password.argon2_m_kib = 1024;
+    settings.password.argon2_t = 1;
+    settings.rate_limit.per_minute = 0;
+    settings.database.acquire_timeout = std::time::Duration::from_secs(2);
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the server with `adjust`ed test settings on a fresh database.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    init_tracing();
+    let mut settings = test_settings();
+    let (url, dir, is_postgres) = fresh_database().await;
+    settings.database.url = SecretString::from(url.clone());
+    adjust(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("the application starts");
+    let port = app.port();
+    let server_db = app.db().clone();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let db = Database::connect(&url)
+        .await
+        .expect("the test connects to its database");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("a reqwest client");
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+
+        db,
+        server_db,
+        client,
+        is_postgres,
+        _dir: dir,
+    }
+}
+
+/// A database no other test uses: a new SQLite file, or a new PostgreSQL database.
+pub async fn fresh_database() -> (String, Option<TempDir>, bool) {
+    match TestDatabase::from_env() {
+        TestDatabase::Sqlite => {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let url = format!("sqlite://{}", dir.path().join("signup.db").display());
+            (url, Some(dir), false)
+        }
+        TestDatabase::Postgres(admin_url) => {
+            let name = format!("signup_test_{}", uuid::Uuid::new_v4().simple());
+            let admin = Database::connect(&admin_url)
+                .await
+                .expect("TEST_POSTGRES_URL accepts connections");
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("the test role may create databases");
+            admin.close().await.ok();
+            (with_database(&admin_url, &name), None, true)
+        }
+    }
+}
+
+/// `postgres://u:p@host:5432/anything?x` → `postgres://u:p@host:5432/<name>?x`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{name}?{q}"),
+        None => format!("{host_part}/{name}"),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_registration(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/registrations"))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_raw(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/registrations"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// GET /register and return the form's CSRF token (the cookie is kept by the client).
+    pub async fn csrf_token(&self) -> String {
+        let page = self.get("/register").await.text().await.expect("page");
+        hidden_value(&page, "csrf_token").expect("the form has a csrf_token")
+    }
+
+    pub async fn post_form(&self, fields: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .post(self.url("/register"))
+            .form(fields)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn user_count(&self) -> u64 {
+        entity::user::Entity::find()
+            .count(&self.db)
+            .await
+            .expect("count users")
+    }
+
+    pub async fn outbox_rows(&self) -> Vec<entity::email_outbox::Model> {
+        entity::email_outbox::Entity::find()
+            .all(&self.db)
+            .await
+            .expect("outbox rows")
+    }
+}
+
+/// A valid registration body; `n` makes the username and email unique.
+pub fn registration(n: usize) -> Value {
+    json!({
+        "username": format!("user{n}"),
+        "email": format!("user{n}@example.com"),
+        "password": "correct horse battery",
+    })
+}
+
+/// The `value` of `<input … name="{name}" value="…">` in `html`.
+pub fn hidden_value(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name=\"{name}\""))?;
+    let rest = &html[at..];
+    let start = rest.find("value=\"")? + "value=\"".len();
+    let end = rest[start..].find('"')?;
+    Some(rest[start..start + end].to_string())
+}
+
+/// Asserts a problem+json response and returns its body.
+pub async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("a JSON problem");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    for member in ["type", "title", "detail"] {
+        assert!(body[member].is_string(), "problem member {member}: {body}");
+    }
+    body
+}

@@ -1,0 +1,15 @@
+//! The HTTP suite: each test starts the real server on a free port, on its own database
+//! (a temp SQLite file, or a fresh PostgreSQL database with `TEST_DATABASE=postgres`), and talks
+//! HTTP to it.
+
+// Table-driven tests spell their case tuples out where they are read.
+#![allow(clippy::type_complexity)]
+
+mod browser;
+mod cli;
+mod concurrency;
+mod form;
+mod health;
+mod helpers;
+mod outbox;
+mod registrations;
