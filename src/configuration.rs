@@ -391,6 +391,17 @@ impl Settings {
         if self.registration.max_batch == 0 {
             return fail("registration.max_batch", "must be at least 1");
         }
+        if reqwest::Url::parse(&self.email_sync.url).is_err() {
+            return fail(
+                "email_sync.url",
+                "expected a URL, e.g. https://provider.example/webhook",
+            );
+        }
+        if let Some(secret) = &self.email_sync.secret
+            && crate::email::webhook::decode_secret(secret.expose_secret()).is_err()
+        {
+            return fail("email_sync.secret", "expected whsec_<base64>");
+        }
         if self.email_sync.max_in_flight == 0 {
             return fail("email_sync.max_in_flight", "must be at least 1");
         }

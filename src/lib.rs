@@ -9,10 +9,16 @@ pub mod configuration;
 pub mod database;
 /// Username, Email, Password: parsed, normalised, validated.
 pub mod domain;
+/// The email provider: webhook signing and classification, retry schedule, circuit breaker.
+pub mod email;
 /// The JSON API's error type and its problem+json responses.
 pub mod error;
 /// argon2id hashing on the blocking pool.
 pub mod hashing;
+/// `signup mock-provider`: a local stand-in for the email provider.
+pub mod mock_provider;
+/// Claiming, completing and cleaning outbox rows (the delivery side).
+pub mod outbox;
 /// The pipeline validate → hash → RegistrationActor, shared by API and form.
 pub mod registration;
 /// HTTP handlers.

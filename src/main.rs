@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use signup::configuration::Settings;
 use signup::startup::Application;
-use signup::{database, telemetry};
+use signup::{database, mock_provider, telemetry};
 
 /// signup: a registration server.
 #[derive(Parser)]
@@ -23,11 +23,52 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Run a local stand-in for the email provider that verifies and prints deliveries.
+    MockProvider {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        bind: String,
+        /// Signing secret (whsec_...); requests with a bad signature get 401.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Fraction of requests (0-1) answered 503.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Delay before each answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Answer every request with this status.
+        #[arg(long)]
+        status: Option<u16>,
+    },
 }
 
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::MockProvider {
+        bind,
+        secret,
+        fail_rate,
+        latency_ms,
+        status,
+    }) = cli.command
+    {
+        let options = mock_provider::MockOptions {
+            bind,
+            secret,
+            fail_rate,
+            latency: std::time::Duration::from_millis(latency_ms),
+            status,
+        };
+        return match mock_provider::run(options).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("signup mock-provider: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match Settings::load(cli.config.as_deref(), std::env::vars()) {
         Ok(settings) => settings,
         Err(e) => {
@@ -39,6 +80,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::MockProvider { .. } => unreachable!("handled before loading settings"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,17 +2,18 @@
 //! server's per-worker factory), bind, serve.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
-use actix::{Actor, Addr};
+use actix::{Actor, Addr, Arbiter, Supervisor};
 use actix_web::dev::Server;
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{App, HttpServer, web};
 use sea_orm::{DatabaseConnection, DbErr};
 
-use crate::actors::RegistrationActor;
-use crate::actors::email_sync::PendingOnlyActor;
+use crate::actors::{DeliveryHook, EmailSyncActor, EmailSyncStatus, RegistrationActor};
 use crate::configuration::Settings;
 use crate::database;
+use crate::email::WebhookProvider;
 use crate::hashing::{HashError, PasswordHasher};
 use crate::registration::Registrar;
 use crate::routes::{self, AppState};
@@ -30,6 +31,15 @@ pub enum StartupError {
     },
     #[error(transparent)]
     Hashing(#[from] HashError),
+    #[error("cannot build the email provider client: {0}")]
+    Provider(#[source] reqwest::Error),
+}
+
+/// Seams for tests; all empty in production.
+#[derive(Default, Clone)]
+pub struct Hooks {
+    /// Runs in each delivery task before its attempt.
+    pub before_delivery: Option<DeliveryHook>,
 }
 
 /// A built, bound, not yet running server.
@@ -37,26 +47,46 @@ pub struct Application {
     port: u16,
     server: Server,
     db: DatabaseConnection,
+    email_sync: Arc<EmailSyncStatus>,
+    /// Stops the email sync's Arbiter when the server's future ends or is dropped.
+    email_sync_thread: ArbiterGuard,
+}
+
+/// Stops an Arbiter (thread) on drop: the Arbiter is not part of the HTTP server, and would
+/// otherwise outlive it (in tests, where several apps run in one process).
+struct ArbiterGuard(actix::ArbiterHandle);
+
+impl Drop for ArbiterGuard {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 impl Application {
     /// Connects, migrates and binds. Must run inside an actix `System` (`#[actix_web::main]`,
     /// `#[actix_web::test]`).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_hooks(settings, Hooks::default()).await
+    }
+
+    /// As [`build`](Self::build), with test seams.
+    pub async fn build_with_hooks(settings: Settings, hooks: Hooks) -> Result<Self, StartupError> {
         let db = database::connect(&settings.database)
             .await
             .map_err(StartupError::Database)?;
         database::migrate(&db)
             .await
             .map_err(StartupError::Migrate)?;
-        Self::build_with_db(settings, db).await
+        Self::build_with_db(settings, db, hooks).await
     }
 
     /// As [`build`](Self::build), on an already migrated connection.
     pub async fn build_with_db(
         settings: Settings,
         db: DatabaseConnection,
+        hooks: Hooks,
     ) -> Result<Self, StartupError> {
+        install_crypto_provider();
         let listener =
             TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
                 addr: settings.server.bind.clone(),
@@ -72,9 +102,16 @@ impl Application {
 
         // Started here, once: an actor started inside the HttpServer factory would exist once
         // per worker, and registrations would no longer be serialized.
-        let email_sync = PendingOnlyActor.start().recipient();
-        let registration_actor: Addr<RegistrationActor> =
-            RegistrationActor::new(db.clone(), settings.registration.max_batch, email_sync).start();
+        let email_sync_status = Arc::new(EmailSyncStatus::default());
+        let (email_sync, email_sync_thread) =
+            start_email_sync(&settings, db.clone(), Arc::clone(&email_sync_status), hooks)?;
+        let registration_actor: Addr<RegistrationActor> = RegistrationActor::new(
+            db.clone(),
+            settings.registration.max_batch,
+            email_sync.recipient(),
+            Arc::clone(&email_sync_status),
+        )
+        .start();
         let state = AppState {
             db: db.clone(),
             registrar: Registrar {
@@ -82,6 +119,7 @@ impl Application {
                 actor: registration_actor.clone(),
             },
             registration_actor,
+            email_sync: Arc::clone(&email_sync_status),
         };
 
         let max_body = settings.server.max_body_bytes;
@@ -109,7 +147,13 @@ impl Application {
             source,
         })?
         .run();
-        Ok(Self { port, server, db })
+        Ok(Self {
+            port,
+            server,
+            db,
+            email_sync: email_sync_status,
+            email_sync_thread: ArbiterGuard(email_sync_thread),
+        })
     }
 
     /// The bound port (useful with `bind = "127.0.0.1:0"`).
@@ -122,8 +166,54 @@ impl Application {
         &self.db
     }
 
+    /// What the email sync publishes (circuit state, dropped wake-ups).
+    pub fn email_sync_status(&self) -> Arc<EmailSyncStatus> {
+        Arc::clone(&self.email_sync)
+    }
+
     /// Serves until SIGTERM/SIGINT (or the server handle is stopped).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let _email_sync_thread = self.email_sync_thread;
         self.server.await
     }
+}
+
+/// One TLS crypto provider (ring) for the whole binary, installed before any client is built.
+pub fn install_crypto_provider() {
+    // Err means one is installed already (a second app in the same test process).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Starts the EmailSyncActor on an Arbiter (thread) of its own, under a Supervisor: its
+/// mailbox, timers, retries and circuit breaker never share a thread with the request path.
+fn start_email_sync(
+    settings: &Settings,
+    db: DatabaseConnection,
+    status: Arc<EmailSyncStatus>,
+    hooks: Hooks,
+) -> Result<(Addr<EmailSyncActor>, actix::ArbiterHandle), StartupError> {
+    let sync = settings.email_sync.clone();
+    let key = match sync.secret.as_ref() {
+        Some(secret) => {
+            use secrecy::ExposeSecret;
+            // Validated with the rest of the configuration.
+            crate::email::webhook::decode_secret(secret.expose_secret()).unwrap_or_default()
+        }
+        None => {
+            tracing::warn!(
+                "email_sync.secret is not set: webhooks are signed with a random key the provider cannot verify; \
+                 set SIGNUP_EMAIL_SYNC__SECRET=whsec_..."
+            );
+            crate::routes::random_bytes(32)
+        }
+    };
+    let provider = Arc::new(
+        WebhookProvider::new(sync.url.clone(), key, sync.timeout)
+            .map_err(StartupError::Provider)?,
+    );
+    let arbiter = Arbiter::new();
+    let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+        EmailSyncActor::new(db, provider, sync, status, hooks.before_delivery)
+    });
+    Ok((addr, arbiter.handle()))
 }

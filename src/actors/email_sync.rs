@@ -1,25 +1,345 @@
-//! The email sync side's message. The RegistrationActor `try_send`s a [`WakeUp`] after each
-//! commit that created users; a lost wake-up loses nothing, since the outbox is the truth.
+//! The EmailSyncActor: delivers outbox rows to the email provider, on its own Arbiter (thread),
+//! under actix's `Supervisor`, with a bounded mailbox. Nothing on the request path waits on it:
+//! the RegistrationActor only `try_send`s a [`WakeUp`], and readiness reads the circuit state
+//! from an atomic this actor publishes.
+//!
+//! The outbox is the source of truth: on start, on every wake-up and on every `poll_interval`
+//! the actor claims due rows, so a dropped wake-up, a full mailbox or a restart loses nothing.
+//!
+//! Each delivery runs as its own spawned task. A panic in delivery code then ends that task,
+//! not the Arbiter's thread (actix's `Supervisor` restarts an actor that stops, but a panic in a
+//! handler would take the whole Arbiter down); the panic is recorded as a failed attempt and the
+//! row is retried on its schedule.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::configuration::EmailSyncSettings;
+use crate::email::{
+    Admission, AttemptOutcome, CircuitBreaker, CircuitState, WebhookProvider, retry,
+};
+use crate::outbox::{self, Claimed, Completion};
 
 /// "There may be new due rows in the outbox." Carries no data on purpose.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct WakeUp;
 
-/// Stands in for the EmailSyncActor until delivery is built: it accepts wake-ups and does
-/// nothing, so outbox rows stay pending (and are visible in readiness).
-pub struct PendingOnlyActor;
+/// Called in the delivery task before each attempt, with the outbox row id. A seam for tests
+/// (inject a panic, or stall the Arbiter); a no-op in production.
+pub type DeliveryHook = Arc<dyn Fn(Uuid) + Send + Sync>;
 
-impl Actor for PendingOnlyActor {
-    type Context = Context<Self>;
+/// What the rest of the process may know about the email sync without asking it.
+#[derive(Debug, Default)]
+pub struct EmailSyncStatus {
+    circuit: AtomicU8,
+    /// Wake-ups the RegistrationActor could not deliver because the mailbox was full or closed.
+    pub wakeups_dropped: AtomicU64,
 }
 
-impl Handler<WakeUp> for PendingOnlyActor {
+impl EmailSyncStatus {
+    pub fn circuit(&self) -> CircuitState {
+        match self.circuit.load(Ordering::Relaxed) {
+            1 => CircuitState::Open,
+            2 => CircuitState::HalfOpen,
+            _ => CircuitState::Closed,
+        }
+    }
+
+    fn set_circuit(&self, state: CircuitState) {
+        let value = match state {
+            CircuitState::Closed => 0,
+            CircuitState::Open => 1,
+            CircuitState::HalfOpen => 2,
+        };
+        self.circuit.store(value, Ordering::Relaxed);
+    }
+}
+
+/// How often delivered rows past `retention` are deleted.
+const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// Rows deleted per statement by the retention sweep.
+const RETENTION_BATCH: u64 = 1000;
+
+pub struct EmailSyncActor {
+    db: DatabaseConnection,
+    provider: Arc<WebhookProvider>,
+    settings: EmailSyncSettings,
+    breaker: CircuitBreaker,
+    status: Arc<EmailSyncStatus>,
+    hook: Option<DeliveryHook>,
+    /// Deliveries started and not yet recorded.
+    in_flight: usize,
+    /// A claim query is running; a second would race it for the same capacity.
+    claiming: bool,
+    /// A pump was asked for while claiming: pump again when the claim returns.
+    pump_again: bool,
+    /// The timer that pumps when an open circuit may half-open.
+    reopen_timer: Option<SpawnHandle>,
+}
+
+impl EmailSyncActor {
+    pub fn new(
+        db: DatabaseConnection,
+        provider: Arc<WebhookProvider>,
+        settings: EmailSyncSettings,
+        status: Arc<EmailSyncStatus>,
+        hook: Option<DeliveryHook>,
+    ) -> Self {
+        let cb = &settings.circuit_breaker;
+        let breaker = CircuitBreaker::new(cb.failure_threshold, cb.open_for, cb.max_open_for);
+        Self {
+            db,
+            provider,
+            settings,
+            breaker,
+            status,
+            hook,
+            in_flight: 0,
+            claiming: false,
+            pump_again: false,
+            reopen_timer: None,
+        }
+    }
+
+    /// Claims as many due rows as the circuit and `max_in_flight` allow and starts them.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.claiming {
+            self.pump_again = true;
+            return;
+        }
+        let capacity = self.settings.max_in_flight.saturating_sub(self.in_flight);
+        if capacity == 0 {
+            return; // each finished delivery pumps again
+        }
+        let before = self.breaker.state();
+        let admission = self.breaker.admit(Instant::now());
+        self.note_transition(before);
+        let limit = match admission {
+            Admission::Any => capacity,
+            Admission::Probe => 1,
+            Admission::None { until } => {
+                // Open: claim nothing, spend no attempts. Look again when it may half-open.
+                if let Some(until) = until {
+                    self.schedule_pump_at(until, ctx);
+                }
+                return;
+            }
+        };
+        let probe = admission == Admission::Probe;
+        self.claiming = true;
+        let db = self.db.clone();
+        let lease = self.settings.lease;
+        let claim = async move { outbox::claim(&db, limit, lease, Utc::now()).await };
+        ctx.spawn(claim.into_actor(self).map(move |result, act, ctx| {
+            act.claiming = false;
+            match result {
+                Ok(claims) => {
+                    if probe && claims.is_empty() {
+                        act.breaker.on_abandoned();
+                    }
+                    for claimed in claims {
+                        act.start_delivery(claimed, ctx);
+                    }
+                }
+                Err(e) => {
+                    if probe {
+                        act.breaker.on_abandoned();
+                    }
+                    tracing::warn!(error = %e, "cannot claim outbox rows; retrying at the next poll");
+                }
+            }
+            if std::mem::take(&mut act.pump_again) {
+                act.pump(ctx);
+            }
+        }));
+    }
+
+    fn schedule_pump_at(&mut self, at: Instant, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.reopen_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let delay = at.saturating_duration_since(Instant::now());
+        self.reopen_timer = Some(ctx.run_later(delay, |act, ctx| {
+            act.reopen_timer = None;
+            act.pump(ctx);
+        }));
+    }
+
+    fn start_delivery(&mut self, claimed: Claimed, ctx: &mut Context<Self>) {
+        self.in_flight += 1;
+        let provider = Arc::clone(&self.provider);
+        let hook = self.hook.clone();
+        let id = claimed.row.id;
+        let payload = claimed.row.payload.clone();
+        // A task of its own: a panic in it is caught by the runtime and seen here as a JoinError.
+        let task = tokio::task::spawn_local(async move {
+            if let Some(hook) = hook {
+                hook(id);
+            }
+            provider.deliver(id, &payload).await
+        });
+        let attempt = async move {
+            match task.await {
+                Ok(outcome) => outcome,
+                Err(e) => AttemptOutcome::Transient {
+                    status: None,
+                    error: format!("delivery task failed: {e}"),
+                    retry_after: None,
+                    misconfigured: false,
+                },
+            }
+        };
+        ctx.spawn(
+            attempt
+                .into_actor(self)
+                .map(move |outcome, act, ctx| act.record(claimed, outcome, ctx)),
+        );
+    }
+
+    /// Updates the circuit and stores the attempt's outcome on the row.
+    fn record(&mut self, claimed: Claimed, outcome: AttemptOutcome, ctx: &mut Context<Self>) {
+        let now = Utc::now();
+        let attempts = claimed.row.attempts.saturating_add(1);
+        let id = claimed.row.id;
+        let before = self.breaker.state();
+        let completion = match outcome {
+            AttemptOutcome::Delivered { status } => {
+                self.breaker.on_success();
+                tracing::info!(outbox_id = %id, attempts, "delivered to the email provider");
+                Completion::Delivered { status }
+            }
+            AttemptOutcome::Permanent { status, error } => {
+                // The provider is up and answered; it refused this message.
+                self.breaker.on_success();
+                tracing::error!(outbox_id = %id, status, %error, "the provider refused a row permanently; it is dead until an operator retries it");
+                Completion::Dead {
+                    status: Some(status).filter(|s| *s != 0),
+                    error,
+                }
+            }
+            AttemptOutcome::Transient {
+                status,
+                error,
+                retry_after,
+                misconfigured,
+            } => {
+                self.breaker.on_failure(Instant::now());
+                if misconfigured {
+                    tracing::error!(outbox_id = %id, ?status, %error, "email provider rejects our requests: check email_sync.url and email_sync.secret");
+                } else {
+                    tracing::warn!(outbox_id = %id, ?status, %error, attempts, "delivery failed; will retry");
+                }
+                let attempts_made = u32::try_from(attempts).unwrap_or(u32::MAX);
+                match retry::next_attempt_at(
+                    attempts_made,
+                    claimed.row.created_at,
+                    now,
+                    retry_after,
+                    &self.settings.retry,
+                ) {
+                    Some(at) => Completion::Retry { at, status, error },
+                    None => {
+                        tracing::error!(outbox_id = %id, attempts, %error, "giving up on a row after email_sync.retry.max_attempts / max_elapsed; it is dead until an operator retries it");
+                        Completion::Dead { status, error }
+                    }
+                }
+            }
+        };
+        self.note_transition(before);
+        let db = self.db.clone();
+        let write = async move { outbox::complete(&db, &claimed, attempts, completion, now).await };
+        ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
+            act.in_flight = act.in_flight.saturating_sub(1);
+            match result {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(outbox_id = %id, "lease expired before the outcome was stored; another claim owns the row"),
+                // The lease expires and the row is attempted again: at least once, same webhook-id.
+                Err(e) => tracing::warn!(outbox_id = %id, error = %e, "cannot store a delivery outcome"),
+            }
+            act.pump(ctx);
+        }));
+    }
+
+    /// Logs and publishes a change of circuit state.
+    fn note_transition(&mut self, before: CircuitState) {
+        let after = self.breaker.state();
+        if before == after {
+            return;
+        }
+        self.status.set_circuit(after);
+        match after {
+            CircuitState::Open => tracing::warn!(
+                from = before.as_str(),
+                "email provider circuit opened: deliveries paused (see email_sync.url, email_sync.circuit_breaker)"
+            ),
+            CircuitState::HalfOpen => tracing::info!(
+                from = before.as_str(),
+                "email provider circuit half-open: sending a probe"
+            ),
+            CircuitState::Closed => tracing::info!(
+                from = before.as_str(),
+                "email provider circuit closed: deliveries resume"
+            ),
+        }
+    }
+
+    fn sweep_delivered(&mut self, ctx: &mut Context<Self>) {
+        let Ok(retention) = chrono::Duration::from_std(self.settings.retention) else {
+            return;
+        };
+        let db = self.db.clone();
+        let sweep = async move {
+            match outbox::delete_delivered_before(&db, Utc::now() - retention, RETENTION_BATCH)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    deleted = n,
+                    "deleted delivered outbox rows past email_sync.retention"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+        };
+        ctx.spawn(sweep.into_actor(self));
+    }
+}
+
+impl Actor for EmailSyncActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
+        self.status.set_circuit(self.breaker.state());
+        ctx.run_interval(self.settings.poll_interval, |act, ctx| act.pump(ctx));
+        ctx.run_interval(RETENTION_SWEEP_EVERY, |act, ctx| act.sweep_delivered(ctx));
+        self.sweep_delivered(ctx);
+        self.pump(ctx);
+    }
+}
+
+impl Supervised for EmailSyncActor {
+    /// The supervisor reuses this value and drops its pending futures: forget them. Their rows'
+    /// leases expire and the rows are claimed again.
+    fn restarting(&mut self, _: &mut Self::Context) {
+        tracing::warn!("email sync actor restarting");
+        self.in_flight = 0;
+        self.claiming = false;
+        self.pump_again = false;
+        self.reopen_timer = None;
+    }
+}
+
+impl Handler<WakeUp> for EmailSyncActor {
     type Result = ();
 
-    fn handle(&mut self, _: WakeUp, _: &mut Self::Context) {
-        tracing::trace!("email sync is not running; outbox rows stay pending");
+    fn handle(&mut self, _: WakeUp, ctx: &mut Self::Context) {
+        self.pump(ctx);
     }
 }

@@ -9,12 +9,14 @@
 //! handler never awaits, so the mailbox keeps draining into the queue while a commit runs.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
-use super::WakeUp;
+use super::{EmailSyncStatus, WakeUp};
 use crate::store::{self, Candidate, Outcome};
 
 /// Register one validated, hashed candidate. Answered after its transaction commits.
@@ -48,6 +50,8 @@ pub struct RegistrationActor {
     /// The email sync's mailbox. `try_send` only: a full or closed mailbox must never block or
     /// fail a registration.
     email_sync: Recipient<WakeUp>,
+    /// Where dropped wake-ups are counted.
+    email_sync_status: Arc<EmailSyncStatus>,
     /// Requests received while a commit was running, oldest first.
     queue: VecDeque<Queued>,
     /// True while a batch's transaction is in flight: the serialization point.
@@ -55,11 +59,17 @@ pub struct RegistrationActor {
 }
 
 impl RegistrationActor {
-    pub fn new(db: DatabaseConnection, max_batch: usize, email_sync: Recipient<WakeUp>) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        max_batch: usize,
+        email_sync: Recipient<WakeUp>,
+        email_sync_status: Arc<EmailSyncStatus>,
+    ) -> Self {
         Self {
             db,
             max_batch: max_batch.max(1),
             email_sync,
+            email_sync_status,
             queue: VecDeque::new(),
             committing: false,
         }
@@ -110,7 +120,10 @@ impl RegistrationActor {
         // Fire-and-forget: if the mailbox is full a wake-up is already pending, and the email
         // sync's poll finds due rows anyway.
         if let Err(e) = self.email_sync.try_send(WakeUp) {
-            tracing::debug!(error = %e, "email sync wake-up dropped");
+            self.email_sync_status
+                .wakeups_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "email sync wake-up dropped; its poll will find the rows");
         }
     }
 }

@@ -152,7 +152,12 @@ mod tests {
         assert_eq!(cb.state(), CircuitState::Closed, "two of three");
         cb.on_failure(t0);
         assert_eq!(cb.state(), CircuitState::Open);
-        assert_eq!(cb.admit(t0), Admission::None { until: Some(t0 + OPEN_FOR) });
+        assert_eq!(
+            cb.admit(t0),
+            Admission::None {
+                until: Some(t0 + OPEN_FOR)
+            }
+        );
     }
 
     #[test]
@@ -172,10 +177,17 @@ mod tests {
         let t0 = Instant::now();
         let mut cb = breaker();
         (0..3).for_each(|_| cb.on_failure(t0));
-        assert!(matches!(cb.admit(t0 + OPEN_FOR - Duration::from_millis(1)), Admission::None { .. }));
+        assert!(matches!(
+            cb.admit(t0 + OPEN_FOR - Duration::from_millis(1)),
+            Admission::None { .. }
+        ));
         assert_eq!(cb.admit(t0 + OPEN_FOR), Admission::Probe);
         assert_eq!(cb.state(), CircuitState::HalfOpen);
-        assert_eq!(cb.admit(t0 + OPEN_FOR), Admission::None { until: None }, "one probe at a time");
+        assert_eq!(
+            cb.admit(t0 + OPEN_FOR),
+            Admission::None { until: None },
+            "one probe at a time"
+        );
     }
 
     #[test]
@@ -200,13 +212,23 @@ mod tests {
             cb.on_failure(now);
             assert_eq!(cb.state(), CircuitState::Open);
             let until = now + Duration::from_secs(expected);
-            assert_eq!(cb.admit(now), Admission::None { until: Some(until) }, "{expected}s");
+            assert_eq!(
+                cb.admit(now),
+                Admission::None { until: Some(until) },
+                "{expected}s"
+            );
             now = until;
         }
         assert_eq!(cb.admit(now), Admission::Probe);
         cb.on_success();
         (0..3).for_each(|_| cb.on_failure(now));
-        assert_eq!(cb.admit(now), Admission::None { until: Some(now + OPEN_FOR) }, "reset after closing");
+        assert_eq!(
+            cb.admit(now),
+            Admission::None {
+                until: Some(now + OPEN_FOR)
+            },
+            "reset after closing"
+        );
     }
 
     #[test]

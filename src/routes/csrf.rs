@@ -9,7 +9,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use sha2::Sha256;
 
 /// The cookie holding the browser's secret.
@@ -47,9 +46,7 @@ fn mac(secret: &str, nonce: &str) -> HmacSha256 {
 }
 
 fn random_token(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    URL_SAFE_NO_PAD.encode(buf)
+    URL_SAFE_NO_PAD.encode(super::random_bytes(bytes))
 }
 
 #[cfg(test)]

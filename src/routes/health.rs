@@ -38,7 +38,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         "status": if ok { "ok" } else { "unavailable" },
         "database": if database_up { "up" } else { "down" },
         "registration": if registration_up { "up" } else { "down" },
-        "email_sync": {"circuit": "closed", "pending": pending, "dead": dead},
+        "email_sync": {"circuit": state.email_sync.circuit().as_str(), "pending": pending, "dead": dead},
     });
     if ok {
         HttpResponse::Ok().json(body)

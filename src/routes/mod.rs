@@ -11,7 +11,9 @@ use actix::Addr;
 use actix_web::web;
 use sea_orm::DatabaseConnection;
 
-use crate::actors::RegistrationActor;
+use std::sync::Arc;
+
+use crate::actors::{EmailSyncStatus, RegistrationActor};
 use crate::error::{ApiError, form_error, json_error};
 use crate::registration::Registrar;
 
@@ -21,6 +23,16 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub registrar: Registrar,
     pub registration_actor: Addr<RegistrationActor>,
+    /// Read-only view of the email sync (an atomic): never waits on the actor.
+    pub email_sync: Arc<EmailSyncStatus>,
+}
+
+/// `n` random bytes from the OS-seeded generator.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut buf = vec![0u8; n];
+    rand::rng().fill_bytes(&mut buf);
+    buf
 }
 
 /// Mounts every route; `max_body_bytes` bounds JSON and form bodies (413 beyond).

@@ -3,8 +3,9 @@ use std::sync::Once;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use signup::actors::EmailSyncStatus;
 use signup::configuration::Settings;
-use signup::startup::Application;
+use signup::startup::{Application, Hooks};
 use tempfile::TempDir;
 
 /// Which database the suite runs on: SQLite (default) or PostgreSQL (`TEST_DATABASE=postgres`,
@@ -48,6 +49,8 @@ pub struct TestApp {
     /// No redirects followed, cookies kept (like a browser).
     pub client: reqwest::Client,
     pub is_postgres: bool,
+    /// The email sync's published state.
+    pub email_sync: std::sync::Arc<EmailSyncStatus>,
     /// Keeps the SQLite file alive for the test's duration.
     _dir: Option<TempDir>,
 }
@@ -61,7 +64,42 @@ pub fn test_settings() -> Settings {
     settings.password.argon2_t = 1;
     settings.rate_limit.per_minute = 0;
     settings.database.acquire_timeout = std::time::Duration::from_secs(2);
+    // Nothing listens here: tests that watch deliveries point this at their own mock.
+    settings.email_sync.url = "http://127.0.0.1:9/webhook".into();
     settings
+}
+
+/// The signing secret of the tests' provider.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Points the email sync at `base` (a mock's URI) with timings short enough for tests.
+pub fn use_provider(settings: &mut Settings, base: &str) {
+    use std::time::Duration;
+    let sync = &mut settings.email_sync;
+    sync.url = format!("{base}/webhook");
+    sync.secret = Some(SecretString::from(SECRET));
+    sync.timeout = Duration::from_millis(1500);
+    sync.poll_interval = Duration::from_millis(200);
+    sync.retry.initial_interval = Duration::from_millis(100);
+    sync.retry.max_interval = Duration::from_millis(500);
+    sync.circuit_breaker.open_for = Duration::from_millis(500);
+    sync.circuit_breaker.max_open_for = Duration::from_secs(2);
+}
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -70,14 +108,20 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the server with `adjust`ed test settings on a fresh database.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with_hooks(adjust, Hooks::default()).await
+}
+
+/// As [`spawn_app_with`], with test seams in the email sync.
+pub async fn spawn_app_with_hooks(adjust: impl FnOnce(&mut Settings), hooks: Hooks) -> TestApp {
     init_tracing();
     let mut settings = test_settings();
     let (url, dir, is_postgres) = fresh_database().await;
     settings.database.url = SecretString::from(url.clone());
     adjust(&mut settings);
-    let app = Application::build(settings)
+    let app = Application::build_with_hooks(settings, hooks)
         .await
         .expect("the application starts");
+    let email_sync = app.email_sync_status();
     let port = app.port();
     let server_db = app.db().clone();
     actix_web::rt::spawn(app.run_until_stopped());
@@ -96,6 +140,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         server_db,
         client,
         is_postgres,
+        email_sync,
         _dir: dir,
     }
 }
@@ -108,17 +153,37 @@ pub async fn fresh_database() -> (String, Option<TempDir>, bool) {
             let url = format!("sqlite://{}", dir.path().join("signup.db").display());
             (url, Some(dir), false)
         }
-        TestDatabase::Postgres(admin_url) => {
-            let name = format!("signup_test_{}", uuid::Uuid::new_v4().simple());
-            let admin = Database::connect(&admin_url)
-                .await
-                .expect("TEST_POSTGRES_URL accepts connections");
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                .await
-                .expect("the test role may create databases");
-            admin.close().await.ok();
-            (with_database(&admin_url, &name), None, true)
+        TestDatabase::Postgres(admin_url) => (fresh_postgres(&admin_url).await, None, true),
+    }
+}
+
+/// A new, empty PostgreSQL database; returns its URL.
+pub async fn fresh_postgres(admin_url: &str) -> String {
+    let name = format!("signup_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(admin_url)
+        .await
+        .expect("TEST_POSTGRES_URL accepts connections");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("the test role may create databases");
+    admin.close().await.ok();
+    with_database(admin_url, &name)
+}
+
+/// `TEST_POSTGRES_URL` for tests that need PostgreSQL whatever the suite runs on. `None` (the
+/// test skips, saying why) when it is not set, except under `CI=true`, where that is a failure.
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but TEST_POSTGRES_URL is not set: this test needs PostgreSQL")
+        }
+        Err(_) => {
+            eprintln!(
+                "skipping: TEST_POSTGRES_URL is not set (a PostgreSQL role that may create databases)"
+            );
+            None
         }
     }
 }
@@ -202,6 +267,44 @@ impl TestApp {
             .all(&self.db)
             .await
             .expect("outbox rows")
+    }
+
+    /// Outbox rows with `status`.
+    pub async fn outbox_with(
+        &self,
+        status: entity::email_outbox::Status,
+    ) -> Vec<entity::email_outbox::Model> {
+        self.outbox_rows()
+            .await
+            .into_iter()
+            .filter(|r| r.status == status)
+            .collect()
+    }
+
+    /// Waits until every outbox row is delivered and there are `n` of them.
+    pub async fn wait_all_delivered(&self, n: usize) {
+        use entity::email_outbox::Status;
+        wait_until(
+            &format!("{n} rows are delivered"),
+            std::time::Duration::from_secs(30),
+            || async {
+                let rows = self.outbox_rows().await;
+                rows.len() == n && rows.iter().all(|r| r.status == Status::Delivered)
+            },
+        )
+        .await;
+    }
+
+    /// Registers users `range` and asserts each got 201.
+    pub async fn register_all(&self, range: std::ops::Range<usize>) {
+        for n in range {
+            let status = self
+                .post_registration(&registration(n))
+                .await
+                .status()
+                .as_u16();
+            assert_eq!(status, 201, "registration {n}");
+        }
     }
 }
 

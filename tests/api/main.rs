@@ -8,8 +8,10 @@
 mod browser;
 mod cli;
 mod concurrency;
+mod email_sync;
 mod form;
 mod health;
 mod helpers;
 mod outbox;
+mod processes;
 mod registrations;

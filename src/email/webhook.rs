@@ -1,0 +1,304 @@
+//! The `webhook` provider (SPEC §3.1): Standard Webhooks signing, one HTTP attempt, and the
+//! classification of its answer (SPEC §3.2).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, SecondsFormat, Utc};
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretSlice};
+use sha2::Sha256;
+use uuid::Uuid;
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// 2xx.
+    Delivered { status: u16 },
+    /// Worth retrying; counts against the circuit breaker.
+    Transient {
+        status: Option<u16>,
+        error: String,
+        /// The provider's `Retry-After`, if any.
+        retry_after: Option<Duration>,
+        /// 401/403/404/410: the endpoint or its credentials are wrong, not the message.
+        misconfigured: bool,
+    },
+    /// Any other 4xx: the message itself is refused; retrying cannot help.
+    Permanent { status: u16, error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("expected whsec_<base64>")]
+    Format,
+}
+
+/// Decodes `whsec_<base64>` into the HMAC key.
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SecretError> {
+    let encoded = secret.strip_prefix("whsec_").ok_or(SecretError::Format)?;
+    let key = STANDARD.decode(encoded).map_err(|_| SecretError::Format)?;
+    if key.is_empty() {
+        return Err(SecretError::Format);
+    }
+    Ok(key)
+}
+
+/// `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`.
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
+    // HMAC takes keys of any length.
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// The webhook body for the outbox `payload` (the `data` object), at attempt time `now`.
+pub fn body(payload: &str, now: DateTime<Utc>) -> Result<String, serde_json::Error> {
+    let data: serde_json::Value = serde_json::from_str(payload)?;
+    serde_json::to_string(&serde_json::json!({
+        "type": "user.registered",
+        "timestamp": now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "data": data,
+    }))
+}
+
+/// Judges an HTTP answer.
+pub fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: std::time::SystemTime,
+) -> AttemptOutcome {
+    let code = status.as_u16();
+    if status.is_success() {
+        return AttemptOutcome::Delivered { status: code };
+    }
+    let retry_after = matches!(code, 429 | 503)
+        .then(|| headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()))
+        .flatten()
+        .and_then(|v| parse_retry_after(v, now));
+    match code {
+        401 | 403 | 404 | 410 => AttemptOutcome::Transient {
+            status: Some(code),
+            error: format!(
+                "provider answered {status}: check email_sync.url and email_sync.secret"
+            ),
+            retry_after: None,
+            misconfigured: true,
+        },
+        408 | 425 | 429 | 500..=599 => AttemptOutcome::Transient {
+            status: Some(code),
+            error: format!("provider answered {status}"),
+            retry_after,
+            misconfigured: false,
+        },
+        400..=499 => AttemptOutcome::Permanent {
+            status: code,
+            error: format!("provider refused the message: {status}"),
+        },
+        // 1xx/3xx (redirects are not followed: a moved endpoint is a configuration matter).
+        _ => AttemptOutcome::Transient {
+            status: Some(code),
+            error: format!("unexpected answer {status}: check email_sync.url"),
+            retry_after: None,
+            misconfigured: true,
+        },
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Delivers outbox rows to `email_sync.url`. One `reqwest` client (one connection pool).
+pub struct WebhookProvider {
+    client: reqwest::Client,
+    url: String,
+    key: SecretSlice<u8>,
+}
+
+impl WebhookProvider {
+    pub fn new(url: String, key: Vec<u8>, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("signup/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            client,
+            url,
+            key: SecretSlice::from(key),
+        })
+    }
+
+    /// One attempt for outbox row `id` with its `payload`.
+    pub async fn deliver(&self, id: Uuid, payload: &str) -> AttemptOutcome {
+        let now = Utc::now();
+        let body = match body(payload, now) {
+            Ok(body) => body,
+            Err(e) => {
+                return AttemptOutcome::Permanent {
+                    status: 0,
+                    error: format!("stored payload is not JSON: {e}"),
+                };
+            }
+        };
+        let id = id.to_string();
+        let timestamp = now.timestamp();
+        let signature = sign(self.key.expose_secret(), &id, timestamp, &body);
+        let result = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match result {
+            Ok(response) => classify(
+                response.status(),
+                response.headers(),
+                std::time::SystemTime::now(),
+            ),
+            Err(e) => AttemptOutcome::Transient {
+                status: None,
+                error: describe(&e),
+                retry_after: None,
+                misconfigured: false,
+            },
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {}", crate::error::error_chain(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_matches_the_standard_webhooks_example() {
+        // The example from the Standard Webhooks specification's reference tests.
+        let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("valid secret");
+        let body = r#"{"test": 2432232314}"#;
+        let signature = sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn malformed_secrets_are_refused() {
+        for bad in [
+            "",
+            "whsec_",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_!!!",
+        ] {
+            assert!(decode_secret(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn answers_are_classified_per_the_spec() {
+        let now = std::time::SystemTime::now();
+        let h = HeaderMap::new();
+        let class = |code: u16| classify(StatusCode::from_u16(code).expect("status"), &h, now);
+        for code in [200, 201, 202, 204] {
+            assert_eq!(
+                class(code),
+                AttemptOutcome::Delivered { status: code },
+                "{code}"
+            );
+        }
+        for code in [408, 425, 429, 500, 502, 503, 504] {
+            assert!(
+                matches!(
+                    class(code),
+                    AttemptOutcome::Transient {
+                        misconfigured: false,
+                        ..
+                    }
+                ),
+                "{code}"
+            );
+        }
+        for code in [401, 403, 404, 410] {
+            assert!(
+                matches!(
+                    class(code),
+                    AttemptOutcome::Transient {
+                        misconfigured: true,
+                        ..
+                    }
+                ),
+                "{code}"
+            );
+        }
+        for code in [400, 409, 413, 415, 422] {
+            assert!(
+                matches!(class(code), AttemptOutcome::Permanent { .. }),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = std::time::SystemTime::now();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        let parsed = parse_retry_after(&later, now).expect("date");
+        assert!(
+            parsed <= Duration::from_secs(90) && parsed >= Duration::from_secs(88),
+            "{parsed:?}"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "30".parse().expect("header"));
+        let outcome = classify(StatusCode::TOO_MANY_REQUESTS, &headers, now);
+        assert!(
+            matches!(outcome, AttemptOutcome::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn the_body_wraps_the_payload_as_user_registered() {
+        let now = Utc::now();
+        let body = body(
+            r#"{"user_id":"u","username":"a","email":"a@b.co","registered_at":"t"}"#,
+            now,
+        )
+        .expect("json");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["type"], "user.registered");
+        assert_eq!(v["data"]["username"], "a");
+        assert!(DateTime::parse_from_rfc3339(v["timestamp"].as_str().expect("ts")).is_ok());
+    }
+}

@@ -1,0 +1,196 @@
+//! Outbox queries of the delivery side: claim due rows with a lease, record each attempt's
+//! outcome, release claims, delete old delivered rows. SQLite and PostgreSQL.
+//!
+//! Why a lease (`locked_until`) rather than a lock held for the whole delivery: a delivery can
+//! take the provider's full timeout, and holding a transaction open that long would block other
+//! instances and, on SQLite, every writer. The lease value doubles as the claim's token: every
+//! update is conditioned on it, so an instance whose lease expired (and whose row another
+//! instance took over) cannot overwrite the newer claim.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use entity::email_outbox::{self, Status};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
+    EntityTrait, FromQueryResult, QueryFilter, Statement,
+};
+use uuid::Uuid;
+
+use crate::database::is_postgres;
+
+/// A claimed row: deliver it, then record the outcome with its `lease`.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub row: email_outbox::Model,
+    /// The `locked_until` this claim set; the token of every later update.
+    pub lease: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due rows, oldest due first, for `lease` from `now`.
+///
+/// On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several instances claim concurrently without
+/// waiting on or double-claiming each other's rows. On SQLite the single statement runs in the
+/// database's one write transaction at a time, which gives the same guarantee.
+pub async fn claim(
+    db: &DatabaseConnection,
+    limit: usize,
+    lease: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>, DbErr> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let now = now.trunc_subsecs(6);
+    let until = (now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60)))
+        .trunc_subsecs(6);
+    let limit = limit as i64;
+    let statement = if is_postgres(db) {
+        Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "UPDATE email_outbox SET locked_until = $1 WHERE id IN (\
+               SELECT id FROM email_outbox \
+               WHERE status = 'pending' AND next_attempt_at <= $2 \
+                 AND (locked_until IS NULL OR locked_until <= $2) \
+               ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING *",
+            [until.into(), now.into(), limit.into()],
+        )
+    } else {
+        Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            "UPDATE email_outbox SET locked_until = ? WHERE id IN (\
+               SELECT id FROM email_outbox \
+               WHERE status = 'pending' AND next_attempt_at <= ? \
+                 AND (locked_until IS NULL OR locked_until <= ?) \
+               ORDER BY next_attempt_at LIMIT ?) \
+             RETURNING *",
+            [until.into(), now.into(), now.into(), limit.into()],
+        )
+    };
+    let mut rows = email_outbox::Model::find_by_statement(statement)
+        .all(db)
+        .await?;
+    rows.sort_by_key(|r| r.next_attempt_at);
+    Ok(rows
+        .into_iter()
+        .map(|row| Claimed { row, lease: until })
+        .collect())
+}
+
+/// How an attempt ended, as stored.
+#[derive(Debug, Clone)]
+pub enum Completion {
+    Delivered {
+        status: u16,
+    },
+    Retry {
+        at: DateTime<Utc>,
+        status: Option<u16>,
+        error: String,
+    },
+    Dead {
+        status: Option<u16>,
+        error: String,
+    },
+}
+
+/// Records the outcome of attempt number `attempts` of a claimed row. False if the claim was
+/// lost (the lease expired and another instance owns the row now).
+pub async fn complete(
+    db: &DatabaseConnection,
+    claimed: &Claimed,
+    attempts: i32,
+    completion: Completion,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let mut update = email_outbox::ActiveModel {
+        attempts: Set(attempts),
+        locked_until: Set(None),
+        ..Default::default()
+    };
+    match completion {
+        Completion::Delivered { status } => {
+            update.status = Set(Status::Delivered);
+            update.delivered_at = Set(Some(now.trunc_subsecs(6)));
+            update.last_status = Set(Some(i32::from(status)));
+        }
+        Completion::Retry { at, status, error } => {
+            update.next_attempt_at = Set(at.trunc_subsecs(6));
+            update.last_status = Set(status.map(i32::from));
+            update.last_error = Set(Some(error));
+        }
+        Completion::Dead { status, error } => {
+            update.status = Set(Status::Dead);
+            update.last_status = Set(status.map(i32::from));
+            update.last_error = Set(Some(error));
+        }
+    }
+    let result = email_outbox::Entity::update_many()
+        .set(update)
+        .filter(email_outbox::Column::Id.eq(claimed.row.id))
+        .filter(email_outbox::Column::Status.eq(Status::Pending))
+        .filter(email_outbox::Column::LockedUntil.eq(claimed.lease))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Gives claims back without spending an attempt (shutdown, an abandoned delivery).
+pub async fn release(db: &DatabaseConnection, claims: &[Claimed]) -> Result<(), DbErr> {
+    for claimed in claims {
+        email_outbox::Entity::update_many()
+            .col_expr(
+                email_outbox::Column::LockedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(email_outbox::Column::Id.eq(claimed.row.id))
+            .filter(email_outbox::Column::LockedUntil.eq(claimed.lease))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes delivered rows delivered before `cutoff`, `batch` at a time so that no statement
+/// holds the write lock for long. Returns how many were deleted.
+pub async fn delete_delivered_before(
+    db: &DatabaseConnection,
+    cutoff: DateTime<Utc>,
+    batch: u64,
+) -> Result<u64, DbErr> {
+    let backend = db.get_database_backend();
+    let sql = if is_postgres(db) {
+        "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
+         WHERE status = 'delivered' AND delivered_at < $1 LIMIT $2)"
+    } else {
+        "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
+         WHERE status = 'delivered' AND delivered_at < ? LIMIT ?)"
+    };
+    let mut total = 0;
+    loop {
+        let statement =
+            Statement::from_sql_and_values(backend, sql, [cutoff.into(), (batch as i64).into()]);
+        let deleted = db.execute_raw(statement).await?.rows_affected();
+        total += deleted;
+        if deleted < batch {
+            return Ok(total);
+        }
+    }
+}
+
+/// Makes a dead or pending row due now with its attempts reset; false if no such row.
+pub async fn requeue(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbErr> {
+    let result = email_outbox::Entity::update_many()
+        .set(email_outbox::ActiveModel {
+            status: Set(Status::Pending),
+            attempts: Set(0),
+            next_attempt_at: Set(now.trunc_subsecs(6)),
+            locked_until: Set(None),
+            ..Default::default()
+        })
+        .filter(email_outbox::Column::Id.eq(id))
+        .filter(email_outbox::Column::Status.is_in([Status::Pending, Status::Dead]))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}

@@ -1,0 +1,214 @@
+//! signup as real processes: killed with SIGKILL and restarted, and two instances sharing one
+//! PostgreSQL.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use entity::email_outbox::{self, Status};
+use sea_orm::{Database, DatabaseConnection, EntityTrait};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{SECRET, fresh_postgres, postgres_admin_url, registration, wait_until};
+
+/// A `signup serve` child process, killed (SIGKILL) on drop.
+struct ServerProcess {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn start(database_url: &str, provider: &str) -> Self {
+        // The test's HTTP clients need the process's TLS provider like the server's do.
+        signup::startup::install_crypto_provider();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        // A directory of its own: the repository's config.toml must not be picked up.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_signup"));
+        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("SIGNUP_")) {
+            command.env_remove(name);
+        }
+        let settings = [
+            ("SIGNUP_SERVER__BIND", format!("127.0.0.1:{port}")),
+            ("SIGNUP_SERVER__WORKERS", "2".into()),
+            ("SIGNUP_DATABASE__URL", database_url.into()),
+            ("SIGNUP_PASSWORD__ARGON2_M_KIB", "1024".into()),
+            ("SIGNUP_PASSWORD__ARGON2_T", "1".into()),
+            ("SIGNUP_RATE_LIMIT__PER_MINUTE", "0".into()),
+            ("SIGNUP_EMAIL_SYNC__URL", format!("{provider}/webhook")),
+            ("SIGNUP_EMAIL_SYNC__SECRET", SECRET.into()),
+            ("SIGNUP_EMAIL_SYNC__POLL_INTERVAL", "200ms".into()),
+            ("SIGNUP_EMAIL_SYNC__LEASE", "5s".into()),
+            ("SIGNUP_EMAIL_SYNC__RETRY__INITIAL_INTERVAL", "100ms".into()),
+            ("SIGNUP_EMAIL_SYNC__RETRY__MAX_INTERVAL", "500ms".into()),
+            (
+                "SIGNUP_EMAIL_SYNC__CIRCUIT_BREAKER__OPEN_FOR",
+                "300ms".into(),
+            ),
+            (
+                "SIGNUP_EMAIL_SYNC__CIRCUIT_BREAKER__MAX_OPEN_FOR",
+                "1s".into(),
+            ),
+            ("SIGNUP_LOG__LEVEL", "error".into()),
+        ];
+        let child = command
+            .arg("serve")
+            .current_dir(dir.path())
+            .envs(settings)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("signup starts");
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        let live = format!("{}/health/live", server.base);
+        wait_until(
+            "the server process answers",
+            Duration::from_secs(30),
+            || {
+                let request = client.get(&live).send();
+                async move { request.await.is_ok_and(|r| r.status().is_success()) }
+            },
+        )
+        .await;
+        server
+    }
+
+    async fn register(&self, n: usize) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v1/registrations", self.base))
+            .json(&registration(n))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 201, "registration {n}");
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn rows(db: &DatabaseConnection) -> Vec<email_outbox::Model> {
+    email_outbox::Entity::find()
+        .all(db)
+        .await
+        .expect("outbox rows")
+}
+
+async fn ids_received(provider: &MockServer) -> Vec<String> {
+    provider
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .get("webhook-id")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn a_server_killed_with_sigkill_loses_no_pending_sync() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&provider)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("signup.db").display());
+    let server = ServerProcess::start(&url, &provider.uri()).await;
+    for n in 0..10 {
+        server.register(n).await;
+    }
+    let db = Database::connect(&url)
+        .await
+        .expect("the test opens the database");
+    wait_until(
+        "deliveries have failed",
+        Duration::from_secs(30),
+        || async { rows(&db).await.iter().any(|r| r.attempts >= 1) },
+    )
+    .await;
+
+    server.kill();
+    provider.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&provider)
+        .await;
+    let _restarted = ServerProcess::start(&url, &provider.uri()).await;
+
+    wait_until(
+        "every user is delivered after the restart",
+        Duration::from_secs(60),
+        || async {
+            let rows = rows(&db).await;
+            rows.len() == 10 && rows.iter().all(|r| r.status == Status::Delivered)
+        },
+    )
+    .await;
+    let received = ids_received(&provider).await;
+    for row in rows(&db).await {
+        assert!(
+            received.contains(&row.id.to_string()),
+            "{} delivered with its webhook-id",
+            row.id
+        );
+    }
+}
+
+#[actix_web::test]
+async fn two_instances_on_one_postgresql_deliver_every_user_exactly_once() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let url = fresh_postgres(&admin).await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204).set_delay(Duration::from_millis(50)))
+        .mount(&provider)
+        .await;
+    let first = ServerProcess::start(&url, &provider.uri()).await;
+    let second = ServerProcess::start(&url, &provider.uri()).await;
+
+    for n in 0..30 {
+        let server = if n % 2 == 0 { &first } else { &second };
+        server.register(n).await;
+    }
+
+    let db = Database::connect(&url).await.expect("the test connects");
+    wait_until(
+        "every user is delivered",
+        Duration::from_secs(60),
+        || async {
+            let rows = rows(&db).await;
+            rows.len() == 30 && rows.iter().all(|r| r.status == Status::Delivered)
+        },
+    )
+    .await;
+    let received = ids_received(&provider).await;
+    let mut unique = received.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 30, "every row delivered");
+    assert_eq!(received.len(), 30, "no row attempted by both instances");
+}
