@@ -60,6 +60,7 @@ async fn main() -> ExitCode {
             fail_rate,
             latency: std::time::Duration::from_millis(latency_ms),
             status,
+            quiet: false,
         };
         return match mock_provider::run(options).await {
             Ok(()) => ExitCode::SUCCESS,

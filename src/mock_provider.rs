@@ -22,6 +22,8 @@ pub struct MockOptions {
     pub latency: Duration,
     /// Answer every request with this status instead.
     pub status: Option<u16>,
+    /// Print nothing per request (benchmarks).
+    pub quiet: bool,
 }
 
 struct MockState {
@@ -76,12 +78,12 @@ async fn receive(
             }
         }
         if let Err(e) = verifier.verify(&body, &headers) {
-            println!("REJECTED webhook-id={id}: {e}");
+            say(options, format_args!("REJECTED webhook-id={id}: {e}"));
             return HttpResponse::Unauthorized().body(format!("signature: {e}"));
         }
     }
     if let Some(status) = options.status {
-        println!("ANSWERED {status} webhook-id={id}");
+        say(options, format_args!("ANSWERED {status} webhook-id={id}"));
         return HttpResponse::build(
             actix_web::http::StatusCode::from_u16(status)
                 .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
@@ -89,7 +91,7 @@ async fn receive(
         .finish();
     }
     if options.fail_rate > 0.0 && rand::rng().random::<f64>() < options.fail_rate {
-        println!("FAILED 503 webhook-id={id}");
+        say(options, format_args!("FAILED 503 webhook-id={id}"));
         return HttpResponse::ServiceUnavailable().finish();
     }
     let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -97,16 +99,25 @@ async fn receive(
         Ok(mut seen) => !seen.insert(id.clone()),
         Err(_) => false,
     };
-    println!(
-        "DELIVERED webhook-id={id} type={} user={} email={}{}",
-        event["type"].as_str().unwrap_or("?"),
-        event["data"]["username"].as_str().unwrap_or("?"),
-        event["data"]["email"].as_str().unwrap_or("?"),
-        if repeat { " (repeat)" } else { "" },
+    say(
+        options,
+        format_args!(
+            "DELIVERED webhook-id={id} type={} user={} email={}{}",
+            event["type"].as_str().unwrap_or("?"),
+            event["data"]["username"].as_str().unwrap_or("?"),
+            event["data"]["email"].as_str().unwrap_or("?"),
+            if repeat { " (repeat)" } else { "" },
+        ),
     );
     HttpResponse::NoContent().finish()
 }
 
 fn header<'r>(request: &'r HttpRequest, name: &str) -> Option<&'r str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn say(options: &MockOptions, line: std::fmt::Arguments<'_>) {
+    if !options.quiet {
+        println!("{line}");
+    }
 }

@@ -87,3 +87,71 @@ fn a_missing_config_file_is_a_clear_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/signup.toml"));
 }
+
+/// `signup mock-provider`, killed on drop.
+struct MockProvider(std::process::Child);
+
+impl Drop for MockProvider {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[actix_web::test]
+async fn the_mock_provider_accepts_signed_deliveries_and_rejects_bad_signatures() {
+    signup::startup::install_crypto_provider();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let _mock = MockProvider(
+        signup()
+            .args([
+                "mock-provider",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--secret",
+                crate::helpers::SECRET,
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("mock-provider starts"),
+    );
+    let url = format!("http://127.0.0.1:{port}/webhook");
+    let client = reqwest::Client::new();
+    crate::helpers::wait_until(
+        "the mock listens",
+        std::time::Duration::from_secs(20),
+        || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+    )
+    .await;
+    let key = signup::email::webhook::decode_secret(crate::helpers::SECRET).expect("secret");
+    let body =
+        r#"{"type":"user.registered","timestamp":"2026-01-01T00:00:00Z","data":{"username":"a"}}"#;
+    let timestamp = chrono::Utc::now().timestamp();
+    let send = |signature: String| {
+        client
+            .post(&url)
+            .header("webhook-id", "msg_1")
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+    };
+
+    let good = send(signup::email::webhook::sign(&key, "msg_1", timestamp, body))
+        .await
+        .expect("sent");
+    let bad = send(signup::email::webhook::sign(
+        b"another key",
+        "msg_1",
+        timestamp,
+        body,
+    ))
+    .await
+    .expect("sent");
+
+    assert!(good.status().is_success(), "{}", good.status());
+    assert_eq!(bad.status().as_u16(), 401);
+}
