@@ -318,7 +318,11 @@ impl Actor for EmailSyncActor {
         ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
         self.status.set_circuit(self.breaker.state());
         ctx.run_interval(self.settings.poll_interval, |act, ctx| act.pump(ctx));
-        ctx.run_interval(RETENTION_SWEEP_EVERY, |act, ctx| act.sweep_delivered(ctx));
+        // A retention shorter than the sweep period (tests, tiny deployments) is swept as often.
+        let sweep_every = RETENTION_SWEEP_EVERY
+            .min(self.settings.retention)
+            .max(Duration::from_millis(100));
+        ctx.run_interval(sweep_every, |act, ctx| act.sweep_delivered(ctx));
         self.sweep_delivered(ctx);
         self.pump(ctx);
     }

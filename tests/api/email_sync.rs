@@ -455,3 +455,48 @@ async fn with_the_mailbox_full_wake_ups_are_dropped_and_counted_and_the_poll_del
     );
     app.wait_all_delivered(10).await;
 }
+
+#[actix_web::test]
+async fn delivered_rows_are_deleted_after_the_retention_period_and_users_stay() {
+    let provider = MockServer::start().await;
+    accepting().mount(&provider).await;
+    let app = app_with_provider(&provider, |s| {
+        s.email_sync.retention = Duration::from_millis(300)
+    })
+    .await;
+
+    app.register_all(0..3).await;
+
+    wait_until("delivered rows are swept", PATIENCE, || async {
+        app.outbox_rows().await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        app.user_count().await,
+        3,
+        "users are never deleted by retention"
+    );
+}
+
+#[actix_web::test]
+async fn dead_rows_are_kept_past_the_retention_period() {
+    let provider = MockServer::start().await;
+    answering(400).mount(&provider).await;
+    let app = app_with_provider(&provider, |s| {
+        s.email_sync.retention = Duration::from_millis(200)
+    })
+    .await;
+
+    app.register_all(0..1).await;
+    wait_until("the row is dead", PATIENCE, || async {
+        app.outbox_with(Status::Dead).await.len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    assert_eq!(
+        app.outbox_with(Status::Dead).await.len(),
+        1,
+        "kept until an operator acts"
+    );
+}
