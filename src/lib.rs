@@ -15,6 +15,8 @@ pub mod email;
 pub mod error;
 /// argon2id hashing on the blocking pool.
 pub mod hashing;
+/// Prometheus metrics, one registry per application.
+pub mod metrics;
 /// `signup mock-provider`: a local stand-in for the email provider.
 pub mod mock_provider;
 /// Claiming, completing and cleaning outbox rows (the delivery side).

@@ -194,3 +194,17 @@ pub async fn requeue(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> R
         .await?;
     Ok(result.rows_affected == 1)
 }
+
+/// Pending and dead rows: readiness and the outbox gauges.
+pub async fn outbox_counts(db: &DatabaseConnection) -> Result<(u64, u64), DbErr> {
+    use sea_orm::PaginatorTrait;
+    let count = |status| {
+        email_outbox::Entity::find()
+            .filter(email_outbox::Column::Status.eq(status))
+            .count(db)
+    };
+    Ok((
+        count(email_outbox::Status::Pending).await?,
+        count(email_outbox::Status::Dead).await?,
+    ))
+}

@@ -10,11 +10,12 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{App, HttpServer, web};
 use sea_orm::{DatabaseConnection, DbErr};
 
-use crate::actors::{DeliveryHook, EmailSyncActor, EmailSyncStatus, RegistrationActor};
+use crate::actors::{DeliveryHook, EmailSyncActor, RegistrationActor};
 use crate::configuration::Settings;
 use crate::database;
 use crate::email::WebhookProvider;
 use crate::hashing::{HashError, PasswordHasher};
+use crate::metrics::Metrics;
 use crate::registration::Registrar;
 use crate::routes::{self, AppState};
 
@@ -31,6 +32,8 @@ pub enum StartupError {
     },
     #[error(transparent)]
     Hashing(#[from] HashError),
+    #[error("cannot create the metrics registry: {0}")]
+    Metrics(#[source] prometheus::Error),
     #[error("cannot build the email provider client: {0}")]
     Provider(#[source] reqwest::Error),
 }
@@ -47,7 +50,7 @@ pub struct Application {
     port: u16,
     server: Server,
     db: DatabaseConnection,
-    email_sync: Arc<EmailSyncStatus>,
+    metrics: Arc<Metrics>,
     /// Stops the email sync's Arbiter when the server's future ends or is dropped.
     email_sync_thread: ArbiterGuard,
 }
@@ -102,14 +105,14 @@ impl Application {
 
         // Started here, once: an actor started inside the HttpServer factory would exist once
         // per worker, and registrations would no longer be serialized.
-        let email_sync_status = Arc::new(EmailSyncStatus::default());
+        let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
         let (email_sync, email_sync_thread) =
-            start_email_sync(&settings, db.clone(), Arc::clone(&email_sync_status), hooks)?;
+            start_email_sync(&settings, db.clone(), Arc::clone(&metrics), hooks)?;
         let registration_actor: Addr<RegistrationActor> = RegistrationActor::new(
             db.clone(),
             settings.registration.max_batch,
             email_sync.recipient(),
-            Arc::clone(&email_sync_status),
+            Arc::clone(&metrics),
         )
         .start();
         let state = AppState {
@@ -117,15 +120,17 @@ impl Application {
             registrar: Registrar {
                 hasher: PasswordHasher::new(&settings.password)?,
                 actor: registration_actor.clone(),
+                metrics: Arc::clone(&metrics),
             },
             registration_actor,
-            email_sync: Arc::clone(&email_sync_status),
+            metrics: Arc::clone(&metrics),
         };
 
         let max_body = settings.server.max_body_bytes;
         let data = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(routes::observe))
                 .wrap(
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))
@@ -151,7 +156,7 @@ impl Application {
             port,
             server,
             db,
-            email_sync: email_sync_status,
+            metrics,
             email_sync_thread: ArbiterGuard(email_sync_thread),
         })
     }
@@ -166,9 +171,9 @@ impl Application {
         &self.db
     }
 
-    /// What the email sync publishes (circuit state, dropped wake-ups).
-    pub fn email_sync_status(&self) -> Arc<EmailSyncStatus> {
-        Arc::clone(&self.email_sync)
+    /// The application's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Serves until SIGTERM/SIGINT (or the server handle is stopped).
@@ -189,7 +194,7 @@ pub fn install_crypto_provider() {
 fn start_email_sync(
     settings: &Settings,
     db: DatabaseConnection,
-    status: Arc<EmailSyncStatus>,
+    metrics: Arc<Metrics>,
     hooks: Hooks,
 ) -> Result<(Addr<EmailSyncActor>, actix::ArbiterHandle), StartupError> {
     let sync = settings.email_sync.clone();
@@ -213,7 +218,7 @@ fn start_email_sync(
     );
     let arbiter = Arbiter::new();
     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-        EmailSyncActor::new(db, provider, sync, status, hooks.before_delivery)
+        EmailSyncActor::new(db, provider, sync, metrics, hooks.before_delivery)
     });
     Ok((addr, arbiter.handle()))
 }

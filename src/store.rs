@@ -22,6 +22,8 @@ pub struct Candidate {
     pub email: Email,
     pub password_hash: String,
     pub idempotency: Option<IdempotencyKey>,
+    /// The HTTP request's id, for the log line that links it to its outbox row.
+    pub request_id: String,
 }
 
 /// A submission's key and the fingerprint of what it asked for.
@@ -146,6 +148,7 @@ async fn try_batch(
     let mut users = Vec::new();
     let mut outbox = Vec::new();
     let mut new_keys = Vec::new();
+    let mut created_log = Vec::new();
     for candidate in candidates {
         if let Some(key) = &candidate.idempotency
             && let Some((fingerprint, user)) = known_keys.get(&key.key)
@@ -182,7 +185,9 @@ async fn try_batch(
             password_hash: Set(candidate.password_hash.clone()),
             created_at: Set(now),
         });
-        outbox.push(new_outbox_row(&created));
+        let outbox_id = Uuid::new_v4();
+        outbox.push(new_outbox_row(outbox_id, &created));
+        created_log.push((candidate, created.id, outbox_id));
         if let Some(key) = &candidate.idempotency {
             new_keys.push(idempotency_key::ActiveModel {
                 key: Set(key.key.clone()),
@@ -209,11 +214,21 @@ async fn try_batch(
         }
     }
     txn.commit().await?;
+    for (candidate, user_id, outbox_id) in created_log {
+        // Deliveries log the outbox id: this line links them to the request.
+        tracing::info!(
+            request_id = %candidate.request_id,
+            %user_id,
+            %outbox_id,
+            email = %candidate.email.masked(),
+            "registered"
+        );
+    }
     Ok(outcomes)
 }
 
 /// The outbox row announcing `user`: due at once, attempt 0.
-fn new_outbox_row(user: &RegisteredUser) -> email_outbox::ActiveModel {
+fn new_outbox_row(id: Uuid, user: &RegisteredUser) -> email_outbox::ActiveModel {
     let payload = serde_json::json!({
         "user_id": user.id,
         "username": user.username,
@@ -221,7 +236,7 @@ fn new_outbox_row(user: &RegisteredUser) -> email_outbox::ActiveModel {
         "registered_at": user.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
     });
     email_outbox::ActiveModel {
-        id: Set(Uuid::new_v4()),
+        id: Set(id),
         user_id: Set(user.id),
         payload: Set(payload.to_string()),
         status: Set(email_outbox::Status::Pending),
@@ -295,18 +310,4 @@ async fn taken<C: ConnectionTrait>(
 /// The user with `id`, if registered.
 pub async fn find_user(db: &DatabaseConnection, id: Uuid) -> Result<Option<RegisteredUser>, DbErr> {
     Ok(user::Entity::find_by_id(id).one(db).await?.map(Into::into))
-}
-
-/// Pending and dead outbox rows, for readiness.
-pub async fn outbox_counts(db: &DatabaseConnection) -> Result<(u64, u64), DbErr> {
-    use sea_orm::PaginatorTrait;
-    let count = |status| {
-        email_outbox::Entity::find()
-            .filter(email_outbox::Column::Status.eq(status))
-            .count(db)
-    };
-    Ok((
-        count(email_outbox::Status::Pending).await?,
-        count(email_outbox::Status::Dead).await?,
-    ))
 }

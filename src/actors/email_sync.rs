@@ -1,7 +1,7 @@
 //! The EmailSyncActor: delivers outbox rows to the email provider, on its own Arbiter (thread),
 //! under actix's `Supervisor`, with a bounded mailbox. Nothing on the request path waits on it:
 //! the RegistrationActor only `try_send`s a [`WakeUp`], and readiness reads the circuit state
-//! from an atomic this actor publishes.
+//! from the metrics gauge this actor publishes.
 //!
 //! The outbox is the source of truth: on start, on every wake-up and on every `poll_interval`
 //! the actor claims due rows, so a dropped wake-up, a full mailbox or a restart loses nothing.
@@ -12,7 +12,6 @@
 //! row is retried on its schedule.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -24,6 +23,7 @@ use crate::configuration::EmailSyncSettings;
 use crate::email::{
     Admission, AttemptOutcome, CircuitBreaker, CircuitState, WebhookProvider, retry,
 };
+use crate::metrics::Metrics;
 use crate::outbox::{self, Claimed, Completion};
 
 /// "There may be new due rows in the outbox." Carries no data on purpose.
@@ -35,35 +35,10 @@ pub struct WakeUp;
 /// (inject a panic, or stall the Arbiter); a no-op in production.
 pub type DeliveryHook = Arc<dyn Fn(Uuid) + Send + Sync>;
 
-/// What the rest of the process may know about the email sync without asking it.
-#[derive(Debug, Default)]
-pub struct EmailSyncStatus {
-    circuit: AtomicU8,
-    /// Wake-ups the RegistrationActor could not deliver because the mailbox was full or closed.
-    pub wakeups_dropped: AtomicU64,
-}
-
-impl EmailSyncStatus {
-    pub fn circuit(&self) -> CircuitState {
-        match self.circuit.load(Ordering::Relaxed) {
-            1 => CircuitState::Open,
-            2 => CircuitState::HalfOpen,
-            _ => CircuitState::Closed,
-        }
-    }
-
-    fn set_circuit(&self, state: CircuitState) {
-        let value = match state {
-            CircuitState::Closed => 0,
-            CircuitState::Open => 1,
-            CircuitState::HalfOpen => 2,
-        };
-        self.circuit.store(value, Ordering::Relaxed);
-    }
-}
-
 /// How often delivered rows past `retention` are deleted.
 const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How often the outbox gauges are read from the database.
+const GAUGE_REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// Rows deleted per statement by the retention sweep.
 const RETENTION_BATCH: u64 = 1000;
 
@@ -72,7 +47,7 @@ pub struct EmailSyncActor {
     provider: Arc<WebhookProvider>,
     settings: EmailSyncSettings,
     breaker: CircuitBreaker,
-    status: Arc<EmailSyncStatus>,
+    metrics: Arc<Metrics>,
     hook: Option<DeliveryHook>,
     /// Deliveries started and not yet recorded.
     in_flight: usize,
@@ -89,7 +64,7 @@ impl EmailSyncActor {
         db: DatabaseConnection,
         provider: Arc<WebhookProvider>,
         settings: EmailSyncSettings,
-        status: Arc<EmailSyncStatus>,
+        metrics: Arc<Metrics>,
         hook: Option<DeliveryHook>,
     ) -> Self {
         let cb = &settings.circuit_breaker;
@@ -99,7 +74,7 @@ impl EmailSyncActor {
             provider,
             settings,
             breaker,
-            status,
+            metrics,
             hook,
             in_flight: 0,
             claiming: false,
@@ -212,12 +187,22 @@ impl EmailSyncActor {
         let completion = match outcome {
             AttemptOutcome::Delivered { status } => {
                 self.breaker.on_success();
+                self.metrics
+                    .sync_attempts
+                    .with_label_values(&["delivered"])
+                    .inc();
+                let lag = (now - claimed.row.created_at).to_std().unwrap_or_default();
+                self.metrics.delivery_lag.observe(lag.as_secs_f64());
                 tracing::info!(outbox_id = %id, attempts, "delivered to the email provider");
                 Completion::Delivered { status }
             }
             AttemptOutcome::Permanent { status, error } => {
                 // The provider is up and answered; it refused this message.
                 self.breaker.on_success();
+                self.metrics
+                    .sync_attempts
+                    .with_label_values(&["permanent"])
+                    .inc();
                 tracing::error!(outbox_id = %id, status, %error, "the provider refused a row permanently; it is dead until an operator retries it");
                 Completion::Dead {
                     status: Some(status).filter(|s| *s != 0),
@@ -231,6 +216,10 @@ impl EmailSyncActor {
                 misconfigured,
             } => {
                 self.breaker.on_failure(Instant::now());
+                self.metrics
+                    .sync_attempts
+                    .with_label_values(&["transient"])
+                    .inc();
                 if misconfigured {
                     tracing::error!(outbox_id = %id, ?status, %error, "email provider rejects our requests: check email_sync.url and email_sync.secret");
                 } else {
@@ -253,6 +242,9 @@ impl EmailSyncActor {
             }
         };
         self.note_transition(before);
+        if matches!(completion, Completion::Dead { .. }) {
+            self.metrics.sync_dead.inc();
+        }
         let db = self.db.clone();
         let write = async move { outbox::complete(&db, &claimed, attempts, completion, now).await };
         ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
@@ -273,7 +265,7 @@ impl EmailSyncActor {
         if before == after {
             return;
         }
-        self.status.set_circuit(after);
+        self.metrics.set_circuit(after);
         match after {
             CircuitState::Open => tracing::warn!(
                 from = before.as_str(),
@@ -288,6 +280,26 @@ impl EmailSyncActor {
                 "email provider circuit closed: deliveries resume"
             ),
         }
+    }
+
+    /// Refreshes the outbox gauges from the database (on a timer, not per scrape).
+    fn refresh_gauges(&mut self, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let refresh = async move {
+            match outbox::outbox_counts(&db).await {
+                Ok((pending, dead)) => {
+                    metrics
+                        .outbox_pending
+                        .set(i64::try_from(pending).unwrap_or(i64::MAX));
+                    metrics
+                        .outbox_dead
+                        .set(i64::try_from(dead).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot refresh the outbox gauges"),
+            }
+        };
+        ctx.spawn(refresh.into_actor(self));
     }
 
     fn sweep_delivered(&mut self, ctx: &mut Context<Self>) {
@@ -316,13 +328,18 @@ impl Actor for EmailSyncActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
-        self.status.set_circuit(self.breaker.state());
+        self.metrics.set_circuit(self.breaker.state());
         ctx.run_interval(self.settings.poll_interval, |act, ctx| act.pump(ctx));
         // A retention shorter than the sweep period (tests, tiny deployments) is swept as often.
         let sweep_every = RETENTION_SWEEP_EVERY
             .min(self.settings.retention)
             .max(Duration::from_millis(100));
         ctx.run_interval(sweep_every, |act, ctx| act.sweep_delivered(ctx));
+        ctx.run_interval(
+            GAUGE_REFRESH_EVERY.min(self.settings.poll_interval),
+            |act, ctx| act.refresh_gauges(ctx),
+        );
+        self.refresh_gauges(ctx);
         self.sweep_delivered(ctx);
         self.pump(ctx);
     }

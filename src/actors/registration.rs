@@ -10,13 +10,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
 use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
-use super::{EmailSyncStatus, WakeUp};
+use super::WakeUp;
+use crate::metrics::Metrics;
 use crate::store::{self, Candidate, Outcome};
 
 /// Register one validated, hashed candidate. Answered after its transaction commits.
@@ -51,7 +51,7 @@ pub struct RegistrationActor {
     /// fail a registration.
     email_sync: Recipient<WakeUp>,
     /// Where dropped wake-ups are counted.
-    email_sync_status: Arc<EmailSyncStatus>,
+    metrics: Arc<Metrics>,
     /// Requests received while a commit was running, oldest first.
     queue: VecDeque<Queued>,
     /// True while a batch's transaction is in flight: the serialization point.
@@ -63,13 +63,13 @@ impl RegistrationActor {
         db: DatabaseConnection,
         max_batch: usize,
         email_sync: Recipient<WakeUp>,
-        email_sync_status: Arc<EmailSyncStatus>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             db,
             max_batch: max_batch.max(1),
             email_sync,
-            email_sync_status,
+            metrics,
             queue: VecDeque::new(),
             committing: false,
         }
@@ -120,9 +120,7 @@ impl RegistrationActor {
         // Fire-and-forget: if the mailbox is full a wake-up is already pending, and the email
         // sync's poll finds due rows anyway.
         if let Err(e) = self.email_sync.try_send(WakeUp) {
-            self.email_sync_status
-                .wakeups_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.wakeups_dropped.inc();
             tracing::debug!(error = %e, "email sync wake-up dropped; its poll will find the rows");
         }
     }

@@ -6,6 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::observe::RequestId;
 use super::pages::{self, FormView};
 use super::{AppState, csrf};
 use crate::domain::FieldError;
@@ -50,6 +51,7 @@ pub async fn show(request: HttpRequest) -> HttpResponse {
 pub async fn submit(
     request: HttpRequest,
     state: web::Data<AppState>,
+    request_id: RequestId,
     form: web::Form<RegisterForm>,
 ) -> HttpResponse {
     let form = form.into_inner();
@@ -74,7 +76,13 @@ pub async fn submit(
     };
     let result = state
         .registrar
-        .register(&form.username, &form.email, &form.password, Some(key))
+        .register(
+            &form.username,
+            &form.email,
+            &form.password,
+            Some(key),
+            &request_id.0,
+        )
         .await;
     let again = |status: StatusCode, errors: Vec<FieldError>, notice: Option<String>| {
         let view = FormView {

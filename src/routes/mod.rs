@@ -4,6 +4,7 @@
 mod csrf;
 mod form;
 mod health;
+mod observe;
 mod pages;
 mod registrations;
 
@@ -13,8 +14,9 @@ use sea_orm::DatabaseConnection;
 
 use std::sync::Arc;
 
-use crate::actors::{EmailSyncStatus, RegistrationActor};
+use crate::actors::RegistrationActor;
 use crate::error::{ApiError, form_error, json_error};
+use crate::metrics::Metrics;
 use crate::registration::Registrar;
 
 /// Shared by every worker (cheap clones of handles).
@@ -23,8 +25,8 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub registrar: Registrar,
     pub registration_actor: Addr<RegistrationActor>,
-    /// Read-only view of the email sync (an atomic): never waits on the actor.
-    pub email_sync: Arc<EmailSyncStatus>,
+    /// Counters, and the email sync's published state: read without waiting on any actor.
+    pub metrics: Arc<Metrics>,
 }
 
 /// `n` random bytes from the OS-seeded generator.
@@ -34,6 +36,8 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     rand::rng().fill_bytes(&mut buf);
     buf
 }
+
+pub use observe::observe;
 
 /// Mounts every route; `max_body_bytes` bounds JSON and form bodies (413 beyond).
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
@@ -57,6 +61,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     )
     .route("/health/live", web::get().to(health::live))
     .route("/health/ready", web::get().to(health::ready))
+    .route("/metrics", web::get().to(health::metrics))
     .default_service(web::to(not_found));
 }
 

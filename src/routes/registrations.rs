@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
+use super::observe::RequestId;
 use crate::error::ApiError;
 use crate::store::{Outcome, RegisteredUser};
 
@@ -41,12 +42,19 @@ impl From<RegisteredUser> for RegistrationResponse {
 
 pub async fn create(
     state: web::Data<AppState>,
+    request_id: RequestId,
     body: web::Json<RegistrationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let outcome = state
         .registrar
-        .register(&body.username, &body.email, &body.password, None)
+        .register(
+            &body.username,
+            &body.email,
+            &body.password,
+            None,
+            &request_id.0,
+        )
         .await?;
     match outcome {
         Outcome::Created(user) | Outcome::Replayed(user) => Ok(HttpResponse::Created()

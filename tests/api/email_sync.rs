@@ -450,7 +450,7 @@ async fn with_the_mailbox_full_wake_ups_are_dropped_and_counted_and_the_poll_del
     app.register_all(1..10).await;
 
     assert!(
-        app.email_sync.wakeups_dropped.load(Ordering::Relaxed) >= 1,
+        app.metrics.wakeups_dropped.get() >= 1,
         "dropped wake-ups are counted"
     );
     app.wait_all_delivered(10).await;

@@ -3,7 +3,6 @@ use std::sync::Once;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use signup::actors::EmailSyncStatus;
 use signup::configuration::Settings;
 use signup::startup::{Application, Hooks};
 use tempfile::TempDir;
@@ -49,8 +48,8 @@ pub struct TestApp {
     /// No redirects followed, cookies kept (like a browser).
     pub client: reqwest::Client,
     pub is_postgres: bool,
-    /// The email sync's published state.
-    pub email_sync: std::sync::Arc<EmailSyncStatus>,
+    /// The application's metrics.
+    pub metrics: std::sync::Arc<signup::metrics::Metrics>,
     /// Keeps the SQLite file alive for the test's duration.
     _dir: Option<TempDir>,
 }
@@ -121,7 +120,7 @@ pub async fn spawn_app_with_hooks(adjust: impl FnOnce(&mut Settings), hooks: Hoo
     let app = Application::build_with_hooks(settings, hooks)
         .await
         .expect("the application starts");
-    let email_sync = app.email_sync_status();
+    let metrics = app.metrics();
     let port = app.port();
     let server_db = app.db().clone();
     actix_web::rt::spawn(app.run_until_stopped());
@@ -140,7 +139,7 @@ pub async fn spawn_app_with_hooks(adjust: impl FnOnce(&mut Settings), hooks: Hoo
         server_db,
         client,
         is_postgres,
-        email_sync,
+        metrics,
         _dir: dir,
     }
 }

@@ -1,0 +1,234 @@
+//! Prometheus metrics (SPEC §4.2), in a registry owned by one application: several apps in one
+//! process (tests) each count their own.
+//!
+//! Every label value the SPEC lists is created at start-up, so a series exists at 0 before the
+//! first event and `rate()` and alerts work from the first scrape.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::email::CircuitState;
+
+/// Request latencies: 1 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Registration → provider acknowledgement: 100 ms (provider up) to 3 days (max_elapsed).
+const LAG_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 10_800.0, 43_200.0, 86_400.0, 259_200.0,
+];
+
+/// `outcome` label values of `signup_registrations_total`.
+pub const OUTCOMES: [&str; 5] = [
+    "created",
+    "username_taken",
+    "email_taken",
+    "invalid",
+    "error",
+];
+/// `result` label values of `signup_email_sync_attempts_total`.
+pub const RESULTS: [&str; 3] = ["delivered", "transient", "permanent"];
+const STATES: [CircuitState; 3] = [
+    CircuitState::Closed,
+    CircuitState::Open,
+    CircuitState::HalfOpen,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub registrations: IntCounterVec,
+    pub registration_duration: Histogram,
+    pub sync_attempts: IntCounterVec,
+    pub sync_dead: IntCounter,
+    pub delivery_lag: Histogram,
+    pub outbox_pending: IntGauge,
+    pub outbox_dead: IntGauge,
+    circuit_state: IntGaugeVec,
+    pub wakeups_dropped: IntCounter,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let registrations = IntCounterVec::new(
+            Opts::new("signup_registrations_total", "Registrations by outcome."),
+            &["outcome"],
+        )?;
+        let registration_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "signup_registration_duration_seconds",
+                "Registration route: request received to reply.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let sync_attempts = IntCounterVec::new(
+            Opts::new(
+                "signup_email_sync_attempts_total",
+                "Delivery attempts to the email provider by result.",
+            ),
+            &["result"],
+        )?;
+        let sync_dead =
+            IntCounter::new("signup_email_sync_dead_total", "Outbox rows given up on.")?;
+        let delivery_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "signup_email_sync_delivery_lag_seconds",
+                "Registration to provider acknowledgement.",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+        )?;
+        let outbox_pending = IntGauge::new(
+            "signup_email_outbox_pending",
+            "Outbox rows waiting for delivery.",
+        )?;
+        let outbox_dead = IntGauge::new(
+            "signup_email_outbox_dead",
+            "Dead outbox rows waiting for an operator.",
+        )?;
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "signup_email_circuit_state",
+                "1 for the email provider circuit's current state.",
+            ),
+            &["state"],
+        )?;
+        let wakeups_dropped = IntCounter::new(
+            "signup_email_sync_wakeups_dropped_total",
+            "Wake-ups dropped because the email sync mailbox was full (the poll finds the rows).",
+        )?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "signup_http_requests_total",
+                "HTTP requests by method, route pattern and status.",
+            ),
+            &["method", "route", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "signup_http_request_duration_seconds",
+                "HTTP request duration.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method", "route"],
+        )?;
+
+        registry.register(Box::new(registrations.clone()))?;
+        registry.register(Box::new(registration_duration.clone()))?;
+        registry.register(Box::new(sync_attempts.clone()))?;
+        registry.register(Box::new(sync_dead.clone()))?;
+        registry.register(Box::new(delivery_lag.clone()))?;
+        registry.register(Box::new(outbox_pending.clone()))?;
+        registry.register(Box::new(outbox_dead.clone()))?;
+        registry.register(Box::new(circuit_state.clone()))?;
+        registry.register(Box::new(wakeups_dropped.clone()))?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, … (Linux).
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        for outcome in OUTCOMES {
+            registrations.with_label_values(&[outcome]);
+        }
+        for result in RESULTS {
+            sync_attempts.with_label_values(&[result]);
+        }
+        let metrics = Self {
+            registry,
+            registrations,
+            registration_duration,
+            sync_attempts,
+            sync_dead,
+            delivery_lag,
+            outbox_pending,
+            outbox_dead,
+            circuit_state,
+            wakeups_dropped,
+            http_requests,
+            http_duration,
+        };
+        metrics.set_circuit(CircuitState::Closed);
+        Ok(metrics)
+    }
+
+    /// 1 for `current`, 0 for the other states.
+    pub fn set_circuit(&self, current: CircuitState) {
+        for state in STATES {
+            self.circuit_state
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(state == current));
+        }
+    }
+
+    /// The circuit's current state, as last published by the EmailSyncActor.
+    pub fn circuit(&self) -> CircuitState {
+        STATES
+            .into_iter()
+            .find(|s| self.circuit_state.with_label_values(&[s.as_str()]).get() == 1)
+            .unwrap_or(CircuitState::Closed)
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_series_exists_at_zero_from_the_start() {
+        let text = Metrics::new().expect("metrics").render().expect("text");
+        for outcome in OUTCOMES {
+            assert!(
+                text.contains(&format!(
+                    "signup_registrations_total{{outcome=\"{outcome}\"}} 0"
+                )),
+                "{outcome}"
+            );
+        }
+        for result in RESULTS {
+            assert!(text.contains(&format!(
+                "signup_email_sync_attempts_total{{result=\"{result}\"}} 0"
+            )));
+        }
+        assert!(text.contains("signup_email_circuit_state{state=\"closed\"} 1"));
+        assert!(text.contains("signup_email_circuit_state{state=\"half_open\"} 0"));
+        for name in [
+            "signup_email_sync_dead_total 0",
+            "signup_email_outbox_pending 0",
+            "signup_email_outbox_dead 0",
+            "signup_email_sync_wakeups_dropped_total 0",
+            "signup_registration_duration_seconds_count 0",
+            "signup_email_sync_delivery_lag_seconds_count 0",
+        ] {
+            assert!(text.contains(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn two_registries_count_separately() {
+        let a = Metrics::new().expect("a");
+        let b = Metrics::new().expect("b");
+        a.wakeups_dropped.inc();
+        assert!(
+            a.render()
+                .expect("a")
+                .contains("signup_email_sync_wakeups_dropped_total 1")
+        );
+        assert!(
+            b.render()
+                .expect("b")
+                .contains("signup_email_sync_wakeups_dropped_total 0")
+        );
+    }
+}
