@@ -12,6 +12,7 @@ mod email_sync;
 mod form;
 mod health;
 mod helpers;
+mod metrics;
 mod outbox;
 mod processes;
 mod registrations;
