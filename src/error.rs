@@ -16,9 +16,15 @@ pub enum ApiError {
     /// 400 `bad_request`: malformed JSON, a missing field, a wrong type.
     #[error("{0}")]
     BadRequest(String),
+    /// 401 `unauthorized` with `WWW-Authenticate: Bearer`: admin routes without the token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
+    /// 409 `not_retryable`: the job was delivered already.
+    #[error("this job was delivered; there is nothing to retry")]
+    NotRetryable,
     /// 409 `username_taken`.
     #[error("this username is already taken")]
     UsernameTaken,
@@ -65,7 +71,9 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
+            ApiError::NotRetryable => "not_retryable",
             ApiError::UsernameTaken => "username_taken",
             ApiError::EmailTaken => "email_taken",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
@@ -90,7 +98,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotRetryable => StatusCode::CONFLICT,
             ApiError::UsernameTaken | ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -130,6 +140,9 @@ impl ResponseError for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         ));
+        if matches!(self, ApiError::Unauthorized) {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
         if matches!(self, ApiError::Unavailable(_)) {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE));
         }

@@ -21,6 +21,8 @@ pub mod metrics;
 pub mod mock_provider;
 /// Claiming, completing and cleaning outbox rows (the delivery side).
 pub mod outbox;
+/// `signup outbox list | retry`.
+pub mod outbox_cli;
 /// The pipeline validate → hash → RegistrationActor, shared by API and form.
 pub mod registration;
 /// HTTP handlers.

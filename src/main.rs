@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use signup::configuration::Settings;
 use signup::startup::Application;
-use signup::{database, mock_provider, telemetry};
+use signup::{database, mock_provider, outbox_cli, telemetry};
 
 /// signup: a registration server.
 #[derive(Parser)]
@@ -23,6 +23,11 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Inspect and replay email sync jobs.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Run a local stand-in for the email provider that verifies and prints deliveries.
     MockProvider {
         /// Address to listen on.
@@ -40,6 +45,28 @@ enum Command {
         /// Answer every request with this status.
         #[arg(long)]
         status: Option<u16>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxAction {
+    /// List the newest jobs.
+    List {
+        /// Only jobs with this status: pending, dead or delivered.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Make a dead (or pending) job due now, attempts reset.
+    Retry {
+        /// The job's id.
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<uuid::Uuid>,
+        /// Every dead job.
+        #[arg(long)]
+        all_dead: bool,
     },
 }
 
@@ -81,6 +108,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::Outbox { action } => outbox(settings, action).await,
         Command::MockProvider { .. } => unreachable!("handled before loading settings"),
     };
     match result {
@@ -99,6 +127,31 @@ async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(%bind, port = app.port(), "signup is serving; the form is at /register");
     app.run_until_stopped().await?;
     tracing::info!("signup stopped");
+    Ok(())
+}
+
+async fn outbox(
+    settings: Settings,
+    action: OutboxAction,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let db = database::connect(&settings.database).await?;
+    database::migrate(&db).await?;
+    let text = match action {
+        OutboxAction::List { status, limit } => {
+            let status = status
+                .as_deref()
+                .map(outbox_cli::parse_status)
+                .transpose()?;
+            outbox_cli::list(&db, status, limit).await?
+        }
+        OutboxAction::Retry { all_dead: true, .. } => outbox_cli::retry_all_dead(&db).await?,
+        OutboxAction::Retry { id: Some(id), .. } => outbox_cli::retry(&db, id).await?,
+        OutboxAction::Retry { id: None, .. } => return Err("give a job id or --all-dead".into()),
+    };
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
     Ok(())
 }
 

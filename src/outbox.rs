@@ -186,6 +186,7 @@ pub async fn requeue(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> R
             attempts: Set(0),
             next_attempt_at: Set(now.trunc_subsecs(6)),
             locked_until: Set(None),
+            retry_from: Set(Some(now.trunc_subsecs(6))),
             ..Default::default()
         })
         .filter(email_outbox::Column::Id.eq(id))
@@ -207,4 +208,140 @@ pub async fn outbox_counts(db: &DatabaseConnection) -> Result<(u64, u64), DbErr>
         count(email_outbox::Status::Pending).await?,
         count(email_outbox::Status::Dead).await?,
     ))
+}
+
+/// An outbox row as operators see it (admin API, command line).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub email: String,
+    pub status: &'static str,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub last_status: Option<i32>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl From<email_outbox::Model> for Job {
+    fn from(row: email_outbox::Model) -> Self {
+        let email = serde_json::from_str::<serde_json::Value>(&row.payload)
+            .ok()
+            .and_then(|data| data["email"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Self {
+            id: row.id,
+            user_id: row.user_id,
+            email,
+            status: row.status.as_str(),
+            attempts: row.attempts,
+            last_error: row.last_error,
+            last_status: row.last_status,
+            next_attempt_at: row.next_attempt_at,
+            created_at: row.created_at,
+            delivered_at: row.delivered_at,
+        }
+    }
+}
+
+/// Most jobs one page may hold.
+pub const MAX_PAGE: u64 = 500;
+
+/// A page of jobs, newest first, optionally of one status, strictly older than job `before`.
+/// Returns the page and the id to pass as `before` for the next one (None on the last page).
+pub async fn list(
+    db: &DatabaseConnection,
+    status: Option<Status>,
+    limit: u64,
+    before: Option<Uuid>,
+) -> Result<(Vec<Job>, Option<Uuid>), DbErr> {
+    use sea_orm::{Condition, QueryOrder, QuerySelect};
+    let limit = limit.clamp(1, MAX_PAGE);
+    let mut query = email_outbox::Entity::find();
+    if let Some(status) = status {
+        query = query.filter(email_outbox::Column::Status.eq(status));
+    }
+    if let Some(before) = before {
+        let Some(anchor) = email_outbox::Entity::find_by_id(before).one(db).await? else {
+            return Ok((Vec::new(), None));
+        };
+        // (created_at, id) < the anchor's: a total order, so pages neither skip nor repeat.
+        query = query.filter(
+            Condition::any()
+                .add(email_outbox::Column::CreatedAt.lt(anchor.created_at))
+                .add(
+                    Condition::all()
+                        .add(email_outbox::Column::CreatedAt.eq(anchor.created_at))
+                        .add(email_outbox::Column::Id.lt(anchor.id)),
+                ),
+        );
+    }
+    let rows = query
+        .order_by_desc(email_outbox::Column::CreatedAt)
+        .order_by_desc(email_outbox::Column::Id)
+        .limit(limit + 1)
+        .all(db)
+        .await?;
+    let more = rows.len() as u64 > limit;
+    let jobs: Vec<Job> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(Job::from)
+        .collect();
+    let next = if more {
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok((jobs, next))
+}
+
+/// One job.
+pub async fn find(db: &DatabaseConnection, id: Uuid) -> Result<Option<Job>, DbErr> {
+    Ok(email_outbox::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .map(Job::from))
+}
+
+/// The job of `user_id`'s registration, if still kept.
+pub async fn find_for_user(db: &DatabaseConnection, user_id: Uuid) -> Result<Option<Job>, DbErr> {
+    Ok(email_outbox::Entity::find()
+        .filter(email_outbox::Column::UserId.eq(user_id))
+        .one(db)
+        .await?
+        .map(Job::from))
+}
+
+/// Makes every dead row due now with attempts reset, `batch` rows per statement so that no
+/// statement holds the write lock for long. It only makes them due: the EmailSyncActor's
+/// concurrency and circuit breaker still pace the deliveries. Returns how many were requeued.
+pub async fn requeue_all_dead(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    batch: u64,
+) -> Result<u64, DbErr> {
+    let now = now.trunc_subsecs(6);
+    let backend = db.get_database_backend();
+    let sql = if is_postgres(db) {
+        "UPDATE email_outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, \
+         retry_from = $1, locked_until = NULL \
+         WHERE id IN (SELECT id FROM email_outbox WHERE status = 'dead' LIMIT $2)"
+    } else {
+        "UPDATE email_outbox SET status = 'pending', attempts = 0, next_attempt_at = ?1, \
+         retry_from = ?1, locked_until = NULL \
+         WHERE id IN (SELECT id FROM email_outbox WHERE status = 'dead' LIMIT ?2)"
+    };
+    let mut total = 0;
+    loop {
+        let statement =
+            Statement::from_sql_and_values(backend, sql, [now.into(), (batch as i64).into()]);
+        let updated = db.execute_raw(statement).await?.rows_affected();
+        total += updated;
+        if updated < batch {
+            return Ok(total);
+        }
+    }
 }

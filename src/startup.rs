@@ -111,7 +111,7 @@ impl Application {
         let registration_actor: Addr<RegistrationActor> = RegistrationActor::new(
             db.clone(),
             settings.registration.max_batch,
-            email_sync.recipient(),
+            email_sync.clone().recipient(),
             Arc::clone(&metrics),
         )
         .start();
@@ -124,6 +124,8 @@ impl Application {
             },
             registration_actor,
             metrics: Arc::clone(&metrics),
+            email_sync: email_sync.recipient(),
+            admin_token: settings.admin.token.clone(),
         };
 
         let max_body = settings.server.max_body_bytes;

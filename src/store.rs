@@ -247,6 +247,7 @@ fn new_outbox_row(id: Uuid, user: &RegisteredUser) -> email_outbox::ActiveModel 
         last_status: Set(None),
         created_at: Set(user.created_at),
         delivered_at: Set(None),
+        retry_from: Set(None),
     }
 }
 

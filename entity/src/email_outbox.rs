@@ -57,6 +57,8 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// When the provider acknowledged it.
     pub delivered_at: Option<DateTimeUtc>,
+    /// Start of the retry schedule (`max_elapsed`): NULL = `created_at`; set by an operator's retry.
+    pub retry_from: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

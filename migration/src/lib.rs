@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_create_users;
 mod m20261126_000002_create_email_outbox;
 mod m20261126_000003_create_idempotency_keys;
+mod m20261126_000004_add_outbox_retry_from;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_users::Migration),
             Box::new(m20261126_000002_create_email_outbox::Migration),
             Box::new(m20261126_000003_create_idempotency_keys::Migration),
+            Box::new(m20261126_000004_add_outbox_retry_from::Migration),
         ]
     }
 }

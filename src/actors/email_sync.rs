@@ -228,7 +228,7 @@ impl EmailSyncActor {
                 let attempts_made = u32::try_from(attempts).unwrap_or(u32::MAX);
                 match retry::next_attempt_at(
                     attempts_made,
-                    claimed.row.created_at,
+                    claimed.row.retry_from.unwrap_or(claimed.row.created_at),
                     now,
                     retry_after,
                     &self.settings.retry,

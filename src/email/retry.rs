@@ -40,7 +40,7 @@ pub fn backoff_delay(attempts_made: u32, settings: &RetrySettings) -> Duration {
 /// attempt later, never sooner, and is capped at `max_interval`.
 pub fn next_attempt_at(
     attempts_made: u32,
-    created_at: DateTime<Utc>,
+    schedule_start: DateTime<Utc>,
     now: DateTime<Utc>,
     retry_after: Option<Duration>,
     settings: &RetrySettings,
@@ -53,7 +53,7 @@ pub fn next_attempt_at(
         delay = delay.max(asked.min(settings.max_interval));
     }
     let next = now + chrono::Duration::from_std(delay).ok()?;
-    let deadline = created_at + chrono::Duration::from_std(settings.max_elapsed).ok()?;
+    let deadline = schedule_start + chrono::Duration::from_std(settings.max_elapsed).ok()?;
     (next <= deadline).then_some(next)
 }
 

@@ -1,6 +1,7 @@
 //! HTTP routes: the JSON API, the HTML form, health. Handlers parse, call the [`Registrar`]
 //! or a query, and shape the answer; they hold no business rules.
 
+mod admin;
 mod csrf;
 mod form;
 mod health;
@@ -14,7 +15,7 @@ use sea_orm::DatabaseConnection;
 
 use std::sync::Arc;
 
-use crate::actors::RegistrationActor;
+use crate::actors::{RegistrationActor, WakeUp};
 use crate::error::{ApiError, form_error, json_error};
 use crate::metrics::Metrics;
 use crate::registration::Registrar;
@@ -27,6 +28,10 @@ pub struct AppState {
     pub registration_actor: Addr<RegistrationActor>,
     /// Counters, and the email sync's published state: read without waiting on any actor.
     pub metrics: Arc<Metrics>,
+    /// The EmailSyncActor's mailbox, for operators' retries (`try_send` only).
+    pub email_sync: actix::Recipient<WakeUp>,
+    /// `admin.token`; the admin routes are 404 while it is None.
+    pub admin_token: Option<secrecy::SecretString>,
 }
 
 /// `n` random bytes from the OS-seeded generator.
@@ -58,6 +63,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .route(
         "/api/v1/registrations",
         web::post().to(registrations::create),
+    )
+    .route(
+        "/api/v1/registrations/{id}",
+        web::get().to(admin::get_registration),
+    )
+    .route("/admin/email-sync/jobs", web::get().to(admin::list_jobs))
+    .route("/admin/email-sync/jobs/{id}", web::get().to(admin::get_job))
+    .route(
+        "/admin/email-sync/jobs/{id}/retry",
+        web::post().to(admin::retry_job),
+    )
+    .route(
+        "/admin/email-sync/retry-dead",
+        web::post().to(admin::retry_dead),
     )
     .route("/health/live", web::get().to(health::live))
     .route("/health/ready", web::get().to(health::ready))

@@ -41,6 +41,8 @@ fn init_tracing() {
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// The database's URL (for the command line).
+    pub database_url: String,
     /// A connection of the test's own, for arranging and asserting.
     pub db: DatabaseConnection,
     /// The server's own pool: closing it makes the database "unavailable" to the server.
@@ -137,6 +139,7 @@ pub async fn spawn_app_with_hooks(adjust: impl FnOnce(&mut Settings), hooks: Hoo
 
         db,
         server_db,
+        database_url: url,
         client,
         is_postgres,
         metrics,

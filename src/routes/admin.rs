@@ -1,0 +1,182 @@
+//! The admin API (SPEC §4.3): failed syncs listed, inspected and replayed. Present only when
+//! `admin.token` is set (404 otherwise); every call needs `Authorization: Bearer <token>`.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use entity::email_outbox::Status;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::AppState;
+use crate::actors::WakeUp;
+use crate::error::ApiError;
+use crate::{outbox, store};
+
+/// Dead rows requeued per statement by retry-dead.
+const REQUEUE_BATCH: u64 = 5000;
+
+/// 404 without a configured token, 401 without the right one.
+fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(token) = &state.admin_token else {
+        return Err(ApiError::NotFound);
+    };
+    let given = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Hashing both sides first makes the comparison constant-time in the length too.
+    let expected = Sha256::digest(token.expose_secret().as_bytes());
+    let given = Sha256::digest(given.as_bytes());
+    if bool::from(expected.ct_eq(&given)) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn db_error(e: sea_orm::DbErr) -> ApiError {
+    ApiError::Unavailable(Box::new(e))
+}
+
+fn wake(state: &AppState) {
+    if state.email_sync.try_send(WakeUp).is_err() {
+        state.metrics.wakeups_dropped.inc();
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<u64>,
+    before: Option<String>,
+}
+
+pub async fn list_jobs(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &state)?;
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some("pending") => Some(Status::Pending),
+        Some("dead") => Some(Status::Dead),
+        Some("delivered") => Some(Status::Delivered),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "status must be pending, dead or delivered".into(),
+            ));
+        }
+    };
+    let before = match query.before.as_deref() {
+        None | Some("") => None,
+        Some(id) => Some(
+            Uuid::parse_str(id)
+                .map_err(|_| ApiError::BadRequest("before must be a job id".into()))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > outbox::MAX_PAGE {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1–{}",
+            outbox::MAX_PAGE
+        )));
+    }
+    let (jobs, next) = outbox::list(&state.db, status, limit, before)
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(json!({"jobs": jobs, "next": next})))
+}
+
+fn job_id(path: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(path).map_err(|_| ApiError::NotFound)
+}
+
+pub async fn get_job(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &state)?;
+    let job = outbox::find(&state.db, job_id(&path)?)
+        .await
+        .map_err(db_error)?;
+    job.map(|job| HttpResponse::Ok().json(job))
+        .ok_or(ApiError::NotFound)
+}
+
+pub async fn retry_job(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &state)?;
+    let id = job_id(&path)?;
+    let job = outbox::find(&state.db, id)
+        .await
+        .map_err(db_error)?
+        .ok_or(ApiError::NotFound)?;
+    if job.status == Status::Delivered.as_str() {
+        return Err(ApiError::NotRetryable);
+    }
+    outbox::requeue(&state.db, id, Utc::now())
+        .await
+        .map_err(db_error)?;
+    wake(&state);
+    tracing::info!(outbox_id = %id, "operator requeued a job");
+    let job = outbox::find(&state.db, id)
+        .await
+        .map_err(db_error)?
+        .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+pub async fn retry_dead(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &state)?;
+    let requeued = outbox::requeue_all_dead(&state.db, Utc::now(), REQUEUE_BATCH)
+        .await
+        .map_err(db_error)?;
+    wake(&state);
+    tracing::info!(requeued, "operator requeued every dead job");
+    Ok(HttpResponse::Accepted().json(json!({"requeued": requeued})))
+}
+
+/// `GET /api/v1/registrations/{id}`: the registration and its email sync job.
+pub async fn get_registration(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&request, &state)?;
+    let id = job_id(&path)?;
+    let user = store::find_user(&state.db, id)
+        .await
+        .map_err(db_error)?
+        .ok_or(ApiError::NotFound)?;
+    let job = outbox::find_for_user(&state.db, id)
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "created_at": user.created_at,
+        // null once a delivered job has passed email_sync.retention.
+        "email_sync": job.map(|j| json!({
+            "id": j.id,
+            "status": j.status,
+            "attempts": j.attempts,
+            "last_error": j.last_error,
+            "delivered_at": j.delivered_at,
+        })),
+    })))
+}
