@@ -10,7 +10,7 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{App, HttpServer, web};
 use sea_orm::{DatabaseConnection, DbErr};
 
-use crate::actors::{DeliveryHook, EmailSyncActor, RegistrationActor};
+use crate::actors::{DeliveryHook, Drain, EmailSyncActor, RegistrationActor};
 use crate::configuration::Settings;
 use crate::database;
 use crate::email::WebhookProvider;
@@ -51,6 +51,10 @@ pub struct Application {
     server: Server,
     db: DatabaseConnection,
     metrics: Arc<Metrics>,
+    /// Drained after the HTTP server stops.
+    email_sync: Addr<EmailSyncActor>,
+    /// How long in-flight work may take to finish at shutdown.
+    shutdown_grace: std::time::Duration,
     /// Stops the email sync's Arbiter when the server's future ends or is dropped.
     email_sync_thread: ArbiterGuard,
 }
@@ -124,7 +128,7 @@ impl Application {
             },
             registration_actor,
             metrics: Arc::clone(&metrics),
-            email_sync: email_sync.recipient(),
+            email_sync: email_sync.clone().recipient(),
             admin_token: settings.admin.token.clone(),
         };
 
@@ -148,6 +152,9 @@ impl Application {
         })
         .workers(settings.workers())
         .shutdown_timeout(settings.server.shutdown_grace.as_secs())
+        // Signals are handled in `run_until_stopped`, which drains the email sync after the
+        // HTTP server: actix-server's own handling would stop the whole System first.
+        .disable_signals()
         .listen(listener)
         .map_err(|source| StartupError::Bind {
             addr: settings.server.bind.clone(),
@@ -159,6 +166,8 @@ impl Application {
             server,
             db,
             metrics,
+            email_sync,
+            shutdown_grace: settings.server.shutdown_grace,
             email_sync_thread: ArbiterGuard(email_sync_thread),
         })
     }
@@ -178,10 +187,43 @@ impl Application {
         Arc::clone(&self.metrics)
     }
 
-    /// Serves until SIGTERM/SIGINT (or the server handle is stopped).
+    /// Serves until SIGTERM/SIGINT (or the server handle is stopped): then stops accepting,
+    /// lets in-flight requests finish (up to `server.shutdown_grace`), and drains the email
+    /// sync: in-flight deliveries finish within the same grace, the rest are released.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// As [`run_until_stopped`](Self::run_until_stopped), with the shutdown signal given as a
+    /// future.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let _email_sync_thread = self.email_sync_thread;
-        self.server.await
+        let handle = self.server.handle();
+        let mut server = self.server;
+        tokio::select! {
+            result = &mut server => return result,
+            () = shutdown => {
+                tracing::info!("shutting down: no new connections; finishing requests in flight");
+                // Graceful: in-flight requests get up to server.shutdown_grace. The server
+                // future itself carries out the stop, so both are awaited together.
+                let (_, result) = tokio::join!(handle.stop(true), &mut server);
+                result?;
+            }
+        }
+        let grace = self.shutdown_grace;
+        let drained = self.email_sync.send(Drain { grace });
+        if tokio::time::timeout(grace + std::time::Duration::from_secs(5), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "email sync did not drain in time; unreleased claims expire after email_sync.lease"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -223,4 +265,28 @@ fn start_email_sync(
         EmailSyncActor::new(db, provider, sync, metrics, hooks.before_delivery)
     });
     Ok((addr, arbiter.handle()))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }

@@ -11,12 +11,14 @@
 //! handler would take the whole Arbiter down); the panic is recorded as a failed attempt and the
 //! row is retried on its schedule.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::configuration::EmailSyncSettings;
@@ -49,8 +51,10 @@ pub struct EmailSyncActor {
     breaker: CircuitBreaker,
     metrics: Arc<Metrics>,
     hook: Option<DeliveryHook>,
-    /// Deliveries started and not yet recorded.
-    in_flight: usize,
+    /// Claims whose delivery started and whose outcome is not yet stored.
+    in_flight: HashMap<Uuid, Claimed>,
+    /// Set by [`Drain`]: claim nothing more; answered once `in_flight` is empty.
+    draining: Option<oneshot::Sender<()>>,
     /// A claim query is running; a second would race it for the same capacity.
     claiming: bool,
     /// A pump was asked for while claiming: pump again when the claim returns.
@@ -76,7 +80,8 @@ impl EmailSyncActor {
             breaker,
             metrics,
             hook,
-            in_flight: 0,
+            in_flight: HashMap::new(),
+            draining: None,
             claiming: false,
             pump_again: false,
             reopen_timer: None,
@@ -85,11 +90,18 @@ impl EmailSyncActor {
 
     /// Claims as many due rows as the circuit and `max_in_flight` allow and starts them.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.draining.is_some() {
+            self.finish_drain_if_idle();
+            return;
+        }
         if self.claiming {
             self.pump_again = true;
             return;
         }
-        let capacity = self.settings.max_in_flight.saturating_sub(self.in_flight);
+        let capacity = self
+            .settings
+            .max_in_flight
+            .saturating_sub(self.in_flight.len());
         if capacity == 0 {
             return; // each finished delivery pumps again
         }
@@ -148,7 +160,7 @@ impl EmailSyncActor {
     }
 
     fn start_delivery(&mut self, claimed: Claimed, ctx: &mut Context<Self>) {
-        self.in_flight += 1;
+        self.in_flight.insert(claimed.row.id, claimed.clone());
         let provider = Arc::clone(&self.provider);
         let hook = self.hook.clone();
         let id = claimed.row.id;
@@ -248,7 +260,7 @@ impl EmailSyncActor {
         let db = self.db.clone();
         let write = async move { outbox::complete(&db, &claimed, attempts, completion, now).await };
         ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
-            act.in_flight = act.in_flight.saturating_sub(1);
+            act.in_flight.remove(&id);
             match result {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(outbox_id = %id, "lease expired before the outcome was stored; another claim owns the row"),
@@ -302,6 +314,15 @@ impl EmailSyncActor {
         ctx.spawn(refresh.into_actor(self));
     }
 
+    /// Answers a pending [`Drain`] once no delivery is in flight.
+    fn finish_drain_if_idle(&mut self) {
+        if self.in_flight.is_empty()
+            && let Some(done) = self.draining.take()
+        {
+            let _ = done.send(());
+        }
+    }
+
     fn sweep_delivered(&mut self, ctx: &mut Context<Self>) {
         let Ok(retention) = chrono::Duration::from_std(self.settings.retention) else {
             return;
@@ -350,7 +371,7 @@ impl Supervised for EmailSyncActor {
     /// leases expire and the rows are claimed again.
     fn restarting(&mut self, _: &mut Self::Context) {
         tracing::warn!("email sync actor restarting");
-        self.in_flight = 0;
+        self.in_flight.clear();
         self.claiming = false;
         self.pump_again = false;
         self.reopen_timer = None;
@@ -362,5 +383,41 @@ impl Handler<WakeUp> for EmailSyncActor {
 
     fn handle(&mut self, _: WakeUp, ctx: &mut Self::Context) {
         self.pump(ctx);
+    }
+}
+
+/// Shutdown: stop claiming, let in-flight deliveries finish for up to `grace`, then give the
+/// remaining claims back (no attempt spent) so that another instance, or this one after its
+/// restart, delivers them without waiting for the lease to expire.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub grace: Duration,
+}
+
+impl Handler<Drain> for EmailSyncActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, drain: Drain, ctx: &mut Self::Context) -> Self::Result {
+        let (done, finished) = oneshot::channel();
+        self.draining = Some(done);
+        tracing::info!(in_flight = self.in_flight.len(), "email sync draining");
+        self.finish_drain_if_idle();
+        ctx.run_later(drain.grace, |act, ctx| {
+            let Some(done) = act.draining.take() else { return };
+            let claims: Vec<Claimed> = act.in_flight.drain().map(|(_, c)| c).collect();
+            tracing::warn!(released = claims.len(), "deliveries still in flight at the end of server.shutdown_grace; releasing their claims");
+            let db = act.db.clone();
+            let release = async move {
+                if let Err(e) = outbox::release(&db, &claims).await {
+                    tracing::warn!(error = %e, "cannot release claims; they expire after email_sync.lease");
+                }
+                let _ = done.send(());
+            };
+            ctx.spawn(release.into_actor(act));
+        });
+        Box::pin(async move {
+            let _ = finished.await;
+        })
     }
 }

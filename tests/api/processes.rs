@@ -20,6 +20,11 @@ struct ServerProcess {
 
 impl ServerProcess {
     async fn start(database_url: &str, provider: &str) -> Self {
+        Self::start_with(database_url, provider, &[]).await
+    }
+
+    /// As [`start`](Self::start), with more `SIGNUP_…` settings.
+    async fn start_with(database_url: &str, provider: &str, extra: &[(&str, &str)]) -> Self {
         // The test's HTTP clients need the process's TLS provider like the server's do.
         signup::startup::install_crypto_provider();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -59,6 +64,7 @@ impl ServerProcess {
             .arg("serve")
             .current_dir(dir.path())
             .envs(settings)
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("signup starts");
@@ -89,6 +95,27 @@ impl ServerProcess {
             .await
             .expect("sent");
         assert_eq!(response.status().as_u16(), 201, "registration {n}");
+    }
+
+    /// SIGTERM, then waits (at most 60 s) for the exit status.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn kill(mut self) {
@@ -211,4 +238,107 @@ async fn two_instances_on_one_postgresql_deliver_every_user_exactly_once() {
     unique.dedup();
     assert_eq!(unique.len(), 30, "every row delivered");
     assert_eq!(received.len(), 30, "no row attempted by both instances");
+}
+
+#[actix_web::test]
+async fn sigterm_under_load_exits_0_and_every_answered_registration_is_stored() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&provider)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("signup.db").display());
+    let mut server = ServerProcess::start(&url, &provider.uri()).await;
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/api/v1/registrations", server.base);
+
+    let load = futures::future::join_all((0..200).map(|n| {
+        let request = client.post(&endpoint).json(&registration(n)).send();
+        async move {
+            match request.await {
+                Ok(response) if response.status().as_u16() == 201 => Some(n),
+                _ => None,
+            }
+        }
+    }));
+    let (answered, status) = tokio::join!(load, async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        server.terminate().await
+    });
+
+    assert!(status.success(), "exit status {status:?}");
+    let answered: Vec<usize> = answered.into_iter().flatten().collect();
+    assert!(!answered.is_empty(), "the load ran before the signal");
+    let db = Database::connect(&url)
+        .await
+        .expect("the test opens the database");
+    let users = entity::user::Entity::find().all(&db).await.expect("users");
+    for n in &answered {
+        assert!(
+            users.iter().any(|u| u.username == format!("user{n}")),
+            "user{n} was answered 201"
+        );
+    }
+    let rows = rows(&db).await;
+    assert_eq!(rows.len(), users.len(), "every user has its outbox row");
+    assert!(
+        rows.iter()
+            .all(|r| r.status == Status::Delivered || r.locked_until.is_none()),
+        "no row left claimed"
+    );
+}
+
+#[actix_web::test]
+async fn sigterm_during_slow_deliveries_releases_their_claims_and_exits_0() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204).set_delay(Duration::from_secs(30)))
+        .mount(&provider)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("signup.db").display());
+    let mut server = ServerProcess::start_with(
+        &url,
+        &provider.uri(),
+        &[
+            ("SIGNUP_SERVER__SHUTDOWN_GRACE", "1s"),
+            ("SIGNUP_EMAIL_SYNC__TIMEOUT", "60s"),
+            ("SIGNUP_EMAIL_SYNC__LEASE", "10m"),
+        ],
+    )
+    .await;
+    for n in 0..3 {
+        server.register(n).await;
+    }
+    let db = Database::connect(&url)
+        .await
+        .expect("the test opens the database");
+    wait_until(
+        "deliveries are in flight",
+        Duration::from_secs(30),
+        || async {
+            rows(&db)
+                .await
+                .iter()
+                .filter(|r| r.locked_until.is_some())
+                .count()
+                == 3
+        },
+    )
+    .await;
+
+    let status = server.terminate().await;
+
+    assert!(status.success(), "exit status {status:?}");
+    let rows = rows(&db).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.locked_until.is_none() && r.status == Status::Pending),
+        "claims released"
+    );
+    assert!(
+        rows.iter().all(|r| r.attempts == 0),
+        "a released claim spends no attempt"
+    );
 }
