@@ -21,9 +21,11 @@ use crate::routes::{self, AppState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot open the database: {0}")]
-    Database(#[source] DbErr),
-    #[error("cannot apply migrations: {0}")]
+    #[error(transparent)]
+    Database(#[from] database::DatabaseError),
+    #[error("the database cannot be written (database.url): {0}")]
+    ReadOnly(#[source] DbErr),
+    #[error("cannot apply migrations to the database (database.url): {0}")]
     Migrate(#[source] DbErr),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -84,6 +86,9 @@ impl Application {
         database::migrate(&db)
             .await
             .map_err(StartupError::Migrate)?;
+        database::check_writable(&db)
+            .await
+            .map_err(StartupError::ReadOnly)?;
         Self::build_with_db(settings, db, hooks).await
     }
 

@@ -155,3 +155,46 @@ async fn the_mock_provider_accepts_signed_deliveries_and_rejects_bad_signatures(
     assert!(good.status().is_success(), "{}", good.status());
     assert_eq!(bad.status().as_u16(), 401);
 }
+
+#[test]
+fn an_unusable_sqlite_file_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let read_only = dir.path().join("ro.db");
+    let created = signup()
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env(
+            "SIGNUP_DATABASE__URL",
+            format!("sqlite://{}", read_only.display()),
+        )
+        .output()
+        .expect("signup runs");
+    assert!(created.status.success());
+    let cases = [
+        (
+            format!("sqlite://{}/missing/dir/signup.db", dir.path().display()),
+            "missing directory",
+        ),
+        // Opened read-only (root ignores file permissions, so the mode is set in the URL).
+        (
+            format!("sqlite://{}?mode=ro", read_only.display()),
+            "read-only database",
+        ),
+    ];
+    for (url, why) in cases {
+        let output = signup()
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("SIGNUP_DATABASE__URL", &url)
+            .env("SIGNUP_SERVER__BIND", "127.0.0.1:0")
+            .output()
+            .expect("signup runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{why}: must not start");
+        assert!(stderr.contains("database"), "{why}: {stderr}");
+        assert!(
+            stderr.contains("database.url"),
+            "{why}: names the setting: {stderr}"
+        );
+    }
+}
