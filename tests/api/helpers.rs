@@ -116,9 +116,15 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 pub async fn spawn_app_with_hooks(adjust: impl FnOnce(&mut Settings), hooks: Hooks) -> TestApp {
     init_tracing();
     let mut settings = test_settings();
-    let (url, dir, is_postgres) = fresh_database().await;
+    let (url, dir, _) = fresh_database().await;
     settings.database.url = SecretString::from(url.clone());
     adjust(&mut settings);
+    // The test opens what the server uses, also when `adjust` chose another database.
+    let url = {
+        use secrecy::ExposeSecret;
+        settings.database.url.expose_secret().to_owned()
+    };
+    let is_postgres = url.starts_with("postgres");
     let app = Application::build_with_hooks(settings, hooks)
         .await
         .expect("the application starts");

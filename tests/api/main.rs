@@ -9,6 +9,7 @@ mod admin;
 mod browser;
 mod cli;
 mod concurrency;
+mod db_faults;
 mod email_sync;
 mod form;
 mod health;

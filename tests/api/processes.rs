@@ -66,6 +66,7 @@ impl ServerProcess {
             .envs(settings)
             .envs(extra.iter().copied())
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).expect("log file"))
             .spawn()
             .expect("signup starts");
         let server = Self {
@@ -85,6 +86,11 @@ impl ServerProcess {
         )
         .await;
         server
+    }
+
+    /// What the server has logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
     }
 
     async fn register(&self, n: usize) {
@@ -341,4 +347,92 @@ async fn sigterm_during_slow_deliveries_releases_their_claims_and_exits_0() {
         rows.iter().all(|r| r.attempts == 0),
         "a released claim spends no attempt"
     );
+}
+
+#[actix_web::test]
+async fn logs_follow_a_request_into_its_delivery_without_secrets_or_addresses() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&provider)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("signup.db").display());
+    let server = ServerProcess::start_with(
+        &url,
+        &provider.uri(),
+        &[
+            ("SIGNUP_LOG__FORMAT", "json"),
+            ("SIGNUP_LOG__LEVEL", "info"),
+            ("SIGNUP_ADMIN__TOKEN", "admin-token-xyz"),
+        ],
+    )
+    .await;
+    let password = "Tr0ub4dor&3-horse";
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/registrations", server.base))
+        .header("x-request-id", "req-follow-me")
+        .json(&serde_json::json!({"username": "loggy", "email": "loggy.person@example.com", "password": password}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 201);
+    let db = Database::connect(&url)
+        .await
+        .expect("the test opens the database");
+    wait_until("the user is delivered", Duration::from_secs(30), || async {
+        rows(&db)
+            .await
+            .iter()
+            .all(|r| r.status == Status::Delivered)
+    })
+    .await;
+    let outbox_id = rows(&db).await[0].id.to_string();
+
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!lines.is_empty(), "JSON lines: {log}");
+    let field =
+        |line: &serde_json::Value, name: &str| line["fields"][name].as_str().map(str::to_owned);
+    let registered = lines
+        .iter()
+        .find(|l| field(l, "message").as_deref() == Some("registered"))
+        .expect("a registration line");
+    assert_eq!(
+        field(registered, "request_id").as_deref(),
+        Some("req-follow-me")
+    );
+    assert_eq!(
+        field(registered, "outbox_id").as_deref(),
+        Some(outbox_id.as_str())
+    );
+    assert_eq!(
+        field(registered, "email").as_deref(),
+        Some("l***@example.com"),
+        "masked"
+    );
+    assert!(
+        lines.iter().any(|l| field(l, "message").as_deref()
+            == Some("delivered to the email provider")
+            && field(l, "outbox_id").as_deref() == Some(outbox_id.as_str())),
+        "the delivery names the same outbox id"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| field(l, "message").as_deref() == Some("request")
+                && l["span"]["request_id"] == "req-follow-me"),
+        "one line per request with its id"
+    );
+    for secret in [
+        password,
+        "loggy.person@example.com",
+        crate::helpers::SECRET,
+        "admin-token-xyz",
+    ] {
+        assert!(!log.contains(secret), "the log contains {secret:?}");
+    }
 }
