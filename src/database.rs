@@ -75,19 +75,6 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted_from_database_urls() {
-        assert_eq!(
-            super::redacted("postgres://u:pw@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(super::redacted("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(super::redacted("sqlite://signup.db"), "sqlite://signup.db");
-    }
-}
-
 /// Fails if the database cannot be written (a read-only SQLite file or mount, `?mode=ro`, a
 /// PostgreSQL standby): better a clear start-up error than every registration answered 503.
 /// Run after migrating: it rewrites the migration table's rows in place and rolls back.
@@ -116,4 +103,17 @@ pub fn is_postgres(db: &DatabaseConnection) -> bool {
         db.get_database_backend(),
         sea_orm::DatabaseBackend::Postgres
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted_from_database_urls() {
+        assert_eq!(
+            super::redacted("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(super::redacted("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redacted("sqlite://signup.db"), "sqlite://signup.db");
+    }
 }
