@@ -40,6 +40,9 @@ pub enum StartupError {
     Provider(#[source] reqwest::Error),
 }
 
+/// Connections of the EmailSyncActor's own pool: claims, outcomes, gauges, retention.
+const EMAIL_SYNC_CONNECTIONS: u32 = 4;
+
 /// Seams for tests; all empty in production.
 #[derive(Default, Clone)]
 pub struct Hooks {
@@ -57,17 +60,22 @@ pub struct Application {
     email_sync: Addr<EmailSyncActor>,
     /// How long in-flight work may take to finish at shutdown.
     shutdown_grace: std::time::Duration,
-    /// Stops the email sync's Arbiter when the server's future ends or is dropped.
-    email_sync_thread: ArbiterGuard,
+    /// Halts the email sync when the server's future ends or is dropped.
+    email_sync_halt: HaltOnDrop,
 }
 
-/// Stops an Arbiter (thread) on drop: the Arbiter is not part of the HTTP server, and would
-/// otherwise outlive it (in tests, where several apps run in one process).
-struct ArbiterGuard(actix::ArbiterHandle);
+/// Halts the EmailSyncActor on drop: it lives on an Arbiter of its own and would otherwise
+/// outlive its server (in tests, where several apps run in one process). The Arbiter is not
+/// stopped: tearing its runtime down under in-flight database futures would make them drop
+/// pooled connections outside any runtime (a panic in a destructor). Halted, the actor starts
+/// no work, cancels its HTTP requests and releases their claims on its own thread.
+struct HaltOnDrop(Addr<EmailSyncActor>);
 
-impl Drop for ArbiterGuard {
+impl Drop for HaltOnDrop {
     fn drop(&mut self) {
-        self.0.stop();
+        self.0.do_send(Drain {
+            grace: std::time::Duration::ZERO,
+        });
     }
 }
 
@@ -115,8 +123,13 @@ impl Application {
         // Started here, once: an actor started inside the HttpServer factory would exist once
         // per worker, and registrations would no longer be serialized.
         let metrics = Arc::new(Metrics::new().map_err(StartupError::Metrics)?);
-        let (email_sync, email_sync_thread) =
-            start_email_sync(&settings, db.clone(), Arc::clone(&metrics), hooks)?;
+        // A pool of its own: the email sync can neither exhaust the request path's connections
+        // nor share their I/O driver (a sqlx connection's socket belongs to the runtime that
+        // opened it, and each Arbiter runs its own).
+        let mut sync_database = settings.database.clone();
+        sync_database.max_connections = EMAIL_SYNC_CONNECTIONS;
+        let sync_db = database::connect(&sync_database).await?;
+        let email_sync = start_email_sync(&settings, sync_db, Arc::clone(&metrics), hooks)?;
         let registration_actor: Addr<RegistrationActor> = RegistrationActor::new(
             db.clone(),
             settings.registration.max_batch,
@@ -171,9 +184,9 @@ impl Application {
             server,
             db,
             metrics,
+            email_sync_halt: HaltOnDrop(email_sync.clone()),
             email_sync,
             shutdown_grace: settings.server.shutdown_grace,
-            email_sync_thread: ArbiterGuard(email_sync_thread),
         })
     }
 
@@ -205,7 +218,7 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let _email_sync_thread = self.email_sync_thread;
+        let _halt = self.email_sync_halt;
         let handle = self.server.handle();
         let mut server = self.server;
         tokio::select! {
@@ -245,7 +258,7 @@ fn start_email_sync(
     db: DatabaseConnection,
     metrics: Arc<Metrics>,
     hooks: Hooks,
-) -> Result<(Addr<EmailSyncActor>, actix::ArbiterHandle), StartupError> {
+) -> Result<Addr<EmailSyncActor>, StartupError> {
     let sync = settings.email_sync.clone();
     let key = match sync.secret.as_ref() {
         Some(secret) => {
@@ -269,7 +282,7 @@ fn start_email_sync(
     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
         EmailSyncActor::new(db, provider, sync, metrics, hooks.before_delivery)
     });
-    Ok((addr, arbiter.handle()))
+    Ok(addr)
 }
 
 /// Resolves on SIGTERM or SIGINT.

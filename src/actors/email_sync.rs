@@ -13,12 +13,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use crate::configuration::EmailSyncSettings;
@@ -51,9 +53,13 @@ pub struct EmailSyncActor {
     breaker: CircuitBreaker,
     metrics: Arc<Metrics>,
     hook: Option<DeliveryHook>,
-    /// Claims whose delivery started and whose outcome is not yet stored.
-    in_flight: HashMap<Uuid, Claimed>,
-    /// Set by [`Drain`]: claim nothing more; answered once `in_flight` is empty.
+    /// Claims whose delivery started and whose outcome is not yet stored, with a handle that
+    /// cancels the delivery's HTTP request.
+    in_flight: HashMap<Uuid, (Claimed, AbortHandle)>,
+    /// Set by [`Drain`] (for good, across supervisor restarts): claim nothing more, run no
+    /// timer's database work, release instead of recording what comes back.
+    halted: Arc<AtomicBool>,
+    /// The pending [`Drain`]'s answer, sent once `in_flight` is empty.
     draining: Option<oneshot::Sender<()>>,
     /// A claim query is running; a second would race it for the same capacity.
     claiming: bool,
@@ -81,6 +87,7 @@ impl EmailSyncActor {
             metrics,
             hook,
             in_flight: HashMap::new(),
+            halted: Arc::new(AtomicBool::new(false)),
             draining: None,
             claiming: false,
             pump_again: false,
@@ -90,7 +97,7 @@ impl EmailSyncActor {
 
     /// Claims as many due rows as the circuit and `max_in_flight` allow and starts them.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.draining.is_some() {
+        if self.is_halted() {
             self.finish_drain_if_idle();
             return;
         }
@@ -125,6 +132,24 @@ impl EmailSyncActor {
         let lease = self.settings.lease;
         let claim = async move { outbox::claim(&db, limit, lease, Utc::now()).await };
         ctx.spawn(claim.into_actor(self).map(move |result, act, ctx| {
+            if let Ok(claims) = &result
+                && act.is_halted()
+            {
+                // Halted while claiming: give them straight back (still `claiming` until done,
+                // so a drain waits for it).
+                let db = act.db.clone();
+                let claims = claims.clone();
+                let release = async move {
+                    if let Err(e) = outbox::release(&db, &claims).await {
+                        tracing::warn!(error = %e, "cannot release claims; they expire after email_sync.lease");
+                    }
+                };
+                ctx.spawn(release.into_actor(act).map(|(), act, _| {
+                    act.claiming = false;
+                    act.finish_drain_if_idle();
+                }));
+                return;
+            }
             act.claiming = false;
             match result {
                 Ok(claims) => {
@@ -142,6 +167,7 @@ impl EmailSyncActor {
                     tracing::warn!(error = %e, "cannot claim outbox rows; retrying at the next poll");
                 }
             }
+            act.finish_drain_if_idle();
             if std::mem::take(&mut act.pump_again) {
                 act.pump(ctx);
             }
@@ -159,8 +185,11 @@ impl EmailSyncActor {
         }));
     }
 
+    fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Relaxed)
+    }
+
     fn start_delivery(&mut self, claimed: Claimed, ctx: &mut Context<Self>) {
-        self.in_flight.insert(claimed.row.id, claimed.clone());
         let provider = Arc::clone(&self.provider);
         let hook = self.hook.clone();
         let id = claimed.row.id;
@@ -172,6 +201,8 @@ impl EmailSyncActor {
             }
             provider.deliver(id, &payload).await
         });
+        self.in_flight
+            .insert(id, (claimed.clone(), task.abort_handle()));
         let attempt = async move {
             match task.await {
                 Ok(outcome) => outcome,
@@ -192,6 +223,21 @@ impl EmailSyncActor {
 
     /// Updates the circuit and stores the attempt's outcome on the row.
     fn record(&mut self, claimed: Claimed, outcome: AttemptOutcome, ctx: &mut Context<Self>) {
+        if self.is_halted() {
+            // Shutting down: whatever came back (often a cancelled request), give the claim back
+            // without spending an attempt; the row is delivered after the restart.
+            let db = self.db.clone();
+            let id = claimed.row.id;
+            let release = async move { outbox::release(&db, std::slice::from_ref(&claimed)).await };
+            ctx.spawn(release.into_actor(self).map(move |result, act, _| {
+                if let Err(e) = result {
+                    tracing::warn!(outbox_id = %id, error = %e, "cannot release a claim; it expires after email_sync.lease");
+                }
+                act.in_flight.remove(&id);
+                act.finish_drain_if_idle();
+            }));
+            return;
+        }
         let now = Utc::now();
         let attempts = claimed.row.attempts.saturating_add(1);
         let id = claimed.row.id;
@@ -296,6 +342,9 @@ impl EmailSyncActor {
 
     /// Refreshes the outbox gauges from the database (on a timer, not per scrape).
     fn refresh_gauges(&mut self, ctx: &mut Context<Self>) {
+        if self.is_halted() {
+            return;
+        }
         let db = self.db.clone();
         let metrics = Arc::clone(&self.metrics);
         let refresh = async move {
@@ -314,16 +363,22 @@ impl EmailSyncActor {
         ctx.spawn(refresh.into_actor(self));
     }
 
-    /// Answers a pending [`Drain`] once no delivery is in flight.
+    /// Once halted and idle: answers a pending [`Drain`] and lets go of the database pool, so
+    /// that a halted actor holds no connection (its Arbiter may outlive it, as in tests).
     fn finish_drain_if_idle(&mut self) {
-        if self.in_flight.is_empty()
-            && let Some(done) = self.draining.take()
-        {
+        if !self.is_halted() || !self.in_flight.is_empty() || self.claiming {
+            return;
+        }
+        if let Some(done) = self.draining.take() {
             let _ = done.send(());
         }
+        self.db = DatabaseConnection::default();
     }
 
     fn sweep_delivered(&mut self, ctx: &mut Context<Self>) {
+        if self.is_halted() {
+            return;
+        }
         let Ok(retention) = chrono::Duration::from_std(self.settings.retention) else {
             return;
         };
@@ -400,21 +455,21 @@ impl Handler<Drain> for EmailSyncActor {
 
     fn handle(&mut self, drain: Drain, ctx: &mut Self::Context) -> Self::Result {
         let (done, finished) = oneshot::channel();
+        self.halted.store(true, Ordering::Relaxed);
         self.draining = Some(done);
         tracing::info!(in_flight = self.in_flight.len(), "email sync draining");
         self.finish_drain_if_idle();
-        ctx.run_later(drain.grace, |act, ctx| {
-            let Some(done) = act.draining.take() else { return };
-            let claims: Vec<Claimed> = act.in_flight.drain().map(|(_, c)| c).collect();
-            tracing::warn!(released = claims.len(), "deliveries still in flight at the end of server.shutdown_grace; releasing their claims");
-            let db = act.db.clone();
-            let release = async move {
-                if let Err(e) = outbox::release(&db, &claims).await {
-                    tracing::warn!(error = %e, "cannot release claims; they expire after email_sync.lease");
-                }
-                let _ = done.send(());
-            };
-            ctx.spawn(release.into_actor(act));
+        ctx.run_later(drain.grace, |act, _| {
+            if !act.in_flight.is_empty() {
+                tracing::warn!(
+                    in_flight = act.in_flight.len(),
+                    "deliveries still in flight at the end of server.shutdown_grace; cancelling them and releasing their claims"
+                );
+            }
+            // Each cancelled delivery comes back through `record`, which releases its claim.
+            for (_, abort) in act.in_flight.values() {
+                abort.abort();
+            }
         });
         Box::pin(async move {
             let _ = finished.await;
