@@ -61,6 +61,10 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Longest a client may take to send a request's headers, and again its body: slow clients
+    /// (slowloris) are cut off with 408 instead of holding a connection.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -181,6 +185,7 @@ impl Default for ServerSettings {
             workers: 0,
             max_body_bytes: 16 * 1024,
             trusted_proxies: Vec::new(),
+            request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
         }
     }

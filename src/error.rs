@@ -31,6 +31,9 @@ pub enum ApiError {
     /// 409 `email_taken`.
     #[error("an account with this email address already exists")]
     EmailTaken,
+    /// 408 `request_timeout`: the body did not arrive within `server.request_timeout`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// 413 `payload_too_large`.
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -43,6 +46,9 @@ pub enum ApiError {
     /// 422 `idempotency_key_reused`.
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
+    /// 429 `rate_limited` with `Retry-After`: too many registrations from one client address.
+    #[error("too many registrations from this address; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
     /// 503 `unavailable` with `Retry-After`: the database (or the actor) did not answer.
     /// Nothing was half-written.
     #[error("the service is temporarily unavailable")]
@@ -76,10 +82,12 @@ impl ApiError {
             ApiError::NotRetryable => "not_retryable",
             ApiError::UsernameTaken => "username_taken",
             ApiError::EmailTaken => "email_taken",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -102,11 +110,13 @@ impl ResponseError for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::NotRetryable => StatusCode::CONFLICT,
             ApiError::UsernameTaken | ApiError::EmailTaken => StatusCode::CONFLICT,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -143,6 +153,9 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
+        if let ApiError::RateLimited { retry_after } = self {
+            response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+        }
         if matches!(self, ApiError::Unavailable(_)) {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE));
         }
@@ -171,6 +184,11 @@ pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> Ap
         },
         J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::PayloadTooLarge { limit },
         J::Payload(actix_web::error::PayloadError::Overflow) => ApiError::PayloadTooLarge { limit },
+        J::Payload(actix_web::error::PayloadError::Io(e))
+            if e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            ApiError::RequestTimeout
+        }
         J::Deserialize(e) => ApiError::BadRequest(describe_json_error(&e)),
         other => ApiError::BadRequest(format!("unreadable body: {other}")),
     }
@@ -185,6 +203,11 @@ pub fn form_error(error: actix_web::error::UrlencodedError, limit: usize) -> Api
         },
         U::Overflow { .. } => ApiError::PayloadTooLarge { limit },
         U::Payload(actix_web::error::PayloadError::Overflow) => ApiError::PayloadTooLarge { limit },
+        U::Payload(actix_web::error::PayloadError::Io(e))
+            if e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            ApiError::RequestTimeout
+        }
         other => ApiError::BadRequest(format!("invalid form body: {other}")),
     }
 }

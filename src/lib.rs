@@ -23,6 +23,8 @@ pub mod mock_provider;
 pub mod outbox;
 /// `signup outbox list | retry`.
 pub mod outbox_cli;
+/// Per-client rate limiting of the registration routes.
+pub mod rate_limit;
 /// The pipeline validate → hash → RegistrationActor, shared by API and form.
 pub mod registration;
 /// HTTP handlers.

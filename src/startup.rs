@@ -40,6 +40,9 @@ pub enum StartupError {
     Provider(#[source] reqwest::Error),
 }
 
+/// How often the rate limiter forgets idle clients.
+const RATE_LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connections of the EmailSyncActor's own pool: claims, outcomes, gauges, retention.
 const EMAIL_SYNC_CONNECTIONS: u32 = 4;
 
@@ -137,6 +140,17 @@ impl Application {
             Arc::clone(&metrics),
         )
         .start();
+        let limiter = crate::rate_limit::ClientLimiter::new(&settings.rate_limit).map(Arc::new);
+        if let Some(limiter) = limiter.clone() {
+            // Forget clients whose allowance is full again, so the table holds recent ones only.
+            actix_web::rt::spawn(async move {
+                let mut every = tokio::time::interval(RATE_LIMIT_SWEEP_EVERY);
+                loop {
+                    every.tick().await;
+                    limiter.sweep();
+                }
+            });
+        }
         let state = AppState {
             db: db.clone(),
             registrar: Registrar {
@@ -148,6 +162,9 @@ impl Application {
             metrics: Arc::clone(&metrics),
             email_sync: email_sync.clone().recipient(),
             admin_token: settings.admin.token.clone(),
+            limiter: limiter.clone(),
+            trusted_proxies: settings.server.trusted_proxies.clone(),
+            request_timeout: settings.server.request_timeout,
         };
 
         let max_body = settings.server.max_body_bytes;
@@ -170,6 +187,8 @@ impl Application {
         })
         .workers(settings.workers())
         .shutdown_timeout(settings.server.shutdown_grace.as_secs())
+        // Headers must arrive within request_timeout (bodies: see routes::limits).
+        .client_request_timeout(settings.server.request_timeout)
         // Signals are handled in `run_until_stopped`, which drains the email sync after the
         // HTTP server: actix-server's own handling would stop the whole System first.
         .disable_signals()

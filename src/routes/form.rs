@@ -151,6 +151,28 @@ pub async fn submit(
     }
 }
 
+/// The form again, with 429, `Retry-After` and a message (the rate limit's answer).
+pub fn rate_limited(request: &HttpRequest, retry_after: u64) -> HttpResponse {
+    let (secret, is_new) = browser_secret(request);
+    let view = FormView {
+        csrf_token: csrf::issue(&secret),
+        notice: Some(format!(
+            "Too many sign-ups from your network just now. Please try again in {retry_after} seconds."
+        )),
+        ..FormView::default()
+    };
+    let mut response = with_secret_cookie(
+        pages::register(StatusCode::TOO_MANY_REQUESTS, &view),
+        request,
+        &secret,
+        is_new,
+    );
+    if let Ok(value) = header::HeaderValue::from_str(&retry_after.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 pub async fn welcome(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let id = request
         .cookie(WELCOME_COOKIE)

@@ -5,11 +5,13 @@ mod admin;
 mod csrf;
 mod form;
 mod health;
+mod limits;
 mod observe;
 mod pages;
 mod registrations;
 
 use actix::Addr;
+use actix_web::middleware::from_fn;
 use actix_web::web;
 use sea_orm::DatabaseConnection;
 
@@ -30,6 +32,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The EmailSyncActor's mailbox, for operators' retries (`try_send` only).
     pub email_sync: actix::Recipient<WakeUp>,
+    /// Per-client limiter of the registration routes; None when `rate_limit.per_minute = 0`.
+    pub limiter: Option<Arc<crate::rate_limit::ClientLimiter>>,
+    /// `server.request_timeout`: the deadline for a request body.
+    pub request_timeout: std::time::Duration,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `admin.token`; the admin routes are 404 while it is None.
     pub admin_token: Option<secrecy::SecretString>,
 }
@@ -57,12 +65,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .error_handler(move |e, _| form_error(e, max_body_bytes).into()),
     )
     .route("/", web::get().to(form::root))
-    .route("/register", web::get().to(form::show))
-    .route("/register", web::post().to(form::submit))
+    .service(
+        web::resource("/register")
+            .route(web::get().to(form::show))
+            .route(web::post().to(form::submit))
+            .wrap(from_fn(limits::limit_registrations))
+            .wrap(from_fn(limits::body_deadline)),
+    )
     .route("/register/welcome", web::get().to(form::welcome))
-    .route(
-        "/api/v1/registrations",
-        web::post().to(registrations::create),
+    .service(
+        web::resource("/api/v1/registrations")
+            .route(web::post().to(registrations::create))
+            .wrap(from_fn(limits::limit_registrations))
+            .wrap(from_fn(limits::body_deadline)),
     )
     .route(
         "/api/v1/registrations/{id}",

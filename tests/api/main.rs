@@ -5,6 +5,7 @@
 // Table-driven tests spell their case tuples out where they are read.
 #![allow(clippy::type_complexity)]
 
+mod abuse;
 mod admin;
 mod browser;
 mod cli;

@@ -1,0 +1,78 @@
+//! Rate limiting of the registration routes (JSON and form), before their bodies are read.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, ResponseError, web};
+
+use super::{AppState, form};
+use crate::error::ApiError;
+use crate::rate_limit::client_address;
+
+pub async fn limit_registrations(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let verdict = match request.app_data::<web::Data<AppState>>() {
+        Some(state) if request.method() == Method::POST => match &state.limiter {
+            Some(limiter) => {
+                let forwarded = request
+                    .headers()
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok());
+                let peer = request.peer_addr().map(|a| a.ip());
+                match client_address(peer, forwarded, &state.trusted_proxies) {
+                    Some(client) => limiter.check(client),
+                    None => Ok(()),
+                }
+            }
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    };
+    match verdict {
+        Ok(()) => Ok(next.call(request).await?.map_into_boxed_body()),
+        Err(wait) => {
+            let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let (http_request, _) = request.into_parts();
+            let response = if http_request.path() == "/register" {
+                form::rate_limited(&http_request, retry_after)
+            } else {
+                ApiError::RateLimited { retry_after }.error_response()
+            };
+            Ok(ServiceResponse::new(http_request, response))
+        }
+    }
+}
+
+/// Puts a deadline of `server.request_timeout` on reading the request body: a client that
+/// trickles its body (slowloris) gets 408 instead of holding the connection open.
+pub async fn body_deadline(
+    mut request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let timeout = request
+        .app_data::<web::Data<AppState>>()
+        .map_or(std::time::Duration::from_secs(10), |s| s.request_timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let payload = request.take_payload();
+    let timed = futures_util::stream::unfold(Some(payload), move |state| async move {
+        let mut payload = state?;
+        match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut payload)).await {
+            Ok(Some(chunk)) => Some((chunk, Some(payload))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(actix_web::error::PayloadError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request body timed out",
+                ))),
+                None,
+            )),
+        }
+    });
+    request.set_payload(actix_web::dev::Payload::Stream {
+        payload: Box::pin(timed),
+    });
+    next.call(request).await
+}
