@@ -72,6 +72,30 @@ impl PasswordHasher {
     }
 }
 
+impl PasswordHasher {
+    /// Whether `password` matches the PHC string `phc`, on the blocking pool.
+    pub async fn verify(&self, password: &str, phc: &str) -> Result<bool, HashError> {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashError::Closed)?;
+        let password = password.to_owned();
+        let phc = phc.to_owned();
+        Ok(tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&phc)
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

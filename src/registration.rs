@@ -11,7 +11,19 @@ use crate::domain::NewRegistration;
 use crate::error::ApiError;
 use crate::hashing::PasswordHasher;
 use crate::metrics::Metrics;
-use crate::store::{Candidate, IdempotencyKey, Outcome};
+use crate::store::{self, Candidate, IdempotencyKey, Outcome};
+
+/// What makes a submission safe to repeat.
+#[derive(Debug, Clone)]
+pub enum Submission {
+    /// No key: a repeat is a new registration attempt (and 409s).
+    Plain,
+    /// The HTML form's nonce: a repeat lands on the first outcome, whatever was edited.
+    Form { nonce: String },
+    /// The API's `Idempotency-Key`: a repeat of the same request gets the first 201; the same
+    /// key with another request is 422 `idempotency_key_reused`.
+    Api { key: String },
+}
 
 /// What the routes need to register someone.
 #[derive(Clone)]
@@ -19,6 +31,8 @@ pub struct Registrar {
     pub hasher: PasswordHasher,
     pub actor: Addr<RegistrationActor>,
     pub metrics: Arc<Metrics>,
+    /// For idempotency-key lookups (reads only; writes go through the actor).
+    pub db: sea_orm::DatabaseConnection,
 }
 
 impl Registrar {
@@ -30,12 +44,12 @@ impl Registrar {
         username: &str,
         email: &str,
         password: &str,
-        idempotency: Option<IdempotencyKey>,
+        submission: Submission,
         request_id: &str,
     ) -> Result<Outcome, ApiError> {
         let started = Instant::now();
         let result = self
-            .register_unmeasured(username, email, password, idempotency, request_id)
+            .register_unmeasured(username, email, password, submission, request_id)
             .await;
         let outcome = match &result {
             Ok(Outcome::Created(_) | Outcome::Replayed(_)) => "created",
@@ -59,10 +73,27 @@ impl Registrar {
         username: &str,
         email: &str,
         password: &str,
-        idempotency: Option<IdempotencyKey>,
+        submission: Submission,
         request_id: &str,
     ) -> Result<Outcome, ApiError> {
         let new = NewRegistration::parse(username, email, password).map_err(ApiError::Invalid)?;
+        let idempotency = match submission {
+            Submission::Plain => None,
+            Submission::Form { nonce } => Some(IdempotencyKey {
+                key: format!("form:{nonce}"),
+                fingerprint: String::new(),
+            }),
+            Submission::Api { key } => {
+                let key = IdempotencyKey {
+                    key: format!("api:{key}"),
+                    fingerprint: fingerprint(&new),
+                };
+                if let Some(outcome) = self.replay(&key, &new).await? {
+                    return Ok(outcome);
+                }
+                Some(key)
+            }
+        };
         let password_hash = self
             .hasher
             .hash(new.password)
@@ -82,4 +113,47 @@ impl Registrar {
             .map_err(|e| ApiError::Unavailable(Box::new(e)))?
             .map_err(|RegistrationError::Unavailable(e)| ApiError::Unavailable(e.into()))
     }
+}
+
+impl Registrar {
+    /// The answer to a repeated API key, if the key was used before (and is not expired).
+    /// A repeat must be the same request: same username and email (the fingerprint) and the
+    /// same password, checked against the stored argon2 hash, so no fast hash of the password
+    /// is ever stored.
+    async fn replay(
+        &self,
+        key: &IdempotencyKey,
+        new: &NewRegistration,
+    ) -> Result<Option<Outcome>, ApiError> {
+        let known = store::find_key(&self.db, &key.key)
+            .await
+            .map_err(|e| ApiError::Unavailable(Box::new(e)))?;
+        let Some((fingerprint, user, password_hash)) = known else {
+            return Ok(None);
+        };
+        if fingerprint != key.fingerprint {
+            return Ok(Some(Outcome::IdempotencyKeyReused));
+        }
+        let same_password = self
+            .hasher
+            .verify(new.password.expose(), &password_hash)
+            .await
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        Ok(Some(if same_password {
+            Outcome::Replayed(user)
+        } else {
+            Outcome::IdempotencyKeyReused
+        }))
+    }
+}
+
+/// SHA-256 of the normalised username and email.
+fn fingerprint(new: &NewRegistration) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(new.username.normalized())
+        .chain_update([0u8])
+        .chain_update(new.email.normalized())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -157,6 +157,7 @@ impl Application {
                 hasher: PasswordHasher::new(&settings.password)?,
                 actor: registration_actor.clone(),
                 metrics: Arc::clone(&metrics),
+                db: db.clone(),
             },
             registration_actor,
             metrics: Arc::clone(&metrics),

@@ -138,6 +138,14 @@ async fn try_batch(
         .iter()
         .filter_map(|c| c.idempotency.as_ref().map(|k| k.key.as_str()))
         .collect();
+    if !keys.is_empty() {
+        // An expired key may be used again: its old row must not block the new one.
+        idempotency_key::Entity::delete_many()
+            .filter(idempotency_key::Column::Key.is_in(keys.iter().copied()))
+            .filter(idempotency_key::Column::CreatedAt.lt(Utc::now() - KEY_TTL))
+            .exec(&txn)
+            .await?;
+    }
     let mut known_keys = known_keys(&txn, &keys).await?;
     let (mut taken_usernames, mut taken_emails) = taken(&txn, candidates).await?;
 
@@ -306,6 +314,55 @@ async fn taken<C: ConnectionTrait>(
         taken_emails.insert(email);
     }
     Ok((taken_usernames, taken_emails))
+}
+
+/// How long an idempotency key is remembered.
+pub const KEY_TTL: chrono::Duration = chrono::Duration::hours(24);
+
+/// A key used within the last 24 h: its fingerprint, its user and the user's password hash.
+pub async fn find_key(
+    db: &DatabaseConnection,
+    key: &str,
+) -> Result<Option<(String, RegisteredUser, String)>, DbErr> {
+    let Some(row) = idempotency_key::Entity::find_by_id(key.to_owned())
+        .filter(idempotency_key::Column::CreatedAt.gte(Utc::now() - KEY_TTL))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let user = user::Entity::find_by_id(row.user_id).one(db).await?;
+    Ok(user.map(|u| {
+        let hash = u.password_hash.clone();
+        (row.fingerprint, u.into(), hash)
+    }))
+}
+
+/// Deletes keys older than 24 h, `batch` at a time. Returns how many.
+pub async fn delete_expired_keys(db: &DatabaseConnection, batch: u64) -> Result<u64, DbErr> {
+    let mut total = 0;
+    loop {
+        let old: Vec<String> = idempotency_key::Entity::find()
+            .select_only()
+            .column(idempotency_key::Column::Key)
+            .filter(idempotency_key::Column::CreatedAt.lt(Utc::now() - KEY_TTL))
+            .limit(batch)
+            .into_tuple()
+            .all(db)
+            .await?;
+        if old.is_empty() {
+            return Ok(total);
+        }
+        let n = old.len() as u64;
+        idempotency_key::Entity::delete_many()
+            .filter(idempotency_key::Column::Key.is_in(old))
+            .exec(db)
+            .await?;
+        total += n;
+        if n < batch {
+            return Ok(total);
+        }
+    }
 }
 
 /// The user with `id`, if registered.

@@ -128,7 +128,26 @@ impl RegistrationActor {
 
 impl Actor for RegistrationActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Idempotency keys are remembered 24 h; delete the expired ones now and then. Not a
+        // registration, so it does not take the `committing` turn: it deletes old rows only.
+        ctx.run_interval(KEY_SWEEP_EVERY, |act, ctx| {
+            let db = act.db.clone();
+            let sweep = async move {
+                match store::delete_expired_keys(&db, 1000).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "deleted expired idempotency keys"),
+                    Err(e) => tracing::warn!(error = %e, "cannot delete expired idempotency keys"),
+                }
+            };
+            ctx.spawn(sweep.into_actor(act));
+        });
+    }
 }
+
+/// How often expired idempotency keys are deleted.
+const KEY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Handler<RegisterUser> for RegistrationActor {
     type Result = ResponseFuture<Result<Outcome, RegistrationError>>;

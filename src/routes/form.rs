@@ -11,7 +11,8 @@ use super::pages::{self, FormView};
 use super::{AppState, csrf};
 use crate::domain::FieldError;
 use crate::error::ApiError;
-use crate::store::{self, IdempotencyKey, Outcome};
+use crate::registration::Submission;
+use crate::store::{self, Outcome};
 
 /// Remembers, for the welcome page, whom this browser just registered.
 const WELCOME_COOKIE: &str = "signup_welcome";
@@ -68,11 +69,8 @@ pub async fn submit(
     };
     let secret = secret.unwrap_or_default();
     // The nonce names this rendering of the form: a resubmission replays the first outcome.
-    // Only the nonce counts (an edited resubmission of a form that already succeeded still
-    // lands on the same welcome page), hence the constant fingerprint.
-    let key = IdempotencyKey {
-        key: format!("form:{nonce}"),
-        fingerprint: String::new(),
+    let key = Submission::Form {
+        nonce: nonce.to_owned(),
     };
     let result = state
         .registrar
@@ -80,7 +78,7 @@ pub async fn submit(
             &form.username,
             &form.email,
             &form.password,
-            Some(key),
+            key,
             &request_id.0,
         )
         .await;

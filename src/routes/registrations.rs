@@ -1,7 +1,7 @@
 //! `POST /api/v1/registrations` (SPEC §2.1).
 
 use actix_web::http::header;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::observe::RequestId;
 use crate::error::ApiError;
+use crate::registration::Submission;
 use crate::store::{Outcome, RegisteredUser};
 
 /// The request body. Unknown members are ignored; missing ones or wrong types are 400.
@@ -41,10 +42,17 @@ impl From<RegisteredUser> for RegistrationResponse {
 }
 
 pub async fn create(
+    request: HttpRequest,
     state: web::Data<AppState>,
     request_id: RequestId,
     body: web::Json<RegistrationRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let submission = match request.headers().get("idempotency-key") {
+        None => Submission::Plain,
+        Some(value) => Submission::Api {
+            key: idempotency_key(value.as_bytes())?.to_owned(),
+        },
+    };
     let body = body.into_inner();
     let outcome = state
         .registrar
@@ -52,7 +60,7 @@ pub async fn create(
             &body.username,
             &body.email,
             &body.password,
-            None,
+            submission,
             &request_id.0,
         )
         .await?;
@@ -66,5 +74,29 @@ pub async fn create(
         Outcome::UsernameTaken => Err(ApiError::UsernameTaken),
         Outcome::EmailTaken => Err(ApiError::EmailTaken),
         Outcome::IdempotencyKeyReused => Err(ApiError::IdempotencyKeyReused),
+    }
+}
+
+/// An `Idempotency-Key` is 1–255 visible ASCII characters.
+fn idempotency_key(value: &[u8]) -> Result<&str, ApiError> {
+    let valid = (1..=255).contains(&value.len()) && value.iter().all(|b| b.is_ascii_graphic());
+    match std::str::from_utf8(value) {
+        Ok(key) if valid => Ok(key),
+        _ => Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1–255 visible ASCII characters".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn idempotency_keys_are_1_to_255_visible_ascii_characters() {
+        assert!(super::idempotency_key(b"a").is_ok());
+        assert!(super::idempotency_key(&[b'k'; 255]).is_ok());
+        assert!(super::idempotency_key(b"").is_err());
+        assert!(super::idempotency_key(&[b'k'; 256]).is_err());
+        assert!(super::idempotency_key(b"has space").is_err());
+        assert!(super::idempotency_key("é".as_bytes()).is_err());
     }
 }

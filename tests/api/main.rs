@@ -15,6 +15,7 @@ mod email_sync;
 mod form;
 mod health;
 mod helpers;
+mod idempotency;
 mod metrics;
 mod outbox;
 mod processes;
