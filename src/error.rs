@@ -58,16 +58,25 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// A URI naming the kind of problem, e.g. `urn:signup:problem:email_taken`.
     #[serde(rename = "type")]
     kind: String,
+    /// The HTTP reason phrase.
     title: &'a str,
+    /// The HTTP status code.
     status: u16,
+    /// A sentence for people; never echoes the password.
     detail: String,
+    /// Stable and machine-readable: `bad_request`, `username_taken`, `email_taken`, `invalid`,
+    /// `idempotency_key_reused`, `rate_limited`, `unavailable`, …
     code: &'a str,
+    /// The field a 409 is about (`username` or `email`).
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// Every failing field of a 422 `invalid`.
     #[serde(skip_serializing_if = "Option::is_none")]
     errors: Option<&'a [FieldError]>,
 }

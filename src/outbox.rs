@@ -211,7 +211,7 @@ pub async fn outbox_counts(db: &DatabaseConnection) -> Result<(u64, u64), DbErr>
 }
 
 /// An outbox row as operators see it (admin API, command line).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: Uuid,
     pub user_id: Uuid,

@@ -13,10 +13,14 @@ pub use password::Password;
 pub use username::Username;
 
 /// Why one field was refused: `code` is stable and machine-readable, `message` is for people.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// `username`, `email` or `password`.
     pub field: &'static str,
+    /// `required`, `too_short`, `too_long`, `invalid_characters`, `invalid_start`, `invalid`,
+    /// `same_as_identity`.
     pub code: &'static str,
+    /// For people.
     pub message: String,
 }
 

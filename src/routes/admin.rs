@@ -5,10 +5,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use entity::email_outbox::Status;
 use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
@@ -50,19 +50,63 @@ fn wake(state: &AppState) {
     }
 }
 
-#[derive(Deserialize)]
+/// A page of jobs, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct JobPage {
+    jobs: Vec<outbox::Job>,
+    /// Pass as `before` for the next page; null on the last one.
+    next: Option<Uuid>,
+}
+
+/// How many dead jobs were made due.
+#[derive(Serialize, ToSchema)]
+pub struct Requeued {
+    requeued: u64,
+}
+
+/// A registration and its email sync job.
+#[derive(Serialize, ToSchema)]
+pub struct RegistrationDetail {
+    id: Uuid,
+    username: String,
+    email: String,
+    created_at: chrono::DateTime<Utc>,
+    /// Null once a delivered job has passed `email_sync.retention`.
+    email_sync: Option<SyncSummary>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SyncSummary {
+    id: Uuid,
+    status: &'static str,
+    attempts: i32,
+    last_error: Option<String>,
+    delivered_at: Option<chrono::DateTime<Utc>>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// pending, dead or delivered.
     status: Option<String>,
+    /// 1–500, default 50.
     limit: Option<u64>,
+    /// A job id: list jobs older than it.
     before: Option<String>,
 }
 
+#[utoipa::path(get, path = "/admin/email-sync/jobs", tag = "admin", params(ListQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "A page of jobs", body = JobPage), (status = 400, description = "Bad status, limit or before", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn list_jobs(
     request: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    // Parsed after authorizing: without a token the route does not exist (404), and a bad
+    // query must not tell otherwise.
     authorize(&request, &state)?;
+    let query = web::Query::<ListQuery>::from_query(request.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let status = match query.status.as_deref() {
         None | Some("") => None,
         Some("pending") => Some(Status::Pending),
@@ -91,13 +135,16 @@ pub async fn list_jobs(
     let (jobs, next) = outbox::list(&state.db, status, limit, before)
         .await
         .map_err(db_error)?;
-    Ok(HttpResponse::Ok().json(json!({"jobs": jobs, "next": next})))
+    Ok(HttpResponse::Ok().json(JobPage { jobs, next }))
 }
 
 fn job_id(path: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(path).map_err(|_| ApiError::NotFound)
 }
 
+#[utoipa::path(get, path = "/admin/email-sync/jobs/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
+    responses((status = 200, description = "The job", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn get_job(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -111,6 +158,9 @@ pub async fn get_job(
         .ok_or(ApiError::NotFound)
 }
 
+#[utoipa::path(post, path = "/admin/email-sync/jobs/{id}/retry", tag = "admin",
+    params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
+    responses((status = 202, description = "Due now, attempts reset", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Delivered already", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_job(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -137,6 +187,8 @@ pub async fn retry_job(
     Ok(HttpResponse::Accepted().json(job))
 }
 
+#[utoipa::path(post, path = "/admin/email-sync/retry-dead", tag = "admin", security(("bearer" = [])),
+    responses((status = 202, description = "Every dead job is due now", body = Requeued), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_dead(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -147,10 +199,13 @@ pub async fn retry_dead(
         .map_err(db_error)?;
     wake(&state);
     tracing::info!(requeued, "operator requeued every dead job");
-    Ok(HttpResponse::Accepted().json(json!({"requeued": requeued})))
+    Ok(HttpResponse::Accepted().json(Requeued { requeued }))
 }
 
 /// `GET /api/v1/registrations/{id}`: the registration and its email sync job.
+#[utoipa::path(get, path = "/api/v1/registrations/{id}", tag = "admin",
+    params(("id" = String, Path, description = "The registration's id (the Location of its 201)")), security(("bearer" = [])),
+    responses((status = 200, description = "The registration", body = RegistrationDetail), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn get_registration(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -165,18 +220,17 @@ pub async fn get_registration(
     let job = outbox::find_for_user(&state.db, id)
         .await
         .map_err(db_error)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "id": user.id,
-        "username": user.username,
-        "email": user.email,
-        "created_at": user.created_at,
-        // null once a delivered job has passed email_sync.retention.
-        "email_sync": job.map(|j| json!({
-            "id": j.id,
-            "status": j.status,
-            "attempts": j.attempts,
-            "last_error": j.last_error,
-            "delivered_at": j.delivered_at,
-        })),
-    })))
+    Ok(HttpResponse::Ok().json(RegistrationDetail {
+        id: user.id,
+        username: user.username,
+        email: user.email,
+        created_at: user.created_at,
+        email_sync: job.map(|j| SyncSummary {
+            id: j.id,
+            status: j.status,
+            attempts: j.attempts,
+            last_error: j.last_error,
+            delivered_at: j.delivered_at,
+        }),
+    }))
 }

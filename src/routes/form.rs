@@ -19,7 +19,7 @@ const WELCOME_COOKIE: &str = "signup_welcome";
 
 /// The posted form. Absent fields are empty strings, so they get the same field messages as
 /// empty ones. No `Debug`: it holds the password.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RegisterForm {
     #[serde(default)]
     username: String,
@@ -31,10 +31,15 @@ pub struct RegisterForm {
     csrf_token: String,
 }
 
+#[utoipa::path(get, path = "/", tag = "form",
+    responses((status = 303, description = "To the form", headers(("Location" = String, description = "/register")))))]
 pub async fn root() -> HttpResponse {
     see_other("/register")
 }
 
+/// The sign-up form (HTML; works without JavaScript).
+#[utoipa::path(get, path = "/register", tag = "form",
+    responses((status = 200, description = "The form, with a csrf_token bound to a cookie", body = String, content_type = "text/html")))]
 pub async fn show(request: HttpRequest) -> HttpResponse {
     let (secret, is_new) = browser_secret(&request);
     let view = FormView {
@@ -49,6 +54,21 @@ pub async fn show(request: HttpRequest) -> HttpResponse {
     )
 }
 
+/// The form's submission: POST/redirect/GET.
+#[utoipa::path(post, path = "/register", tag = "form",
+    request_body(content = RegisterForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Registered (or the same form again): to the welcome page", headers(("Location" = String, description = "/register/welcome"))),
+        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing or wrong CSRF token; nothing created", body = String, content_type = "text/html"),
+        (status = 408, description = "The body did not arrive within server.request_timeout", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The form again: username or email taken", body = String, content_type = "text/html"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The form again: a message by each invalid field", body = String, content_type = "text/html"),
+        (status = 429, description = "The form again: too many sign-ups from this address", body = String, content_type = "text/html"),
+        (status = 503, description = "The form again: try again in a moment", body = String, content_type = "text/html"),
+    ))]
 pub async fn submit(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -171,6 +191,13 @@ pub fn rate_limited(request: &HttpRequest, retry_after: u64) -> HttpResponse {
     response
 }
 
+/// Greets the person this browser just registered.
+#[utoipa::path(get, path = "/register/welcome", tag = "form",
+    responses(
+        (status = 200, description = "Welcome, <name>!", body = String, content_type = "text/html"),
+        (status = 303, description = "Nobody registered from this browser: to the form", headers(("Location" = String, description = "/register"))),
+        (status = 503, description = "The account exists; the page cannot be shown just now", body = String, content_type = "text/html"),
+    ))]
 pub async fn welcome(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let id = request
         .cookie(WELCOME_COOKIE)

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::actors::Ping;
@@ -13,6 +14,8 @@ use crate::outbox;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Prometheus text exposition (SPEC §4.2).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     match state.metrics.render() {
         Ok(text) => HttpResponse::Ok()
@@ -25,14 +28,51 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Liveness body.
+#[derive(Serialize, ToSchema)]
+pub struct Live {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// Readiness body (SPEC §4.1).
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ok` or `unavailable`.
+    status: &'static str,
+    /// `up` or `down`.
+    database: &'static str,
+    /// `up` or `down`: the RegistrationActor answered within 1 s.
+    registration: &'static str,
+    email_sync: EmailSyncHealth,
+}
+
+/// The email sync's state; it never makes readiness fail.
+#[derive(Serialize, ToSchema)]
+pub struct EmailSyncHealth {
+    /// `closed`, `open` or `half_open`.
+    circuit: &'static str,
+    /// Outbox rows waiting (null when the database did not answer).
+    pending: Option<u64>,
+    /// Dead outbox rows waiting for an operator.
+    dead: Option<u64>,
+}
+
 /// Alive while the process can serve. Touches nothing else: on SQLite a database probe would
 /// queue behind writes and make a busy server look dead.
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "The process serves", body = Live)))]
 pub async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Live { status: "ok" })
 }
 
 /// Ready when the database answers and the RegistrationActor replies, each within 1 s.
 /// The email provider never makes this fail.
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: database or RegistrationActor down", body = Readiness),
+    ))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let database = tokio::time::timeout(PROBE_TIMEOUT, state.db.ping()).await;
     let database_up = matches!(database, Ok(Ok(())));
@@ -40,19 +80,23 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let registration_up = matches!(actor, Ok(Ok(())));
     let (pending, dead) = if database_up {
         match tokio::time::timeout(PROBE_TIMEOUT, outbox::outbox_counts(&state.db)).await {
-            Ok(Ok(counts)) => (json!(counts.0), json!(counts.1)),
-            _ => (json!(null), json!(null)),
+            Ok(Ok((pending, dead))) => (Some(pending), Some(dead)),
+            _ => (None, None),
         }
     } else {
-        (json!(null), json!(null))
+        (None, None)
     };
     let ok = database_up && registration_up;
-    let body = json!({
-        "status": if ok { "ok" } else { "unavailable" },
-        "database": if database_up { "up" } else { "down" },
-        "registration": if registration_up { "up" } else { "down" },
-        "email_sync": {"circuit": state.metrics.circuit().as_str(), "pending": pending, "dead": dead},
-    });
+    let body = Readiness {
+        status: if ok { "ok" } else { "unavailable" },
+        database: if database_up { "up" } else { "down" },
+        registration: if registration_up { "up" } else { "down" },
+        email_sync: EmailSyncHealth {
+            circuit: state.metrics.circuit().as_str(),
+            pending,
+            dead,
+        },
+    };
     if ok {
         HttpResponse::Ok().json(body)
     } else {

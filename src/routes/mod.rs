@@ -7,6 +7,7 @@ mod form;
 mod health;
 mod limits;
 mod observe;
+pub mod openapi;
 mod pages;
 mod registrations;
 
@@ -64,6 +65,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .limit(max_body_bytes)
             .error_handler(move |e, _| form_error(e, max_body_bytes).into()),
     )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into()),
+    )
+    .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound.into()))
     .route("/", web::get().to(form::root))
     .service(
         web::resource("/register")
@@ -96,6 +102,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .route("/health/live", web::get().to(health::live))
     .route("/health/ready", web::get().to(health::ready))
     .route("/metrics", web::get().to(health::metrics))
+    .route("/api/openapi.json", web::get().to(openapi::document))
     .default_service(web::to(not_found));
 }
 

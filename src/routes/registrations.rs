@@ -14,15 +14,27 @@ use crate::store::{Outcome, RegisteredUser};
 
 /// The request body. Unknown members are ignored; missing ones or wrong types are 400.
 /// No `Debug`: it holds the password.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RegistrationRequest {
+    /// 3–32 of a–z, 0–9, `_`, `-`, `.` (either case), starting with a letter or digit; unique
+    /// case-insensitively. Surrounding spaces are trimmed.
+    #[schema(
+        example = "ada_lovelace",
+        min_length = 3,
+        max_length = 32,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$"
+    )]
     pub username: String,
+    /// At most 254 characters, one `@`, a domain with a dot; unique case-insensitively.
+    #[schema(example = "ada@example.com", max_length = 254, format = Email, pattern = "^[^@\\s]+@[^@\\s.]+(\\.[^@\\s.]+)+$")]
     pub email: String,
+    /// 8–128 characters, not the username or the email.
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 128, format = Password)]
     pub password: String,
 }
 
 /// The 201 body.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RegistrationResponse {
     pub id: Uuid,
     pub username: String,
@@ -41,6 +53,25 @@ impl From<RegisteredUser> for RegistrationResponse {
     }
 }
 
+/// Registers a user, synchronously: the answer says whether the account exists now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/registrations",
+    tag = "registration",
+    request_body(content = RegistrationRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters; a retry with the same key and request within 24 h gets the first response")),
+    responses(
+        (status = 201, description = "Created", body = RegistrationResponse, headers(("Location" = String, description = "/api/v1/registrations/{id}"))),
+        (status = 400, description = "Malformed JSON, a missing field, a wrong type, a malformed Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within server.request_timeout", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "username_taken or email_taken", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid (every failing field listed) or idempotency_key_reused", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited", body = crate::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = String, description = "seconds"))),
+        (status = 503, description = "unavailable: the database did not answer; nothing was written", body = crate::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = String, description = "seconds"))),
+    )
+)]
 pub async fn create(
     request: HttpRequest,
     state: web::Data<AppState>,

@@ -17,6 +17,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod metrics;
+mod openapi;
 mod outbox;
 mod processes;
 mod registrations;

@@ -1,0 +1,68 @@
+//! `GET /api/openapi.json`: the OpenAPI 3 document, generated from the handlers' and types'
+//! annotations (utoipa), so it describes what the code does.
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{admin, form, health, registrations};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "signup",
+        description = "A registration server: sign-ups are answered synchronously; the email \
+                       provider is synced asynchronously and never affects these answers."
+    ),
+    paths(
+        registrations::create,
+        admin::get_registration,
+        form::root,
+        form::show,
+        form::submit,
+        form::welcome,
+        health::live,
+        health::ready,
+        health::metrics,
+        admin::list_jobs,
+        admin::get_job,
+        admin::retry_job,
+        admin::retry_dead,
+        document,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "registration", description = "The JSON API"),
+        (name = "form", description = "The HTML form"),
+        (name = "operations", description = "Health and metrics"),
+        (name = "admin", description = "Failed syncs; only with admin.token set"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3", body = Object, content_type = "application/json")))]
+pub async fn document() -> HttpResponse {
+    match ApiDoc::openapi().to_json() {
+        Ok(json) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the OpenAPI document");
+            HttpResponse::InternalServerError().finish()
+        }
+    }
+}
