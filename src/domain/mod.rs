@@ -33,3 +33,57 @@ impl FieldError {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_username_input_parses_to_a_valid_normalised_name_or_a_field_error(raw in any::<String>()) {
+            match Username::parse(&raw) {
+                Ok(name) => {
+                    let n = name.as_str().chars().count();
+                    prop_assert!((3..=32).contains(&n));
+                    prop_assert!(name.as_str().chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)));
+                    prop_assert_eq!(name.normalized(), name.as_str().to_ascii_lowercase());
+                }
+                Err(e) => prop_assert_eq!(e.field, "username"),
+            }
+        }
+
+        #[test]
+        fn well_formed_usernames_always_parse(raw in "[A-Za-z0-9][A-Za-z0-9_.-]{2,31}") {
+            prop_assert!(Username::parse(&raw).is_ok());
+        }
+
+        #[test]
+        fn any_email_input_parses_to_a_valid_normalised_address_or_a_field_error(raw in any::<String>()) {
+            match Email::parse(&raw) {
+                Ok(email) => {
+                    prop_assert!(email.as_str().chars().count() <= 254);
+                    prop_assert_eq!(email.as_str().matches('@').count(), 1);
+                    prop_assert!(!email.as_str().chars().any(|c| c.is_whitespace() || c.is_control()));
+                    prop_assert_eq!(email.normalized(), email.as_str().to_lowercase());
+                }
+                Err(e) => prop_assert_eq!(e.field, "email"),
+            }
+        }
+
+        #[test]
+        fn well_formed_addresses_always_parse(local in "[a-z0-9.+_-]{1,30}", domain in "[a-z0-9-]{1,20}", tld in "[a-z]{2,6}") {
+            let raw = format!("{local}@{domain}.{tld}");
+            prop_assert!(Email::parse(&raw).is_ok(), "{}", raw);
+        }
+
+        #[test]
+        fn any_password_is_accepted_exactly_when_8_to_128_characters_and_not_an_identity(raw in any::<String>()) {
+            let n = raw.chars().count();
+            let accepted = Password::parse(&raw, &["someone", "someone@example.com"]).is_ok();
+            let identity = ["someone", "someone@example.com"].contains(&raw.to_lowercase().as_str());
+            prop_assert_eq!(accepted, (8..=128).contains(&n) && !identity);
+        }
+    }
+}

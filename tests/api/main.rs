@@ -20,4 +20,5 @@ mod metrics;
 mod openapi;
 mod outbox;
 mod processes;
+mod properties;
 mod registrations;
