@@ -13,6 +13,7 @@ mod concurrency;
 mod db_faults;
 mod email_sync;
 mod form;
+mod group_commit;
 mod health;
 mod helpers;
 mod idempotency;
