@@ -1,29 +1,39 @@
-//! `cargo bench --bench load`: registrations/s and latency with the email provider up, down,
-//! refusing connections and slow, and the drain rate after an outage. Everything runs on this
-//! machine, on loopback: the server (in-process, on a temp SQLite file, or PostgreSQL with
-//! `BENCH_DATABASE_URL`), the provider (`signup mock-provider`'s code, in-process) and the client.
+//! `cargo bench --bench load`: signup measured against its own limits, on SQLite and (with
+//! `BENCH_POSTGRES_URL`, a role that may create databases) PostgreSQL, all on this machine.
 //!
-//! Knobs: BENCH_REQUESTS (default 2000), BENCH_CONCURRENCY (32), BENCH_OWASP=1 (OWASP argon2
-//! parameters instead of m=1024 KiB, t=1).
+//! For each database:
+//! - the raw limit: the registration transaction (check + insert user + insert outbox row) in a
+//!   sequential loop straight on the database, no HTTP, no actors;
+//! - end to end through HTTP, cheap hashing (argon2 m=1024 KiB, t=1), provider up: reg/s, p50,
+//!   p99, errors, and the ratio to the raw limit;
+//! - p99 with the provider answering 503, refusing connections, and taking 2 s;
+//! - end to end with OWASP hashing (m=19456 KiB, t=2, p=1) against the hash bound
+//!   (cores ÷ one hash's time, measured in this run);
+//! - the drain after an outage against `max_in_flight ÷ provider latency`;
+//! - the server's resident memory idle, under load, and with 1 000 000 pending outbox rows.
+//!
+//! The server and the provider (`signup mock-provider`) run as processes of their own, the
+//! release binary; the load comes from this process. Knobs: BENCH_REQUESTS (2000),
+//! BENCH_CONCURRENCY (64), BENCH_PENDING_ROWS (1000000).
 
 use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use entity::email_outbox;
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
 use futures::StreamExt;
-use sea_orm::{ColumnTrait, Database, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use secrecy::SecretString;
-use signup::configuration::Settings;
-use signup::mock_provider::{MockOptions, run as run_mock};
-use signup::startup::Application;
+use signup::configuration::DatabaseSettings;
+use signup::domain::{Email, Username};
+use signup::store::{Candidate, register_batch};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const BIN: &str = env!("CARGO_BIN_EXE_signup");
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn free_port() -> u16 {
@@ -33,64 +43,141 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Starts a mock provider on a free port; returns its base URL.
-async fn mock(latency: Duration, status: Option<u16>) -> String {
-    let port = free_port();
-    let options = MockOptions {
-        bind: format!("127.0.0.1:{port}"),
-        secret: Some(SECRET.into()),
-        fail_rate: 0.0,
-        latency,
-        status,
-        quiet: true,
-    };
-    actix_web::rt::spawn(async move { run_mock(options).await });
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
+async fn wait_listening(port: u16) {
+    for _ in 0..300 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    base
+    panic!("nothing listens on {port}");
 }
 
-struct Server {
-    base: String,
-    database_url: String,
-    _dir: tempfile::TempDir,
+/// A child process, killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-async fn server(provider: &str) -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("bench.db").display()));
-    let mut settings = Settings::default();
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.database.url = SecretString::from(database_url.clone());
-    settings.database.max_connections = 16;
-    settings.rate_limit.per_minute = 0;
-    if std::env::var("BENCH_OWASP").is_err() {
-        settings.password.argon2_m_kib = 1024;
-        settings.password.argon2_t = 1;
+impl Process {
+    /// Resident memory in MiB, from /proc.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
     }
-    settings.email_sync.url = format!("{provider}/webhook");
-    settings.email_sync.secret = Some(SecretString::from(SECRET));
-    settings.email_sync.poll_interval = Duration::from_millis(500);
-    settings.email_sync.circuit_breaker.open_for = Duration::from_secs(1);
-    settings.email_sync.timeout = Duration::from_secs(10);
-    settings.log.level = "error".into();
-    signup::telemetry::init(&settings.log);
-    let app = Application::build(settings)
-        .await
-        .expect("the server starts");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    actix_web::rt::spawn(app.run_until_stopped());
-    Server {
-        base,
-        database_url,
-        _dir: dir,
+}
+
+/// `signup mock-provider` on `port`.
+async fn provider(port: u16, latency_ms: u64, status: Option<u16>) -> Process {
+    let mut command = Command::new(BIN);
+    command
+        .args(["mock-provider", "--bind", &format!("127.0.0.1:{port}"), "--secret", SECRET])
+        .args(["--latency-ms", &latency_ms.to_string()]);
+    if let Some(status) = status {
+        command.args(["--status", &status.to_string()]);
     }
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mock-provider");
+    wait_listening(port).await;
+    Process(child)
+}
+
+/// Hashing cost for the server.
+#[derive(Clone, Copy)]
+enum Hashing {
+    Cheap,
+    Owasp,
+}
+
+/// `signup serve` on a fresh port against `database_url`.
+async fn server(database_url: &str, provider_port: u16, hashing: Hashing) -> (Process, String) {
+    let port = free_port();
+    let dir = std::env::temp_dir();
+    let (m, t) = match hashing {
+        Hashing::Cheap => ("1024", "1"),
+        Hashing::Owasp => ("19456", "2"),
+    };
+    let child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir)
+        .env("SIGNUP_SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("SIGNUP_DATABASE__URL", database_url)
+        .env("SIGNUP_DATABASE__MAX_CONNECTIONS", "16")
+        .env("SIGNUP_PASSWORD__ARGON2_M_KIB", m)
+        .env("SIGNUP_PASSWORD__ARGON2_T", t)
+        .env("SIGNUP_RATE_LIMIT__PER_MINUTE", "0")
+        .env("SIGNUP_EMAIL_SYNC__URL", format!("http://127.0.0.1:{provider_port}/webhook"))
+        .env("SIGNUP_EMAIL_SYNC__SECRET", SECRET)
+        .env("SIGNUP_EMAIL_SYNC__CIRCUIT_BREAKER__OPEN_FOR", "1s")
+        .env("SIGNUP_LOG__LEVEL", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("signup serve");
+    wait_listening(port).await;
+    (Process(child), format!("http://127.0.0.1:{port}"))
+}
+
+/// A fresh, migrated database: a temp SQLite file, or a new PostgreSQL database.
+async fn fresh_database(postgres_admin: Option<&str>) -> String {
+    let url = match postgres_admin {
+        None => format!(
+            "sqlite://{}/signup-bench-{}.db",
+            std::env::temp_dir().display(),
+            uuid::Uuid::new_v4().simple()
+        ),
+        Some(admin) => {
+            let name = format!("signup_bench_{}", uuid::Uuid::new_v4().simple());
+            let db = Database::connect(admin).await.expect("BENCH_POSTGRES_URL connects");
+            db.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create database");
+            let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
+            format!("{base}/{name}")
+        }
+    };
+    let status = Command::new(BIN)
+        .arg("migrate")
+        .env("SIGNUP_DATABASE__URL", &url)
+        .env("SIGNUP_LOG__LEVEL", "error")
+        .current_dir(std::env::temp_dir())
+        .status()
+        .expect("signup migrate");
+    assert!(status.success(), "migrations");
+    url
+}
+
+async fn connect(url: &str) -> DatabaseConnection {
+    let settings = DatabaseSettings {
+        url: SecretString::from(url.to_owned()),
+        max_connections: 4,
+        ..DatabaseSettings::default()
+    };
+    signup::database::connect(&settings).await.expect("connects")
+}
+
+/// The registration transaction, one at a time: transactions per second.
+async fn raw_loop(url: &str, n: usize) -> f64 {
+    let db = connect(url).await;
+    let hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".to_string();
+    let started = Instant::now();
+    for i in 0..n {
+        let candidate = Candidate {
+            username: Username::parse(&format!("raw{i}")).expect("username"),
+            email: Email::parse(&format!("raw{i}@example.com")).expect("email"),
+            password_hash: hash.clone(),
+            idempotency: None,
+            request_id: String::new(),
+        };
+        register_batch(&db, std::slice::from_ref(&candidate)).await.expect("committed");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
 }
 
 struct Report {
@@ -141,9 +228,9 @@ async fn load(base: &str, requests: usize, concurrency: usize, offset: usize) ->
     }
 }
 
-fn print(name: &str, r: &Report) {
+fn line(name: &str, r: &Report, extra: &str) {
     println!(
-        "{name:<28} {:>9.0} reg/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
+        "  {name:<34} {:>7.0} reg/s  p50 {:>7.2} ms  p99 {:>8.2} ms  errors {:<3} {extra}",
         r.per_second,
         r.p50.as_secs_f64() * 1e3,
         r.p99.as_secs_f64() * 1e3,
@@ -151,84 +238,179 @@ fn print(name: &str, r: &Report) {
     );
 }
 
-async fn delivered(database_url: &str) -> u64 {
-    let Ok(db) = Database::connect(database_url).await else {
-        return 0;
-    };
-    email_outbox::Entity::find()
-        .filter(email_outbox::Column::Status.eq(email_outbox::Status::Delivered))
+/// Seconds of one OWASP argon2id hash, best of 5.
+fn owasp_hash_seconds() -> f64 {
+    let params = Params::new(19_456, 2, 1, None).expect("params");
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"benchmarksalt123").expect("salt");
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            argon2.hash_password(b"correct horse battery", &salt).expect("hash");
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+async fn count_delivered(url: &str) -> u64 {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    let Ok(db) = Database::connect(url).await else { return 0 };
+    let n = entity::email_outbox::Entity::find()
+        .filter(entity::email_outbox::Column::Status.eq(entity::email_outbox::Status::Delivered))
         .count(&db)
         .await
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let _ = db.close().await;
+    n
+}
+
+/// Fills the database with `rows` users and as many pending outbox rows, in bulk SQL.
+async fn seed_pending(url: &str, rows: usize) {
+    let db = connect(url).await;
+    let statements: Vec<String> = if signup::database::is_postgres(&db) {
+        vec![
+            format!(
+                "INSERT INTO users (id, username, username_normalized, email, email_normalized, password_hash, created_at) \
+                 SELECT gen_random_uuid(), 'seed' || i, 'seed' || i, 'seed' || i || '@example.com', 'seed' || i || '@example.com', 'x', now() \
+                 FROM generate_series(1, {rows}) AS i"
+            ),
+            "INSERT INTO email_outbox (id, user_id, payload, status, attempts, next_attempt_at, created_at) \
+             SELECT gen_random_uuid(), id, '{}', 'pending', 0, now(), now() FROM users"
+                .to_string(),
+            "ANALYZE".to_string(),
+        ]
+    } else {
+        vec![
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+                 INSERT INTO users (id, username, username_normalized, email, email_normalized, password_hash, created_at) \
+                 SELECT randomblob(16), 'seed' || i, 'seed' || i, 'seed' || i || '@example.com', 'seed' || i || '@example.com', 'x', \
+                 '2026-01-01T00:00:00+00:00' FROM n"
+            ),
+            "INSERT INTO email_outbox (id, user_id, payload, status, attempts, next_attempt_at, created_at) \
+             SELECT randomblob(16), id, '{}', 'pending', 0, '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00' FROM users"
+                .to_string(),
+        ]
+    };
+    for sql in statements {
+        db.execute_unprepared(&sql).await.expect("seeded");
+    }
+    let _ = db.close().await;
+}
+
+async fn run(label: &str, postgres: Option<&str>) {
+    let requests = env_or("BENCH_REQUESTS", 2000);
+    let concurrency = env_or("BENCH_CONCURRENCY", 64);
+    let pending_rows = env_or("BENCH_PENDING_ROWS", 1_000_000);
+    println!("\n{label}");
+
+    let raw = raw_loop(&fresh_database(postgres).await, requests).await;
+    println!("  {:<34} {raw:>7.0} txn/s  (check + insert user + insert outbox row, sequential)", "raw limit");
+
+    // Providers: up, 503, refusing (nothing listens), slow.
+    let (up_port, down_port, slow_port) = (free_port(), free_port(), free_port());
+    let _up = provider(up_port, 0, None).await;
+    let _down = provider(down_port, 0, Some(503)).await;
+    let _slow = provider(slow_port, 2000, None).await;
+    let scenarios = [
+        ("e2e cheap, provider up", up_port),
+        ("e2e cheap, provider 503", down_port),
+        ("e2e cheap, provider refusing", free_port()),
+        ("e2e cheap, provider slow (2 s)", slow_port),
+    ];
+    let mut up_p99 = None;
+    for (name, port) in scenarios {
+        let url = fresh_database(postgres).await;
+        let (server, base) = server(&url, port, Hashing::Cheap).await;
+        let idle = server.rss_mib();
+        load(&base, 300, concurrency, 1_000_000).await; // warm-up
+        let report = load(&base, requests, concurrency, 0).await;
+        let loaded = server.rss_mib();
+        let extra = match up_p99 {
+            None => {
+                up_p99 = Some(report.p99);
+                format!("ratio to raw {:.2}   RSS idle {idle:.1} MiB, after load {loaded:.1} MiB", report.per_second / raw)
+            }
+            Some(up) => format!("p99 / p99(up) {:.2}", report.p99.as_secs_f64() / up.as_secs_f64()),
+        };
+        line(name, &report, &extra);
+    }
+
+    // OWASP hashing against the hash bound.
+    let hash = owasp_hash_seconds();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bound = cores as f64 / hash;
+    let url = fresh_database(postgres).await;
+    let (_server, base) = server(&url, up_port, Hashing::Owasp).await;
+    load(&base, 20, concurrency, 1_000_000).await;
+    let owasp = load(&base, 300.min(requests), concurrency, 0).await;
+    line(
+        "e2e OWASP argon2id, provider up",
+        &owasp,
+        &format!("hash {:.1} ms, bound {bound:.0}/s, ratio {:.2}", hash * 1e3, owasp.per_second / bound),
+    );
+
+    // Drain after an outage: register while nothing listens, then start a provider with 50 ms
+    // latency on that port and time deliveries between 10 % and 90 % of the backlog.
+    let latency = Duration::from_millis(50);
+    let port = free_port();
+    let url = fresh_database(postgres).await;
+    let (_server, base) = server(&url, port, Hashing::Cheap).await;
+    load(&base, requests, concurrency, 0).await;
+    let _provider = provider(port, latency.as_millis() as u64, None).await;
+    let backlog = requests as u64;
+    let (low, high) = (backlog / 10, backlog * 9 / 10);
+    let mut window_start = None;
+    let mut delivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline && delivered < high {
+        delivered = count_delivered(&url).await;
+        if window_start.is_none() && delivered >= low {
+            window_start = Some((Instant::now(), delivered));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bound = 16.0 / latency.as_secs_f64();
+    match window_start {
+        Some((t, from)) if delivered >= high => {
+            let rate = (delivered - from) as f64 / t.elapsed().as_secs_f64();
+            println!(
+                "  {:<34} {rate:>7.0} deliveries/s  bound 16 / 50 ms = {bound:.0}/s, ratio {:.2}",
+                "drain after outage",
+                rate / bound
+            );
+        }
+        _ => println!("  drain after outage: {delivered} of {backlog} delivered in 300 s"),
+    }
+
+    // Memory with a big backlog: the server must not load it.
+    let url = fresh_database(postgres).await;
+    let (idle_server, _) = server(&url, down_port, Hashing::Cheap).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let empty = idle_server.rss_mib();
+    drop(idle_server);
+    seed_pending(&url, pending_rows).await;
+    let (backlog_server, _) = server(&url, down_port, Hashing::Cheap).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let full = backlog_server.rss_mib();
+    println!(
+        "  {:<34} idle {empty:.1} MiB, with {pending_rows} pending rows {full:.1} MiB (ratio {:.2})",
+        "resident memory",
+        full / empty
+    );
 }
 
 fn main() {
     actix_web::rt::System::new().block_on(async {
         signup::startup::install_crypto_provider();
-        let requests = env_or("BENCH_REQUESTS", 2000);
-        let concurrency = env_or("BENCH_CONCURRENCY", 32);
-        println!("signup load: {requests} registrations per scenario, {concurrency} concurrent, cores: {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()));
-
-        let scenarios: Vec<(&str, String)> = vec![
-            ("provider up", mock(Duration::ZERO, None).await),
-            ("provider down (503)", mock(Duration::ZERO, Some(503)).await),
-            ("provider refusing", format!("http://127.0.0.1:{}", free_port())),
-            ("provider slow (2 s)", mock(Duration::from_secs(2), None).await),
-        ];
-        let mut up_p99 = None;
-        for (name, provider) in &scenarios {
-            let server = server(provider).await;
-            load(&server.base, 200, concurrency, 1_000_000).await; // warm-up
-            let report = load(&server.base, requests, concurrency, 0).await;
-            print(name, &report);
-            match up_p99 {
-                None => up_p99 = Some(report.p99),
-                Some(up) => println!("{:<28} p99 / p99(up) = {:.2}", "", report.p99.as_secs_f64() / up.as_secs_f64()),
-            }
-        }
-
-        // Drain: register during an outage (nothing listens), then bring the provider up with
-        // 50 ms latency and measure deliveries/s between 10 % and 90 % of the backlog.
-        let latency = Duration::from_millis(50);
-        let port = free_port();
-        let provider = format!("http://127.0.0.1:{port}");
-        let server = server(&provider).await;
-        load(&server.base, requests, concurrency, 0).await;
-        let options = MockOptions {
-            bind: format!("127.0.0.1:{port}"),
-            secret: Some(SECRET.into()),
-            fail_rate: 0.0,
-            latency,
-            status: None,
-            quiet: true,
-        };
-        actix_web::rt::spawn(async move { run_mock(options).await });
-        let backlog = requests as u64 + 200;
-        let (low, high) = (backlog / 10, backlog * 9 / 10);
-        let mut t_low = None;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut last = 0;
-        while Instant::now() < deadline {
-            last = delivered(&server.database_url).await;
-            if t_low.is_none() && last >= low {
-                t_low = Some((Instant::now(), last));
-            }
-            if last >= high {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        match t_low {
-            Some((t, from)) if last >= high => {
-                let rate = (last - from) as f64 / t.elapsed().as_secs_f64();
-                let bound = 16.0 / latency.as_secs_f64();
-                println!(
-                    "{:<28} {rate:>9.0} deliveries/s   bound max_in_flight/latency = {bound:.0}/s   ratio {:.2}",
-                    "drain after outage", rate / bound
-                );
-            }
-            _ => println!("drain after outage: only {last} of {backlog} delivered in 300 s"),
+        println!(
+            "signup load benchmark: {} cores; release binary {BIN}",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        run("SQLite (WAL, synchronous=FULL)", None).await;
+        match std::env::var("BENCH_POSTGRES_URL") {
+            Ok(admin) => run("PostgreSQL", Some(&admin)).await,
+            Err(_) => println!("\nPostgreSQL: skipped (set BENCH_POSTGRES_URL to a role that may create databases)"),
         }
     });
 }
