@@ -33,7 +33,10 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const BIN: &str = env!("CARGO_BIN_EXE_signup");
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn free_port() -> u16 {
@@ -66,7 +69,8 @@ impl Drop for Process {
 impl Process {
     /// Resident memory in MiB, from /proc.
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -80,12 +84,22 @@ impl Process {
 async fn provider(port: u16, latency_ms: u64, status: Option<u16>) -> Process {
     let mut command = Command::new(BIN);
     command
-        .args(["mock-provider", "--bind", &format!("127.0.0.1:{port}"), "--secret", SECRET])
+        .args([
+            "mock-provider",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--secret",
+            SECRET,
+        ])
         .args(["--latency-ms", &latency_ms.to_string()]);
     if let Some(status) = status {
         command.args(["--status", &status.to_string()]);
     }
-    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mock-provider");
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mock-provider");
     wait_listening(port).await;
     Process(child)
 }
@@ -114,7 +128,10 @@ async fn server(database_url: &str, provider_port: u16, hashing: Hashing) -> (Pr
         .env("SIGNUP_PASSWORD__ARGON2_M_KIB", m)
         .env("SIGNUP_PASSWORD__ARGON2_T", t)
         .env("SIGNUP_RATE_LIMIT__PER_MINUTE", "0")
-        .env("SIGNUP_EMAIL_SYNC__URL", format!("http://127.0.0.1:{provider_port}/webhook"))
+        .env(
+            "SIGNUP_EMAIL_SYNC__URL",
+            format!("http://127.0.0.1:{provider_port}/webhook"),
+        )
         .env("SIGNUP_EMAIL_SYNC__SECRET", SECRET)
         .env("SIGNUP_EMAIL_SYNC__CIRCUIT_BREAKER__OPEN_FOR", "1s")
         .env("SIGNUP_LOG__LEVEL", "error")
@@ -136,8 +153,12 @@ async fn fresh_database(postgres_admin: Option<&str>) -> String {
         ),
         Some(admin) => {
             let name = format!("signup_bench_{}", uuid::Uuid::new_v4().simple());
-            let db = Database::connect(admin).await.expect("BENCH_POSTGRES_URL connects");
-            db.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create database");
+            let db = Database::connect(admin)
+                .await
+                .expect("BENCH_POSTGRES_URL connects");
+            db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create database");
             let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
             format!("{base}/{name}")
         }
@@ -159,7 +180,9 @@ async fn connect(url: &str) -> DatabaseConnection {
         max_connections: 4,
         ..DatabaseSettings::default()
     };
-    signup::database::connect(&settings).await.expect("connects")
+    signup::database::connect(&settings)
+        .await
+        .expect("connects")
 }
 
 /// The registration transaction, one at a time: transactions per second.
@@ -175,7 +198,9 @@ async fn raw_loop(url: &str, n: usize) -> f64 {
             idempotency: None,
             request_id: String::new(),
         };
-        register_batch(&db, std::slice::from_ref(&candidate)).await.expect("committed");
+        register_batch(&db, std::slice::from_ref(&candidate))
+            .await
+            .expect("committed");
     }
     n as f64 / started.elapsed().as_secs_f64()
 }
@@ -246,7 +271,9 @@ fn owasp_hash_seconds() -> f64 {
     (0..5)
         .map(|_| {
             let t = Instant::now();
-            argon2.hash_password(b"correct horse battery", &salt).expect("hash");
+            argon2
+                .hash_password(b"correct horse battery", &salt)
+                .expect("hash");
             t.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min)
@@ -254,7 +281,9 @@ fn owasp_hash_seconds() -> f64 {
 
 async fn count_delivered(url: &str) -> u64 {
     use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-    let Ok(db) = Database::connect(url).await else { return 0 };
+    let Ok(db) = Database::connect(url).await else {
+        return 0;
+    };
     let n = entity::email_outbox::Entity::find()
         .filter(entity::email_outbox::Column::Status.eq(entity::email_outbox::Status::Delivered))
         .count(&db)
@@ -305,7 +334,10 @@ async fn run(label: &str, postgres: Option<&str>) {
     println!("\n{label}");
 
     let raw = raw_loop(&fresh_database(postgres).await, requests).await;
-    println!("  {:<34} {raw:>7.0} txn/s  (check + insert user + insert outbox row, sequential)", "raw limit");
+    println!(
+        "  {:<34} {raw:>7.0} txn/s  (check + insert user + insert outbox row, sequential)",
+        "raw limit"
+    );
 
     // Providers: up, 503, refusing (nothing listens), slow.
     let (up_port, down_port, slow_port) = (free_port(), free_port(), free_port());
@@ -329,9 +361,15 @@ async fn run(label: &str, postgres: Option<&str>) {
         let extra = match up_p99 {
             None => {
                 up_p99 = Some(report.p99);
-                format!("ratio to raw {:.2}   RSS idle {idle:.1} MiB, after load {loaded:.1} MiB", report.per_second / raw)
+                format!(
+                    "ratio to raw {:.2}   RSS idle {idle:.1} MiB, after load {loaded:.1} MiB",
+                    report.per_second / raw
+                )
             }
-            Some(up) => format!("p99 / p99(up) {:.2}", report.p99.as_secs_f64() / up.as_secs_f64()),
+            Some(up) => format!(
+                "p99 / p99(up) {:.2}",
+                report.p99.as_secs_f64() / up.as_secs_f64()
+            ),
         };
         line(name, &report, &extra);
     }
@@ -347,7 +385,11 @@ async fn run(label: &str, postgres: Option<&str>) {
     line(
         "e2e OWASP argon2id, provider up",
         &owasp,
-        &format!("hash {:.1} ms, bound {bound:.0}/s, ratio {:.2}", hash * 1e3, owasp.per_second / bound),
+        &format!(
+            "hash {:.1} ms, bound {bound:.0}/s, ratio {:.2}",
+            hash * 1e3,
+            owasp.per_second / bound
+        ),
     );
 
     // Drain after an outage: register while nothing listens, then start a provider with 50 ms
@@ -410,7 +452,9 @@ fn main() {
         run("SQLite (WAL, synchronous=FULL)", None).await;
         match std::env::var("BENCH_POSTGRES_URL") {
             Ok(admin) => run("PostgreSQL", Some(&admin)).await,
-            Err(_) => println!("\nPostgreSQL: skipped (set BENCH_POSTGRES_URL to a role that may create databases)"),
+            Err(_) => println!(
+                "\nPostgreSQL: skipped (set BENCH_POSTGRES_URL to a role that may create databases)"
+            ),
         }
     });
 }

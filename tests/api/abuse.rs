@@ -214,3 +214,31 @@ async fn json_with_duplicate_keys_or_invalid_utf8_is_400() {
     assert_eq!(app.user_count().await, 0);
     let _ = json!({});
 }
+
+#[actix_web::test]
+async fn oversized_headers_and_urls_are_refused_and_the_server_keeps_serving() {
+    let app = limited_app().await;
+    // actix-http refuses request heads over 128 KiB (431): per-connection memory is bounded.
+    let huge = "x".repeat(200 * 1024);
+
+    let header = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-junk", &huge)
+        .send()
+        .await;
+    let url = app
+        .client
+        .get(app.url(&format!("/health/live?{huge}")))
+        .send()
+        .await;
+
+    for (what, response) in [("header", header), ("url", url)] {
+        // Either a 4xx (431/414) or the connection closed: never a 2xx or a 5xx.
+        if let Ok(response) = response {
+            let status = response.status().as_u16();
+            assert!((400..500).contains(&status), "{what}: {status}");
+        }
+    }
+    assert_eq!(app.get("/health/live").await.status().as_u16(), 200);
+}
