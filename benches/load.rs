@@ -279,6 +279,27 @@ fn owasp_hash_seconds() -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// OWASP hashes per second with one thread per core, each hashing `n` passwords.
+fn parallel_hash_rate(cores: usize, n: usize) -> f64 {
+    let started = Instant::now();
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let params = Params::new(19_456, 2, 1, None).expect("params");
+                let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+                let salt = SaltString::encode_b64(b"benchmarksalt123").expect("salt");
+                for _ in 0..n {
+                    argon2.hash_password(b"correct horse battery", &salt).expect("hash");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        let _ = thread.join();
+    }
+    (cores * n) as f64 / started.elapsed().as_secs_f64()
+}
+
 async fn count_delivered(url: &str) -> u64 {
     use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
     let Ok(db) = Database::connect(url).await else {

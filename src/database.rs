@@ -18,6 +18,16 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Opens the pool. On SQLite the file is created if missing and put in WAL mode, so readers
 /// (readiness, the email sync) never wait for the RegistrationActor's writes.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DatabaseError> {
+    connect_with_cache(settings, None).await
+}
+
+/// As [`connect`], with SQLite's page cache per connection capped at `cache_kib` (default
+/// 2 MiB). The email sync's pool scans the outbox index for its gauges; with a big backlog
+/// every one of its connections would otherwise keep 2 MiB of pages it rarely needs again.
+pub async fn connect_with_cache(
+    settings: &DatabaseSettings,
+    cache_kib: Option<u32>,
+) -> Result<DatabaseConnection, DatabaseError> {
     let url = settings.url.expose_secret();
     // Create a missing file, unless the URL chose a mode itself (`?mode=ro` must stay read-only
     // so that `check_writable` can refuse it).
@@ -31,12 +41,18 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         // Statements are logged by our own spans; sqlx's per-statement lines are noise.
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |opts| {
-            opts.create_if_missing(create)
+            let opts = opts
+                .create_if_missing(create)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a commit is on disk before the 201 is sent, even across a power cut.
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                .foreign_keys(true)
+                .foreign_keys(true);
+            match cache_kib {
+                // Negative: a size in KiB rather than in pages.
+                Some(kib) => opts.pragma("cache_size", format!("-{kib}")),
+                None => opts,
+            }
         });
     Database::connect(options)
         .await

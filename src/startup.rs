@@ -46,6 +46,9 @@ const RATE_LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_se
 /// Connections of the EmailSyncActor's own pool: claims, outcomes, gauges, retention.
 const EMAIL_SYNC_CONNECTIONS: u32 = 4;
 
+/// SQLite page cache per connection of the EmailSyncActor's pool.
+const EMAIL_SYNC_CACHE_KIB: u32 = 256;
+
 /// Seams for tests; all empty in production.
 #[derive(Default, Clone)]
 pub struct Hooks {
@@ -131,7 +134,8 @@ impl Application {
         // opened it, and each Arbiter runs its own).
         let mut sync_database = settings.database.clone();
         sync_database.max_connections = EMAIL_SYNC_CONNECTIONS;
-        let sync_db = database::connect(&sync_database).await?;
+        let sync_db =
+            database::connect_with_cache(&sync_database, Some(EMAIL_SYNC_CACHE_KIB)).await?;
         let email_sync = start_email_sync(&settings, sync_db, Arc::clone(&metrics), hooks)?;
         let registration_actor: Addr<RegistrationActor> = RegistrationActor::new(
             db.clone(),
