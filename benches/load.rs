@@ -289,7 +289,9 @@ fn parallel_hash_rate(cores: usize, n: usize) -> f64 {
                 let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
                 let salt = SaltString::encode_b64(b"benchmarksalt123").expect("salt");
                 for _ in 0..n {
-                    argon2.hash_password(b"correct horse battery", &salt).expect("hash");
+                    argon2
+                        .hash_password(b"correct horse battery", &salt)
+                        .expect("hash");
                 }
             })
         })
@@ -403,11 +405,12 @@ async fn run(label: &str, postgres: Option<&str>) {
     let (_server, base) = server(&url, up_port, Hashing::Owasp).await;
     load(&base, 20, concurrency, 1_000_000).await;
     let owasp = load(&base, 300.min(requests), concurrency, 0).await;
+    let parallel = parallel_hash_rate(cores, 20);
     line(
         "e2e OWASP argon2id, provider up",
         &owasp,
         &format!(
-            "hash {:.1} ms, bound {bound:.0}/s, ratio {:.2}",
+            "hash {:.1} ms, bound {bound:.0}/s, ratio {:.2}; {cores} threads hashing alone: {parallel:.0}/s",
             hash * 1e3,
             owasp.per_second / bound
         ),
