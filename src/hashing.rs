@@ -4,10 +4,11 @@
 //! blocking pool so HTTP workers keep serving, and never inside the actor's serialized section
 //! so registrations do not queue behind each other's hashing.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{PasswordHasher as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use rand::RngCore;
 use tokio::sync::Semaphore;
 
@@ -19,7 +20,7 @@ pub enum HashError {
     #[error("invalid argon2 parameters: {0}")]
     Params(argon2::Error),
     #[error("argon2 hashing failed: {0}")]
-    Hash(argon2::password_hash::Error),
+    Hash(argon2::Error),
     #[error("the hashing task did not finish: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("the hashing pool is closed")]
@@ -33,7 +34,14 @@ pub struct PasswordHasher {
     /// Bounds concurrent hashes to the number of cores: more would not finish sooner, and each
     /// holds `argon2_m_kib` of memory, so a burst of sign-ups cannot exhaust memory.
     permits: Arc<Semaphore>,
+    /// argon2's working memory, reused: allocating (and page-faulting) `argon2_m_kib` afresh
+    /// for every hash cost ~17 % of an OWASP hash here (15.2 ms → 12.7 ms). At most one buffer
+    /// per permit exists, so this is the same bound on memory, kept instead of re-allocated.
+    buffers: Arc<Mutex<Vec<Vec<Block>>>>,
 }
+
+/// Length of the stored hash.
+const OUTPUT_LEN: usize = 32;
 
 impl PasswordHasher {
     pub fn new(settings: &PasswordSettings) -> Result<Self, HashError> {
@@ -41,13 +49,14 @@ impl PasswordHasher {
             settings.argon2_m_kib,
             settings.argon2_t,
             settings.argon2_p,
-            None,
+            Some(OUTPUT_LEN),
         )
         .map_err(HashError::Params)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(cores)),
+            buffers: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -59,17 +68,42 @@ impl PasswordHasher {
             .await
             .map_err(|_| HashError::Closed)?;
         let params = self.params.clone();
-        tokio::task::spawn_blocking(move || {
+        let buffer = self.buffers.lock().ok().and_then(|mut pool| pool.pop());
+        let (result, buffer) = tokio::task::spawn_blocking(move || {
+            let mut blocks = buffer.unwrap_or_else(|| vec![Block::default(); params.block_count()]);
             let mut salt = [0u8; 16];
             rand::rng().fill_bytes(&mut salt);
-            let salt = SaltString::encode_b64(&salt).map_err(HashError::Hash)?;
-            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-                .hash_password(password.expose().as_bytes(), &salt)
-                .map(|hash| hash.to_string())
-                .map_err(HashError::Hash)
+            let mut output = [0u8; OUTPUT_LEN];
+            let result = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+                .hash_password_into_with_memory(
+                    password.expose().as_bytes(),
+                    &salt,
+                    &mut output,
+                    &mut blocks,
+                )
+                .map(|()| phc(&params, &salt, &output))
+                .map_err(HashError::Hash);
+            (result, blocks)
         })
-        .await?
+        .await?;
+        if let Ok(mut pool) = self.buffers.lock() {
+            pool.push(buffer);
+        }
+        result
     }
+}
+
+/// The PHC string `$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>` (B64 without padding), as the
+/// `password-hash` crate writes and verifies it.
+fn phc(params: &Params, salt: &[u8], output: &[u8]) -> String {
+    format!(
+        "$argon2id$v=19$m={},t={},p={}${}${}",
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode(output)
+    )
 }
 
 impl PasswordHasher {
