@@ -14,7 +14,7 @@
 //!
 //! The server and the provider (`signup mock-provider`) run as processes of their own, the
 //! release binary; the load comes from this process. Knobs: BENCH_REQUESTS (2000),
-//! BENCH_CONCURRENCY (64), BENCH_PENDING_ROWS (1000000).
+//! BENCH_CONCURRENCY (64), BENCH_PENDING_ROWS (1000000), BENCH_ONLY=owasp (the hashing line).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -356,7 +356,13 @@ async fn run(label: &str, postgres: Option<&str>) {
     let pending_rows = env_or("BENCH_PENDING_ROWS", 1_000_000);
     println!("\n{label}");
 
-    let raw = raw_loop(&fresh_database(postgres).await, requests).await;
+    // BENCH_ONLY=owasp runs just the hashing line (for quick experiments on the hash path).
+    let only_owasp = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "owasp");
+    let raw = if only_owasp {
+        f64::NAN
+    } else {
+        raw_loop(&fresh_database(postgres).await, requests).await
+    };
     println!(
         "  {:<34} {raw:>7.0} txn/s  (check + insert user + insert outbox row, sequential)",
         "raw limit"
@@ -374,7 +380,7 @@ async fn run(label: &str, postgres: Option<&str>) {
         ("e2e cheap, provider slow (2 s)", slow_port),
     ];
     let mut up_p99 = None;
-    for (name, port) in scenarios {
+    for (name, port) in scenarios.into_iter().filter(|_| !only_owasp) {
         let url = fresh_database(postgres).await;
         let (server, base) = server(&url, port, Hashing::Cheap).await;
         let idle = server.rss_mib();
@@ -416,6 +422,9 @@ async fn run(label: &str, postgres: Option<&str>) {
         ),
     );
 
+    if only_owasp {
+        return;
+    }
     // Drain after an outage: register while nothing listens, then start a provider with 50 ms
     // latency on that port and time deliveries between 10 % and 90 % of the backlog.
     let latency = Duration::from_millis(50);
