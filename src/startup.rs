@@ -47,7 +47,7 @@ const RATE_LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_se
 const EMAIL_SYNC_CONNECTIONS: u32 = 4;
 
 /// SQLite page cache per connection of the EmailSyncActor's pool.
-const EMAIL_SYNC_CACHE_KIB: u32 = 256;
+const EMAIL_SYNC_CACHE_KIB: u32 = 128;
 
 /// Seams for tests; all empty in production.
 #[derive(Default, Clone)]
