@@ -41,17 +41,16 @@ fn answering(status: u16) -> Mock {
         .respond_with(ResponseTemplate::new(status))
 }
 
-/// The `webhook-id`s the provider received, with how often.
-async fn ids_received(provider: &MockServer) -> HashMap<String, usize> {
+/// The `webhook-id`s the provider received after its first `skip` requests, with how often.
+async fn ids_received(provider: &MockServer, skip: usize) -> HashMap<String, usize> {
     let mut ids = HashMap::new();
-    for request in provider.received_requests().await.unwrap_or_default() {
+    let requests = provider.received_requests().await.unwrap_or_default();
+    for request in requests.into_iter().skip(skip) {
         let id = request
             .headers
             .get("webhook-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        *ids.entry(id).or_insert(0) += 1;
+            .and_then(|v| v.to_str().ok());
+        *ids.entry(id.unwrap_or("").to_string()).or_insert(0) += 1;
     }
     ids
 }
@@ -156,22 +155,7 @@ async fn with_the_provider_down_registrations_succeed_and_every_user_is_delivere
     let before = requests_received(&provider).await;
     app.wait_all_delivered(8).await;
 
-    let mut after = HashMap::new();
-    for request in provider
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .skip(before)
-    {
-        let id = request
-            .headers
-            .get("webhook-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        *after.entry(id).or_insert(0) += 1;
-    }
+    let after = ids_received(&provider, before).await;
     assert_eq!(
         after.len(),
         8,
