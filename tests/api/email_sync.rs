@@ -230,8 +230,8 @@ async fn the_circuit_opens_after_the_threshold_lets_only_probes_through_and_clos
         // One at a time, so the count of requests is exact.
         s.email_sync.max_in_flight = 1;
         s.email_sync.circuit_breaker.failure_threshold = 3;
-        s.email_sync.circuit_breaker.open_for = Duration::from_secs(2);
-        s.email_sync.circuit_breaker.max_open_for = Duration::from_secs(4);
+        s.email_sync.circuit_breaker.open_for = Duration::from_secs(3);
+        s.email_sync.circuit_breaker.max_open_for = Duration::from_secs(6);
     })
     .await;
 
