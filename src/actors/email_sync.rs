@@ -455,9 +455,10 @@ impl Handler<Drain> for EmailSyncActor {
 
     fn handle(&mut self, drain: Drain, ctx: &mut Self::Context) -> Self::Result {
         let (done, finished) = oneshot::channel();
-        self.halted.store(true, Ordering::Relaxed);
+        if !self.halted.swap(true, Ordering::Relaxed) {
+            tracing::info!(in_flight = self.in_flight.len(), "email sync draining");
+        }
         self.draining = Some(done);
-        tracing::info!(in_flight = self.in_flight.len(), "email sync draining");
         self.finish_drain_if_idle();
         ctx.run_later(drain.grace, |act, _| {
             if !act.in_flight.is_empty() {
