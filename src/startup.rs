@@ -159,11 +159,10 @@ impl Application {
             db: db.clone(),
             registrar: Registrar {
                 hasher: PasswordHasher::new(&settings.password)?,
-                actor: registration_actor.clone(),
+                actor: registration_actor,
                 metrics: Arc::clone(&metrics),
                 db: db.clone(),
             },
-            registration_actor,
             metrics: Arc::clone(&metrics),
             email_sync: email_sync.clone().recipient(),
             admin_token: settings.admin.token.clone(),

@@ -95,24 +95,24 @@ pub async fn register_batch(
 /// violated index itself tells which field is taken.
 async fn register_one(db: &DatabaseConnection, candidate: &Candidate) -> Result<Outcome, DbErr> {
     let single = std::slice::from_ref(candidate);
-    for _ in 0..3 {
+    let mut tries = 0;
+    loop {
+        tries += 1;
         match try_batch(db, single).await {
             Ok(mut outcomes) => return Ok(outcomes.remove(0)),
-            Err(e) if is_unique_violation(&e) => continue,
-            Err(e) => return Err(e),
+            Err(e) if is_unique_violation(&e) && tries < 4 => continue,
+            Err(e) => {
+                return match e.sql_err() {
+                    Some(SqlErr::UniqueConstraintViolation(m)) if m.contains("email") => {
+                        Ok(Outcome::EmailTaken)
+                    }
+                    Some(SqlErr::UniqueConstraintViolation(m)) if m.contains("username") => {
+                        Ok(Outcome::UsernameTaken)
+                    }
+                    _ => Err(e),
+                };
+            }
         }
-    }
-    match try_batch(db, single).await {
-        Ok(mut outcomes) => Ok(outcomes.remove(0)),
-        Err(e) => match e.sql_err() {
-            Some(SqlErr::UniqueConstraintViolation(m)) if m.contains("email") => {
-                Ok(Outcome::EmailTaken)
-            }
-            Some(SqlErr::UniqueConstraintViolation(m)) if m.contains("username") => {
-                Ok(Outcome::UsernameTaken)
-            }
-            _ => Err(e),
-        },
     }
 }
 

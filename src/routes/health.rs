@@ -76,7 +76,7 @@ pub async fn live() -> HttpResponse {
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let database = tokio::time::timeout(PROBE_TIMEOUT, state.db.ping()).await;
     let database_up = matches!(database, Ok(Ok(())));
-    let actor = tokio::time::timeout(PROBE_TIMEOUT, state.registration_actor.send(Ping)).await;
+    let actor = tokio::time::timeout(PROBE_TIMEOUT, state.registrar.actor.send(Ping)).await;
     let registration_up = matches!(actor, Ok(Ok(())));
     let (pending, dead) = if database_up {
         match tokio::time::timeout(PROBE_TIMEOUT, outbox::outbox_counts(&state.db)).await {

@@ -11,14 +11,13 @@ pub mod openapi;
 mod pages;
 mod registrations;
 
-use actix::Addr;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 use sea_orm::DatabaseConnection;
 
 use std::sync::Arc;
 
-use crate::actors::{RegistrationActor, WakeUp};
+use crate::actors::WakeUp;
 use crate::error::{ApiError, form_error, json_error};
 use crate::metrics::Metrics;
 use crate::registration::Registrar;
@@ -28,7 +27,6 @@ use crate::registration::Registrar;
 pub struct AppState {
     pub db: DatabaseConnection,
     pub registrar: Registrar,
-    pub registration_actor: Addr<RegistrationActor>,
     /// Counters, and the email sync's published state: read without waiting on any actor.
     pub metrics: Arc<Metrics>,
     /// The EmailSyncActor's mailbox, for operators' retries (`try_send` only).

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{registration, spawn_app};
+use crate::helpers::spawn_app;
 
 #[actix_web::test]
 async fn liveness_is_200_ok() {
@@ -18,15 +18,7 @@ async fn liveness_is_200_ok() {
 #[actix_web::test]
 async fn readiness_reports_database_actor_and_outbox_counts() {
     let app = spawn_app().await;
-    for n in 0..3 {
-        assert_eq!(
-            app.post_registration(&registration(n))
-                .await
-                .status()
-                .as_u16(),
-            201
-        );
-    }
+    app.register_all(0..3).await;
 
     let response = app.get("/health/ready").await;
 

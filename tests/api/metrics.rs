@@ -107,15 +107,7 @@ async fn every_listed_series_is_exported_at_zero_from_start_up() {
 async fn registration_counters_move_by_exactly_what_happened() {
     let app = spawn_app().await;
 
-    for n in 0..2 {
-        assert_eq!(
-            app.post_registration(&registration(n))
-                .await
-                .status()
-                .as_u16(),
-            201
-        );
-    }
+    app.register_all(0..2).await;
     let taken_name = json!({"username": "user0", "email": "fresh@example.com", "password": "correct horse battery"});
     assert_eq!(
         app.post_registration(&taken_name).await.status().as_u16(),
