@@ -14,14 +14,14 @@
 //!
 //! The server and the provider (`signup mock-provider`) run as processes of their own, the
 //! release binary; the load comes from this process. Knobs: BENCH_REQUESTS (2000),
-//! BENCH_CONCURRENCY (64), BENCH_PENDING_ROWS (1000000), BENCH_ONLY=owasp (the hashing line).
+//! BENCH_CONCURRENCY (64), BENCH_PENDING_ROWS (1000000), BENCH_ONLY=owasp (the hashing line) or
+//! BENCH_ONLY=cheap (the raw limit and the first end-to-end line).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use futures::StreamExt;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use secrecy::SecretString;
@@ -263,42 +263,101 @@ fn line(name: &str, r: &Report, extra: &str) {
     );
 }
 
-/// Seconds of one OWASP argon2id hash, best of 5.
-fn owasp_hash_seconds() -> f64 {
-    let params = Params::new(19_456, 2, 1, None).expect("params");
-    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    let salt = SaltString::encode_b64(b"benchmarksalt123").expect("salt");
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            argon2
-                .hash_password(b"correct horse battery", &salt)
-                .expect("hash");
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
+/// The OWASP parameters: m=19456 KiB, t=2, p=1.
+fn owasp_params() -> Params {
+    Params::new(19_456, 2, 1, Some(32)).expect("params")
 }
 
-/// OWASP hashes per second with one thread per core, each hashing `n` passwords.
-fn parallel_hash_rate(cores: usize, n: usize) -> f64 {
-    let started = Instant::now();
-    let threads: Vec<_> = (0..cores)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let params = Params::new(19_456, 2, 1, None).expect("params");
-                let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-                let salt = SaltString::encode_b64(b"benchmarksalt123").expect("salt");
-                for _ in 0..n {
-                    argon2
-                        .hash_password(b"correct horse battery", &salt)
-                        .expect("hash");
-                }
-            })
+/// One OWASP argon2id hash the way the server hashes: the RustCrypto crate, into working memory
+/// that is reused from hash to hash.
+fn owasp_hash(blocks: &mut [Block], i: usize) {
+    let mut out = [0u8; 32];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, owasp_params())
+        .hash_password_into_with_memory(
+            b"correct horse battery",
+            &(i as u128).to_le_bytes(),
+            &mut out,
+            blocks,
+        )
+        .expect("hash");
+}
+
+/// The median of 11 timings of `f`, after one untimed call.
+fn median_seconds(mut f: impl FnMut(usize)) -> f64 {
+    f(0);
+    let mut times: Vec<f64> = (1..=11)
+        .map(|i| {
+            let t = Instant::now();
+            f(i);
+            t.elapsed().as_secs_f64()
         })
         .collect();
-    for thread in threads {
-        let _ = thread.join();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Seconds of one OWASP hash, one thread, nothing else running (median of 11).
+fn owasp_hash_seconds() -> f64 {
+    let mut blocks = vec![Block::default(); owasp_params().block_count()];
+    median_seconds(|i| owasp_hash(&mut blocks, i))
+}
+
+/// Seconds of one OWASP hash by the C reference implementation (libargon2, as the Python peer
+/// uses through argon2-cffi), when the shared library is installed.
+fn reference_hash_seconds() -> Option<f64> {
+    type HashRaw = unsafe extern "C" fn(
+        u32,
+        u32,
+        u32,
+        *const u8,
+        usize,
+        *const u8,
+        usize,
+        *mut u8,
+        usize,
+    ) -> i32;
+    // SAFETY: loading libargon2 runs no initialisers beyond the C runtime's; the symbol has the
+    // signature of `argon2id_hash_raw` in argon2.h, and every pointer passed below is valid for
+    // the length passed with it.
+    unsafe {
+        let library = libloading::Library::new("libargon2.so.1").ok()?;
+        let hash_raw = library.get::<HashRaw>(b"argon2id_hash_raw\0").ok()?;
+        let password = b"correct horse battery";
+        let mut failed = false;
+        let seconds = median_seconds(|i| {
+            let salt = (i as u128).to_le_bytes();
+            let mut out = [0u8; 32];
+            let status = hash_raw(
+                2,
+                19_456,
+                1,
+                password.as_ptr(),
+                password.len(),
+                salt.as_ptr(),
+                salt.len(),
+                out.as_mut_ptr(),
+                out.len(),
+            );
+            failed |= status != 0;
+        });
+        (!failed).then_some(seconds)
     }
+}
+
+/// OWASP hashes per second with one thread per core, each hashing `n` passwords into memory of
+/// its own that it reuses, as the server's hashing threads do.
+fn parallel_hash_rate(cores: usize, n: usize) -> f64 {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..cores {
+            scope.spawn(move || {
+                let mut blocks = vec![Block::default(); owasp_params().block_count()];
+                for i in 0..n {
+                    owasp_hash(&mut blocks, i);
+                }
+            });
+        }
+    });
     (cores * n) as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -356,8 +415,10 @@ async fn run(label: &str, postgres: Option<&str>) {
     let pending_rows = env_or("BENCH_PENDING_ROWS", 1_000_000);
     println!("\n{label}");
 
-    // BENCH_ONLY=owasp runs just the hashing line (for quick experiments on the hash path).
-    let only_owasp = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "owasp");
+    // BENCH_ONLY=owasp runs just the hashing line, BENCH_ONLY=cheap just the raw limit and the
+    // first end-to-end line (for quick experiments on one path).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let (only_owasp, only_cheap) = (only == "owasp", only == "cheap");
     let raw = if only_owasp {
         f64::NAN
     } else {
@@ -380,7 +441,12 @@ async fn run(label: &str, postgres: Option<&str>) {
         ("e2e cheap, provider slow (2 s)", slow_port),
     ];
     let mut up_p99 = None;
-    for (name, port) in scenarios.into_iter().filter(|_| !only_owasp) {
+    let scenarios = match (only_owasp, only_cheap) {
+        (true, _) => &scenarios[..0],
+        (false, true) => &scenarios[..1],
+        (false, false) => &scenarios[..],
+    };
+    for &(name, port) in scenarios {
         let url = fresh_database(postgres).await;
         let (server, base) = server(&url, port, Hashing::Cheap).await;
         let idle = server.rss_mib();
@@ -403,6 +469,9 @@ async fn run(label: &str, postgres: Option<&str>) {
         line(name, &report, &extra);
     }
 
+    if only_cheap {
+        return;
+    }
     // OWASP hashing against the hash bound.
     let hash = owasp_hash_seconds();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -412,15 +481,27 @@ async fn run(label: &str, postgres: Option<&str>) {
     load(&base, 20, concurrency, 1_000_000).await;
     let owasp = load(&base, 300.min(requests), concurrency, 0).await;
     let parallel = parallel_hash_rate(cores, 20);
+    let reference = reference_hash_seconds();
     line(
         "e2e OWASP argon2id, provider up",
         &owasp,
-        &format!(
-            "hash {:.1} ms, bound {bound:.0}/s, ratio {:.2}; {cores} threads hashing alone: {parallel:.0}/s",
-            hash * 1e3,
-            owasp.per_second / bound
-        ),
+        &format!("ratio to hash bound {:.2}", owasp.per_second / bound),
     );
+    println!(
+        "      hash bound {cores} cores / {:.1} ms = {bound:.0}/s; {cores} threads hashing alone \
+         {parallel:.0}/s (ratio {:.2})",
+        hash * 1e3,
+        owasp.per_second / parallel
+    );
+    match reference {
+        Some(seconds) => println!(
+            "      C reference (libargon2) {:.1} ms: bound {:.0}/s (ratio {:.2})",
+            seconds * 1e3,
+            cores as f64 / seconds,
+            owasp.per_second * seconds / cores as f64
+        ),
+        None => println!("      C reference: libargon2.so.1 not installed"),
+    }
 
     if only_owasp {
         return;
@@ -460,13 +541,15 @@ async fn run(label: &str, postgres: Option<&str>) {
 
     // Memory with a big backlog: the server must not load it.
     let url = fresh_database(postgres).await;
+    // Both servers settle as long (gauge refreshes, pool connections) before they are measured.
+    let settle = Duration::from_secs(10);
     let (idle_server, _) = server(&url, down_port, Hashing::Cheap).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(settle).await;
     let empty = idle_server.rss_mib();
     drop(idle_server);
     seed_pending(&url, pending_rows).await;
     let (backlog_server, _) = server(&url, down_port, Hashing::Cheap).await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(settle).await;
     let full = backlog_server.rss_mib();
     println!(
         "  {:<34} idle {empty:.1} MiB, with {pending_rows} pending rows {full:.1} MiB (ratio {:.2})",
