@@ -124,7 +124,6 @@ async fn server(database_url: &str, provider_port: u16, hashing: Hashing) -> (Pr
         .current_dir(dir)
         .env("SIGNUP_SERVER__BIND", format!("127.0.0.1:{port}"))
         .env("SIGNUP_DATABASE__URL", database_url)
-        .env("SIGNUP_DATABASE__MAX_CONNECTIONS", "16")
         .env("SIGNUP_PASSWORD__ARGON2_M_KIB", m)
         .env("SIGNUP_PASSWORD__ARGON2_T", t)
         .env("SIGNUP_RATE_LIMIT__PER_MINUTE", "0")
@@ -141,6 +140,29 @@ async fn server(database_url: &str, provider_port: u16, hashing: Hashing) -> (Pr
         .expect("signup serve");
     wait_listening(port).await;
     (Process(child), format!("http://127.0.0.1:{port}"))
+}
+
+/// Every database this run created, removed at its end.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the SQLite files and drops the PostgreSQL databases this run created.
+async fn remove_databases(postgres_admin: Option<&str>) {
+    let urls = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
+    let admin = match postgres_admin {
+        Some(admin) => Database::connect(admin).await.ok(),
+        None => None,
+    };
+    for url in urls {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+        } else if let (Some(admin), Some((_, name))) = (&admin, url.rsplit_once('/')) {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
 }
 
 /// A fresh, migrated database: a temp SQLite file, or a new PostgreSQL database.
@@ -171,6 +193,10 @@ async fn fresh_database(postgres_admin: Option<&str>) -> String {
         .status()
         .expect("signup migrate");
     assert!(status.success(), "migrations");
+    CREATED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(url.clone());
     url
 }
 
@@ -396,10 +422,10 @@ async fn seed_pending(url: &str, rows: usize) {
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
                  INSERT INTO users (id, username, username_normalized, email, email_normalized, password_hash, created_at) \
                  SELECT randomblob(16), 'seed' || i, 'seed' || i, 'seed' || i || '@example.com', 'seed' || i || '@example.com', 'x', \
-                 '2026-01-01T00:00:00+00:00' FROM n"
+                 strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now') FROM n"
             ),
             "INSERT INTO email_outbox (id, user_id, payload, status, attempts, next_attempt_at, created_at) \
-             SELECT randomblob(16), id, '{}', 'pending', 0, '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00' FROM users"
+             SELECT randomblob(16), id, '{}', 'pending', 0, created_at, created_at FROM users"
                 .to_string(),
         ]
     };
@@ -566,8 +592,12 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         run("SQLite (WAL, synchronous=FULL)", None).await;
+        remove_databases(None).await;
         match std::env::var("BENCH_POSTGRES_URL") {
-            Ok(admin) => run("PostgreSQL", Some(&admin)).await,
+            Ok(admin) => {
+                run("PostgreSQL", Some(&admin)).await;
+                remove_databases(Some(&admin)).await;
+            }
             Err(_) => println!(
                 "\nPostgreSQL: skipped (set BENCH_POSTGRES_URL to a role that may create databases)"
             ),
