@@ -13,7 +13,7 @@ pub mod domain;
 pub mod email;
 /// The JSON API's error type and its problem+json responses.
 pub mod error;
-/// argon2id hashing on the blocking pool.
+/// argon2id hashing on threads of its own, one per core.
 pub mod hashing;
 /// Prometheus metrics, one registry per application.
 pub mod metrics;

@@ -12,7 +12,7 @@ use entity::email_outbox::{self, Status};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
-    EntityTrait, FromQueryResult, QueryFilter, Statement,
+    EntityTrait, FromQueryResult, QueryFilter, Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -94,15 +94,48 @@ pub enum Completion {
     },
 }
 
-/// Records the outcome of attempt number `attempts` of a claimed row. False if the claim was
-/// lost (the lease expired and another instance owns the row now).
-pub async fn complete(
+/// A delivery attempt whose outcome is to be stored: attempt number `attempts` of a claimed row,
+/// ended at `at`.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub claimed: Claimed,
+    pub attempts: i32,
+    pub completion: Completion,
+    pub at: DateTime<Utc>,
+}
+
+/// Stores the outcomes of several attempts in one transaction (one commit, one fsync), answering
+/// for each whether its claim still held. On SQLite every write transaction takes the one write
+/// lock the registrations commit under, so one per delivery would make deliveries compete with
+/// sign-ups; batched, a burst of deliveries costs a few commits. If the transaction fails,
+/// nothing is stored: the leases expire and the rows are attempted again (at least once).
+pub async fn complete_all(
     db: &DatabaseConnection,
-    claimed: &Claimed,
-    attempts: i32,
-    completion: Completion,
-    now: DateTime<Utc>,
-) -> Result<bool, DbErr> {
+    finished: &[Finished],
+) -> Result<Vec<bool>, DbErr> {
+    if let [one] = finished {
+        // A statement on its own is already a transaction; BEGIN/COMMIT would only add trips.
+        return Ok(vec![complete(db, one).await?]);
+    }
+    let txn = db.begin().await?;
+    let mut stored = Vec::with_capacity(finished.len());
+    for one in finished {
+        stored.push(complete(&txn, one).await?);
+    }
+    txn.commit().await?;
+    Ok(stored)
+}
+
+/// Records one attempt's outcome. False if the claim was lost (the lease expired and another
+/// instance owns the row now).
+async fn complete<C: ConnectionTrait>(db: &C, finished: &Finished) -> Result<bool, DbErr> {
+    let Finished {
+        claimed,
+        attempts,
+        completion,
+        at: now,
+    } = finished;
+    let (attempts, now, completion) = (*attempts, *now, completion.clone());
     let mut update = email_outbox::ActiveModel {
         attempts: Set(attempts),
         locked_until: Set(None),

@@ -1,5 +1,5 @@
 //! The registration pipeline shared by the JSON API and the HTML form:
-//! validate → hash (blocking pool, in parallel) → RegistrationActor (serialized) → outcome.
+//! validate → hash (hashing threads, in parallel) → RegistrationActor (serialized) → outcome.
 
 use std::sync::Arc;
 use std::time::Instant;

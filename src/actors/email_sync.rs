@@ -28,7 +28,7 @@ use crate::email::{
     Admission, AttemptOutcome, CircuitBreaker, CircuitState, WebhookProvider, retry,
 };
 use crate::metrics::Metrics;
-use crate::outbox::{self, Claimed, Completion};
+use crate::outbox::{self, Claimed, Completion, Finished};
 
 /// "There may be new due rows in the outbox." Carries no data on purpose.
 #[derive(Debug, Clone, Copy, Message)]
@@ -67,6 +67,10 @@ pub struct EmailSyncActor {
     pump_again: bool,
     /// The timer that pumps when an open circuit may half-open.
     reopen_timer: Option<SpawnHandle>,
+    /// Outcomes of finished deliveries not yet stored; their rows are still `in_flight`.
+    finished: Vec<Finished>,
+    /// A write of outcomes is running; the next waits for it.
+    storing: bool,
 }
 
 impl EmailSyncActor {
@@ -92,6 +96,8 @@ impl EmailSyncActor {
             claiming: false,
             pump_again: false,
             reopen_timer: None,
+            finished: Vec::new(),
+            storing: false,
         }
     }
 
@@ -303,16 +309,48 @@ impl EmailSyncActor {
         if matches!(completion, Completion::Dead { .. }) {
             self.metrics.sync_dead.inc();
         }
+        self.finished.push(Finished {
+            claimed,
+            attempts,
+            completion,
+            at: now,
+        });
+        self.store_outcomes(ctx);
+    }
+
+    /// Stores every outcome waiting in `finished` in one transaction, one such write at a time:
+    /// outcomes that arrive meanwhile go into the next one (a group commit, as registrations).
+    /// A row leaves `in_flight` once its outcome is stored, so it is not claimed again before.
+    fn store_outcomes(&mut self, ctx: &mut Context<Self>) {
+        if self.storing || self.finished.is_empty() {
+            return;
+        }
+        self.storing = true;
+        let batch = std::mem::take(&mut self.finished);
         let db = self.db.clone();
-        let write = async move { outbox::complete(&db, &claimed, attempts, completion, now).await };
-        ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
-            act.in_flight.remove(&id);
+        let write = async move {
+            let result = outbox::complete_all(&db, &batch).await;
+            (batch, result)
+        };
+        ctx.spawn(write.into_actor(self).map(|(batch, result), act, ctx| {
+            act.storing = false;
             match result {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(outbox_id = %id, "lease expired before the outcome was stored; another claim owns the row"),
-                // The lease expires and the row is attempted again: at least once, same webhook-id.
-                Err(e) => tracing::warn!(outbox_id = %id, error = %e, "cannot store a delivery outcome"),
+                Ok(stored) => {
+                    for (finished, stored) in batch.iter().zip(stored) {
+                        if !stored {
+                            tracing::warn!(outbox_id = %finished.claimed.row.id, "lease expired before the outcome was stored; another claim owns the row");
+                        }
+                    }
+                }
+                // The leases expire and the rows are attempted again: at least once, same webhook-id.
+                Err(e) => {
+                    tracing::warn!(rows = batch.len(), error = %e, "cannot store delivery outcomes");
+                }
             }
+            for finished in &batch {
+                act.in_flight.remove(&finished.claimed.row.id);
+            }
+            act.store_outcomes(ctx);
             act.pump(ctx);
         }));
     }
@@ -417,6 +455,7 @@ impl Actor for EmailSyncActor {
         );
         self.refresh_gauges(ctx);
         self.sweep_delivered(ctx);
+        self.store_outcomes(ctx);
         self.pump(ctx);
     }
 }
@@ -427,6 +466,10 @@ impl Supervised for EmailSyncActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         tracing::warn!("email sync actor restarting");
         self.in_flight.clear();
+        // A write of outcomes in progress died with the old context (its transaction rolls
+        // back; those rows are attempted again once their leases expire). Outcomes still
+        // waiting in `finished` are stored after the restart.
+        self.storing = false;
         self.claiming = false;
         self.pump_again = false;
         self.reopen_timer = None;

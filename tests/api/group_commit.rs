@@ -165,3 +165,87 @@ async fn every_member_of_a_failing_batch_is_answered_503() {
     }
     assert_eq!(app.user_count().await, 0);
 }
+
+#[actix_web::test]
+async fn delivery_outcomes_are_stored_together_and_a_lost_claim_is_left_to_its_new_owner() {
+    use chrono::Utc;
+    use entity::email_outbox::{self, Status};
+    use sea_orm::{ActiveValue::Set, ColumnTrait, QueryFilter};
+    use signup::outbox::{Completion, Finished, claim, complete_all};
+
+    let (db, _dir) = database().await;
+    register_batch(
+        &db,
+        &[
+            candidate("alice", "alice@example.com"),
+            candidate("bob", "bob@example.com"),
+            candidate("carol", "carol@example.com"),
+        ],
+    )
+    .await
+    .expect("committed");
+    let lease = std::time::Duration::from_secs(60);
+    let claims = claim(&db, 10, lease, Utc::now()).await.expect("claims");
+    assert_eq!(claims.len(), 3);
+    // The second claim's lease expired and another instance claimed the row since.
+    let taken_over = Utc::now() + chrono::Duration::minutes(5);
+    email_outbox::Entity::update_many()
+        .set(email_outbox::ActiveModel {
+            locked_until: Set(Some(taken_over)),
+            ..Default::default()
+        })
+        .filter(email_outbox::Column::Id.eq(claims[1].row.id))
+        .exec(&db)
+        .await
+        .expect("updated");
+
+    let retry_at = Utc::now() + chrono::Duration::minutes(1);
+    let finished: Vec<Finished> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, claimed)| Finished {
+            claimed: claimed.clone(),
+            attempts: 1,
+            completion: if i < 2 {
+                Completion::Delivered { status: 204 }
+            } else {
+                Completion::Retry {
+                    at: retry_at,
+                    status: Some(503),
+                    error: "unavailable".into(),
+                }
+            },
+            at: Utc::now(),
+        })
+        .collect();
+    let stored = complete_all(&db, &finished).await.expect("one transaction");
+
+    assert_eq!(stored, [true, false, true]);
+    let row = |i: usize| {
+        let db = db.clone();
+        let id = claims[i].row.id;
+        async move {
+            email_outbox::Entity::find_by_id(id)
+                .one(&db)
+                .await
+                .expect("reads")
+                .expect("the row")
+        }
+    };
+    let delivered = row(0).await;
+    assert_eq!(delivered.status, Status::Delivered);
+    assert_eq!((delivered.attempts, delivered.last_status), (1, Some(204)));
+    let lost = row(1).await;
+    assert_eq!(
+        lost.status,
+        Status::Pending,
+        "the new owner's row is untouched"
+    );
+    assert_eq!(lost.attempts, 0);
+    assert!(lost.locked_until.is_some());
+    let retried = row(2).await;
+    assert_eq!(retried.status, Status::Pending);
+    assert_eq!((retried.attempts, retried.last_status), (1, Some(503)));
+    assert_eq!(retried.locked_until, None);
+    assert!(retried.next_attempt_at > Utc::now());
+}
