@@ -13,7 +13,7 @@
 //! - the server's resident memory idle, under load, and with 1 000 000 pending outbox rows.
 //!
 //! The server and the provider (`signup mock-provider`) run as processes of their own, the
-//! release binary; the load comes from this process. Knobs: BENCH_REQUESTS (2000),
+//! release binary; the load comes from this process. Knobs: BENCH_REQUESTS (10000),
 //! BENCH_CONCURRENCY (64), BENCH_PENDING_ROWS (1000000), BENCH_ONLY=owasp (the hashing line) or
 //! BENCH_ONLY=cheap (the raw limit and the first end-to-end line).
 
@@ -436,7 +436,8 @@ async fn seed_pending(url: &str, rows: usize) {
 }
 
 async fn run(label: &str, postgres: Option<&str>) {
-    let requests = env_or("BENCH_REQUESTS", 2000);
+    // Enough that p99 rests on ~100 samples and a run outlasts a WAL checkpoint or two.
+    let requests = env_or("BENCH_REQUESTS", 10_000);
     let concurrency = env_or("BENCH_CONCURRENCY", 64);
     let pending_rows = env_or("BENCH_PENDING_ROWS", 1_000_000);
     println!("\n{label}");
