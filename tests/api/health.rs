@@ -1,8 +1,10 @@
 //! `/health/live` and `/health/ready`.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, wait_until};
 
 #[actix_web::test]
 async fn liveness_is_200_ok() {
@@ -19,6 +21,16 @@ async fn liveness_is_200_ok() {
 async fn readiness_reports_database_actor_and_outbox_counts() {
     let app = spawn_app().await;
     app.register_all(0..3).await;
+    // The counts are the outbox gauges, refreshed by the email sync every poll interval here.
+    wait_until(
+        "readiness counts 3 pending rows",
+        Duration::from_secs(30),
+        || async {
+            let body: Value = app.get("/health/ready").await.json().await.expect("json");
+            body["email_sync"]["pending"] == 3
+        },
+    )
+    .await;
 
     let response = app.get("/health/ready").await;
 
