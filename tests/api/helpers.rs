@@ -165,18 +165,59 @@ pub async fn fresh_database() -> (String, Option<TempDir>, bool) {
     }
 }
 
-/// A new, empty PostgreSQL database; returns its URL.
+/// A new, empty PostgreSQL database; returns its URL. Its name carries this process's id, so a
+/// later run can tell it is no longer used (see [`drop_stale_databases`]).
 pub async fn fresh_postgres(admin_url: &str) -> String {
-    let name = format!("signup_test_{}", uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "signup_test_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     let admin = Database::connect(admin_url)
         .await
         .expect("TEST_POSTGRES_URL accepts connections");
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT.get_or_init(|| drop_stale_databases(&admin)).await;
     admin
         .execute_unprepared(&format!("CREATE DATABASE {name}"))
         .await
         .expect("the test role may create databases");
     admin.close().await.ok();
     with_database(admin_url, &name)
+}
+
+/// Drops the test databases of earlier test processes that no longer run (once per process):
+/// a test cannot drop its own database while its server still holds connections, so each run
+/// cleans up after the ones before it. Linux only (it asks /proc); elsewhere it leaves them.
+async fn drop_stale_databases(admin: &DatabaseConnection) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(rows) = admin
+        .query_all_raw(sea_orm::Statement::from_string(
+            admin.get_database_backend(),
+            "SELECT datname FROM pg_database WHERE datname LIKE 'signup\\_test\\_%'",
+        ))
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let Ok(name) = row.try_get::<String>("", "datname") else {
+            continue;
+        };
+        // signup_test_<pid>_<uuid>; a name without a pid predates them and is stale too.
+        let pid = name
+            .split('_')
+            .nth(2)
+            .filter(|_| name.split('_').count() == 4);
+        let running = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !running {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        }
+    }
 }
 
 /// `TEST_POSTGRES_URL` for tests that need PostgreSQL whatever the suite runs on. `None` (the
