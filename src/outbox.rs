@@ -211,9 +211,24 @@ pub async fn delete_delivered_before(
     }
 }
 
-/// Makes a dead or pending row due now with its attempts reset; false if no such row.
-pub async fn requeue(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbErr> {
-    let result = email_outbox::Entity::update_many()
+/// What [`requeue`] did.
+#[derive(Debug)]
+pub enum Requeue {
+    /// The row is due now with its attempts reset: as it is now.
+    Due(Job),
+    /// The row was delivered already; it is left alone.
+    Delivered,
+    NotFound,
+}
+
+/// Makes a dead or pending row due now with its attempts reset, in one statement (a row
+/// delivered meanwhile is not touched).
+pub async fn requeue(
+    db: &DatabaseConnection,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Requeue, DbErr> {
+    let updated = email_outbox::Entity::update_many()
         .set(email_outbox::ActiveModel {
             status: Set(Status::Pending),
             attempts: Set(0),
@@ -224,9 +239,16 @@ pub async fn requeue(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> R
         })
         .filter(email_outbox::Column::Id.eq(id))
         .filter(email_outbox::Column::Status.is_in([Status::Pending, Status::Dead]))
-        .exec(db)
+        .exec_with_returning(db)
         .await?;
-    Ok(result.rows_affected == 1)
+    if let Some(row) = updated.into_iter().next() {
+        return Ok(Requeue::Due(row.into()));
+    }
+    // Not pending nor dead: delivered, or no such row.
+    Ok(match find(db, id).await? {
+        Some(_) => Requeue::Delivered,
+        None => Requeue::NotFound,
+    })
 }
 
 /// Pending and dead rows: readiness and the outbox gauges.

@@ -8,7 +8,7 @@ use entity::email_outbox::Status;
 use sea_orm::{DatabaseConnection, DbErr};
 use uuid::Uuid;
 
-use crate::outbox::{self, Job};
+use crate::outbox::{self, Job, Requeue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxCliError {
@@ -77,13 +77,11 @@ fn table(jobs: &[Job], more: bool) -> String {
 
 /// Makes one dead or pending job due now.
 pub async fn retry(db: &DatabaseConnection, id: Uuid) -> Result<String, OutboxCliError> {
-    let job = outbox::find(db, id)
-        .await?
-        .ok_or(OutboxCliError::NoSuchJob(id))?;
-    if job.status == Status::Delivered.as_str() {
-        return Err(OutboxCliError::Delivered(id));
+    match outbox::requeue(db, id, Utc::now()).await? {
+        Requeue::Due(_) => {}
+        Requeue::Delivered => return Err(OutboxCliError::Delivered(id)),
+        Requeue::NotFound => return Err(OutboxCliError::NoSuchJob(id)),
     }
-    outbox::requeue(db, id, Utc::now()).await?;
     Ok(format!(
         "job {id} is due now (attempts reset); a running server delivers it at its next poll"
     ))

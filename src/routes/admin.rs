@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::AppState;
 use crate::actors::WakeUp;
 use crate::error::ApiError;
-use crate::{outbox, store};
+use crate::outbox::{self, Requeue};
+use crate::store;
 
 /// Dead rows requeued per statement by retry-dead.
 const REQUEUE_BATCH: u64 = 5000;
@@ -168,22 +169,16 @@ pub async fn retry_job(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&request, &state)?;
     let id = job_id(&path)?;
-    let job = outbox::find(&state.db, id)
+    let job = match outbox::requeue(&state.db, id, Utc::now())
         .await
         .map_err(db_error)?
-        .ok_or(ApiError::NotFound)?;
-    if job.status == Status::Delivered.as_str() {
-        return Err(ApiError::NotRetryable);
-    }
-    outbox::requeue(&state.db, id, Utc::now())
-        .await
-        .map_err(db_error)?;
+    {
+        Requeue::Due(job) => job,
+        Requeue::Delivered => return Err(ApiError::NotRetryable),
+        Requeue::NotFound => return Err(ApiError::NotFound),
+    };
     wake(&state);
     tracing::info!(outbox_id = %id, "operator requeued a job");
-    let job = outbox::find(&state.db, id)
-        .await
-        .map_err(db_error)?
-        .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Accepted().json(job))
 }
 

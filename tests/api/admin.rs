@@ -313,20 +313,28 @@ async fn the_command_line_lists_and_retries_jobs_of_a_running_server() {
         .iter()
         .map(|r| r.id.to_string())
         .collect();
-    let cli = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_signup"))
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_signup"))
             .args(args)
             .env("SIGNUP_DATABASE__URL", &app.database_url)
             .env("SIGNUP_LOG__LEVEL", "error")
             .current_dir(std::env::temp_dir())
             .output()
-            .expect("signup runs");
+            .expect("signup runs")
+    };
+    let cli = |args: &[&str]| {
+        let output = run(args);
         assert!(
             output.status.success(),
             "{args:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let cli_refuses = |args: &[&str]| {
+        let output = run(args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&output.stderr).into_owned()
     };
 
     let listed = cli(&["outbox", "list", "--status", "dead"]);
@@ -348,6 +356,18 @@ async fn the_command_line_lists_and_retries_jobs_of_a_running_server() {
         || async { app.outbox_with(Status::Delivered).await.len() == 1 },
     )
     .await;
+    let before = app.outbox_with(Status::Delivered).await.remove(0);
+    let refused = cli_refuses(&["outbox", "retry", &before.id.to_string()]);
+    assert!(refused.contains("was delivered"), "{refused}");
+    let after = app.outbox_with(Status::Delivered).await.remove(0);
+    assert_eq!(
+        (after.id, after.delivered_at),
+        (before.id, before.delivered_at),
+        "a refused retry leaves the delivered row alone"
+    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let refused = cli_refuses(&["outbox", "retry", &unknown]);
+    assert!(refused.contains(&format!("no job {unknown}")), "{refused}");
     cli(&["outbox", "retry", "--all-dead"]);
     app.wait_all_delivered(2).await;
 }
