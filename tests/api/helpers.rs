@@ -312,10 +312,7 @@ impl TestApp {
     }
 
     pub async fn outbox_rows(&self) -> Vec<entity::email_outbox::Model> {
-        entity::email_outbox::Entity::find()
-            .all(&self.db)
-            .await
-            .expect("outbox rows")
+        outbox_rows(&self.db).await
     }
 
     /// Outbox rows with `status`.
@@ -332,16 +329,7 @@ impl TestApp {
 
     /// Waits until every outbox row is delivered and there are `n` of them.
     pub async fn wait_all_delivered(&self, n: usize) {
-        use entity::email_outbox::Status;
-        wait_until(
-            &format!("{n} rows are delivered"),
-            std::time::Duration::from_secs(30),
-            || async {
-                let rows = self.outbox_rows().await;
-                rows.len() == n && rows.iter().all(|r| r.status == Status::Delivered)
-            },
-        )
-        .await;
+        wait_all_delivered(&self.db, n, std::time::Duration::from_secs(30)).await;
     }
 
     /// Registers users `range` and asserts each got 201.
@@ -392,4 +380,22 @@ pub async fn problem(response: reqwest::Response, status: u16, code: &str) -> Va
         assert!(body[member].is_string(), "problem member {member}: {body}");
     }
     body
+}
+
+/// Every outbox row of `db`.
+pub async fn outbox_rows(db: &DatabaseConnection) -> Vec<entity::email_outbox::Model> {
+    entity::email_outbox::Entity::find()
+        .all(db)
+        .await
+        .expect("outbox rows")
+}
+
+/// Waits until `db` holds `n` outbox rows, every one delivered.
+pub async fn wait_all_delivered(db: &DatabaseConnection, n: usize, limit: std::time::Duration) {
+    use entity::email_outbox::Status;
+    wait_until(&format!("{n} rows are delivered"), limit, || async {
+        let rows = outbox_rows(db).await;
+        rows.len() == n && rows.iter().all(|r| r.status == Status::Delivered)
+    })
+    .await;
 }

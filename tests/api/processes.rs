@@ -4,12 +4,15 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use entity::email_outbox::{self, Status};
-use sea_orm::{Database, DatabaseConnection, EntityTrait};
+use entity::email_outbox::Status;
+use sea_orm::{Database, EntityTrait};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{SECRET, fresh_postgres, postgres_admin_url, registration, wait_until};
+use crate::helpers::{
+    SECRET, fresh_postgres, outbox_rows, postgres_admin_url, registration, wait_all_delivered,
+    wait_until,
+};
 
 /// A `signup serve` child process, killed (SIGKILL) on drop.
 struct ServerProcess {
@@ -137,13 +140,6 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn rows(db: &DatabaseConnection) -> Vec<email_outbox::Model> {
-    email_outbox::Entity::find()
-        .all(db)
-        .await
-        .expect("outbox rows")
-}
-
 async fn ids_received(provider: &MockServer) -> Vec<String> {
     provider
         .received_requests()
@@ -178,7 +174,7 @@ async fn a_server_killed_with_sigkill_loses_no_pending_sync() {
     wait_until(
         "deliveries have failed",
         Duration::from_secs(30),
-        || async { rows(&db).await.iter().any(|r| r.attempts >= 1) },
+        || async { outbox_rows(&db).await.iter().any(|r| r.attempts >= 1) },
     )
     .await;
 
@@ -190,17 +186,9 @@ async fn a_server_killed_with_sigkill_loses_no_pending_sync() {
         .await;
     let _restarted = ServerProcess::start(&url, &provider.uri()).await;
 
-    wait_until(
-        "every user is delivered after the restart",
-        Duration::from_secs(60),
-        || async {
-            let rows = rows(&db).await;
-            rows.len() == 10 && rows.iter().all(|r| r.status == Status::Delivered)
-        },
-    )
-    .await;
+    wait_all_delivered(&db, 10, Duration::from_secs(60)).await;
     let received = ids_received(&provider).await;
-    for row in rows(&db).await {
+    for row in outbox_rows(&db).await {
         assert!(
             received.contains(&row.id.to_string()),
             "{} delivered with its webhook-id",
@@ -229,15 +217,7 @@ async fn two_instances_on_one_postgresql_deliver_every_user_exactly_once() {
     }
 
     let db = Database::connect(&url).await.expect("the test connects");
-    wait_until(
-        "every user is delivered",
-        Duration::from_secs(60),
-        || async {
-            let rows = rows(&db).await;
-            rows.len() == 30 && rows.iter().all(|r| r.status == Status::Delivered)
-        },
-    )
-    .await;
+    wait_all_delivered(&db, 30, Duration::from_secs(60)).await;
     let received = ids_received(&provider).await;
     let mut unique = received.clone();
     unique.sort();
@@ -286,7 +266,7 @@ async fn sigterm_under_load_exits_0_and_every_answered_registration_is_stored() 
             "user{n} was answered 201"
         );
     }
-    let rows = rows(&db).await;
+    let rows = outbox_rows(&db).await;
     assert_eq!(rows.len(), users.len(), "every user has its outbox row");
     assert!(
         rows.iter()
@@ -324,7 +304,7 @@ async fn sigterm_during_slow_deliveries_releases_their_claims_and_exits_0() {
         "deliveries are in flight",
         Duration::from_secs(30),
         || async {
-            rows(&db)
+            outbox_rows(&db)
                 .await
                 .iter()
                 .filter(|r| r.locked_until.is_some())
@@ -337,7 +317,7 @@ async fn sigterm_during_slow_deliveries_releases_their_claims_and_exits_0() {
     let status = server.terminate().await;
 
     assert!(status.success(), "exit status {status:?}");
-    let rows = rows(&db).await;
+    let rows = outbox_rows(&db).await;
     assert!(
         rows.iter()
             .all(|r| r.locked_until.is_none() && r.status == Status::Pending),
@@ -381,13 +361,13 @@ async fn logs_follow_a_request_into_its_delivery_without_secrets_or_addresses() 
         .await
         .expect("the test opens the database");
     wait_until("the user is delivered", Duration::from_secs(30), || async {
-        rows(&db)
+        outbox_rows(&db)
             .await
             .iter()
             .all(|r| r.status == Status::Delivered)
     })
     .await;
-    let outbox_id = rows(&db).await[0].id.to_string();
+    let outbox_id = outbox_rows(&db).await[0].id.to_string();
 
     let log = server.log();
     let lines: Vec<serde_json::Value> = log

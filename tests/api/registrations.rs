@@ -57,13 +57,7 @@ async fn a_valid_registration_returns_201_with_location_and_the_user() {
 #[actix_web::test]
 async fn registration_returns_409_when_the_username_is_taken_in_another_case() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.post_registration(&registration(1))
-            .await
-            .status()
-            .as_u16(),
-        201
-    );
+    app.register_all(1..2).await;
 
     let response = app
         .post_registration(&json!({"username": "USER1", "email": "other@example.com", "password": "correct horse battery"}))
@@ -77,13 +71,7 @@ async fn registration_returns_409_when_the_username_is_taken_in_another_case() {
 #[actix_web::test]
 async fn registration_returns_409_when_the_email_is_taken_in_another_case() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.post_registration(&registration(1))
-            .await
-            .status()
-            .as_u16(),
-        201
-    );
+    app.register_all(1..2).await;
 
     let response = app
         .post_registration(&json!({"username": "someone", "email": "User1@EXAMPLE.com", "password": "correct horse battery"}))
@@ -97,13 +85,7 @@ async fn registration_returns_409_when_the_email_is_taken_in_another_case() {
 #[actix_web::test]
 async fn when_both_are_taken_the_email_wins() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.post_registration(&registration(1))
-            .await
-            .status()
-            .as_u16(),
-        201
-    );
+    app.register_all(1..2).await;
 
     let response = app.post_registration(&registration(1)).await;
 
