@@ -249,3 +249,77 @@ async fn delivery_outcomes_are_stored_together_and_a_lost_claim_is_left_to_its_n
     assert_eq!(retried.locked_until, None);
     assert!(retried.next_attempt_at > Utc::now());
 }
+
+#[actix_web::test]
+async fn a_failing_write_of_delivery_outcomes_stores_none_of_them() {
+    use chrono::Utc;
+    use entity::email_outbox::{self, Status};
+    use signup::outbox::{Completion, Finished, claim, complete_all};
+
+    let (db, _dir) = database().await;
+    register_batch(
+        &db,
+        &[
+            candidate("alice", "alice@example.com"),
+            candidate("bob", "bob@example.com"),
+        ],
+    )
+    .await
+    .expect("committed");
+    let claims = claim(&db, 10, std::time::Duration::from_secs(60), Utc::now())
+        .await
+        .expect("claims");
+    assert_eq!(claims.len(), 2);
+    // Marking a row dead fails inside the database, as a full disk or a bug would.
+    let statements: &[&str] = if signup::database::is_postgres(&db) {
+        &[
+            "CREATE FUNCTION refuse_dead() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_dead BEFORE UPDATE ON email_outbox FOR EACH ROW WHEN (NEW.status = 'dead') EXECUTE FUNCTION refuse_dead()",
+        ]
+    } else {
+        &[
+            "CREATE TRIGGER refuse_dead BEFORE UPDATE ON email_outbox WHEN NEW.status = 'dead' BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        ]
+    };
+    for sql in statements {
+        db.execute_unprepared(sql).await.expect("trigger created");
+    }
+
+    let finished = [
+        Finished {
+            claimed: claims[0].clone(),
+            attempts: 1,
+            completion: Completion::Delivered { status: 204 },
+            at: Utc::now(),
+        },
+        Finished {
+            claimed: claims[1].clone(),
+            attempts: 1,
+            completion: Completion::Dead {
+                status: Some(400),
+                error: "bad request".into(),
+            },
+            at: Utc::now(),
+        },
+    ];
+    assert!(complete_all(&db, &finished).await.is_err());
+
+    for claimed in &claims {
+        let row = email_outbox::Entity::find_by_id(claimed.row.id)
+            .one(&db)
+            .await
+            .expect("reads")
+            .expect("the row");
+        assert_eq!(
+            row.status,
+            Status::Pending,
+            "nothing of the batch is stored"
+        );
+        assert_eq!(row.attempts, 0);
+        assert_eq!(
+            row.locked_until,
+            Some(claimed.lease),
+            "still claimed: the lease expires"
+        );
+    }
+}
