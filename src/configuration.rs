@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The repository's `config.toml`. It documents every key with its default; it is also the type
@@ -16,6 +16,55 @@ pub const DOCUMENTED_DEFAULTS: &str = include_str!("../config.toml");
 
 /// Prefix of environment overrides: `SIGNUP_<SECTION>__<KEY>`.
 const ENV_PREFIX: &str = "SIGNUP_";
+
+/// Shortest admin token accepted: an empty or guessable token would open the admin API (and
+/// every email address in the outbox) to anyone.
+const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// A trusted reverse proxy: one address (`10.0.0.1`) or a CIDR range (`10.0.0.0/8`).
+/// IPv4-mapped IPv6 peers (`::ffff:10.0.0.1`) match their IPv4 form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy(pub ipnet::IpNet);
+
+impl TrustedProxy {
+    /// Whether `ip` (mapped addresses in their IPv4 form) is this proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let net = match s.parse::<ipnet::IpNet>() {
+            Ok(net) => net,
+            Err(_) => s
+                .parse::<IpAddr>()
+                .map(|ip| ipnet::IpNet::from(ip.to_canonical()))
+                .map_err(|_| format!("`{s}` is neither an address nor a CIDR range"))?,
+        };
+        // `::ffff:10.0.0.0/104` is the IPv4 range 10.0.0.0/8.
+        let net = match net {
+            ipnet::IpNet::V6(v6) => match (v6.addr().to_ipv4_mapped(), v6.prefix_len()) {
+                (Some(v4), len) if len >= 96 => ipnet::Ipv4Net::new(v4, len - 96)
+                    .map(ipnet::IpNet::V4)
+                    .map_err(|e| e.to_string())?,
+                _ => net,
+            },
+            v4 => v4,
+        };
+        Ok(Self(net.trunc()))
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -59,8 +108,11 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
-    /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Peers whose `X-Forwarded-For` is believed: addresses or CIDR ranges.
+    pub trusted_proxies: Vec<TrustedProxy>,
+    /// Where people reach the server, e.g. `https://signup.example.com`. When it is https the
+    /// form's cookies are `__Host-` prefixed and `Secure`; never decided by a request header.
+    pub public_url: Option<String>,
     /// Longest a client may take to send a request's headers, and again its body: slow clients
     /// (slowloris) are cut off with 408 instead of holding a connection.
     #[serde(with = "humantime_serde")]
@@ -88,6 +140,19 @@ pub struct PasswordSettings {
     pub argon2_m_kib: u32,
     pub argon2_t: u32,
     pub argon2_p: u32,
+    /// Most requests waiting for a hashing thread; more are answered 503 at once (overload is
+    /// shed, not queued). 0 means 64 per core.
+    pub max_waiting: usize,
+}
+
+impl PasswordSettings {
+    /// `max_waiting`, with 0 resolved to 64 per core.
+    pub fn max_waiting(&self) -> usize {
+        match self.max_waiting {
+            0 => 64 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -95,6 +160,10 @@ pub struct PasswordSettings {
 pub struct RegistrationSettings {
     /// Most registrations the RegistrationActor commits in one transaction.
     pub max_batch: usize,
+    /// Longest a registration is waited for: past it the answer is 503 with `Retry-After`, and
+    /// on PostgreSQL a statement is cancelled (`statement_timeout`, `lock_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -185,6 +254,7 @@ impl Default for ServerSettings {
             workers: 0,
             max_body_bytes: 16 * 1024,
             trusted_proxies: Vec::new(),
+            public_url: None,
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -208,13 +278,17 @@ impl Default for PasswordSettings {
             argon2_m_kib: 19_456,
             argon2_t: 2,
             argon2_p: 1,
+            max_waiting: 0,
         }
     }
 }
 
 impl Default for RegistrationSettings {
     fn default() -> Self {
-        Self { max_batch: 64 }
+        Self {
+            max_batch: 64,
+            deadline: Duration::from_secs(5),
+        }
     }
 }
 
@@ -358,6 +432,7 @@ impl Settings {
 
     /// Checks what types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
+        let retry = &self.email_sync.retry;
         let fail = |key: &str, message: &str| {
             Err(ConfigError::Invalid {
                 key: key.to_string(),
@@ -374,7 +449,6 @@ impl Settings {
         if self.server.max_body_bytes == 0 {
             return fail("server.max_body_bytes", "must be at least 1");
         }
-        use secrecy::ExposeSecret;
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -413,7 +487,6 @@ impl Settings {
         if self.email_sync.mailbox_capacity == 0 {
             return fail("email_sync.mailbox_capacity", "must be at least 1");
         }
-        let retry = &self.email_sync.retry;
         if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
             return fail(
                 "email_sync.retry.multiplier",
@@ -427,6 +500,55 @@ impl Settings {
             return fail(
                 "email_sync.circuit_breaker.failure_threshold",
                 "must be at least 1",
+            );
+        }
+        let must_be_positive = [
+            ("server.request_timeout", self.server.request_timeout),
+            ("database.acquire_timeout", self.database.acquire_timeout),
+            ("registration.deadline", self.registration.deadline),
+            ("email_sync.timeout", self.email_sync.timeout),
+            ("email_sync.poll_interval", self.email_sync.poll_interval),
+            ("email_sync.lease", self.email_sync.lease),
+            ("email_sync.retention", self.email_sync.retention),
+            ("email_sync.retry.initial_interval", retry.initial_interval),
+            ("email_sync.retry.max_interval", retry.max_interval),
+            ("email_sync.retry.max_elapsed", retry.max_elapsed),
+            (
+                "email_sync.circuit_breaker.open_for",
+                self.email_sync.circuit_breaker.open_for,
+            ),
+            (
+                "email_sync.circuit_breaker.max_open_for",
+                self.email_sync.circuit_breaker.max_open_for,
+            ),
+        ];
+        for (key, value) in must_be_positive {
+            if value.is_zero() {
+                return fail(key, "must be longer than 0");
+            }
+        }
+        // A lease that ends while its delivery may still be running lets another claim (this
+        // instance's next poll, or another instance) send the same row again.
+        if self.email_sync.lease < self.email_sync.timeout + Duration::from_secs(1) {
+            return fail(
+                "email_sync.lease",
+                "must exceed email_sync.timeout by at least 1s",
+            );
+        }
+        if let Some(url) = &self.server.public_url
+            && !matches!(reqwest::Url::parse(url), Ok(u) if matches!(u.scheme(), "http" | "https"))
+        {
+            return fail(
+                "server.public_url",
+                "expected an http(s) URL, e.g. https://signup.example.com",
+            );
+        }
+        if let Some(token) = &self.admin.token
+            && token.expose_secret().chars().count() < MIN_ADMIN_TOKEN_CHARS
+        {
+            return fail(
+                "admin.token",
+                "must be at least 32 characters (e.g. `openssl rand -hex 32`); unset it to turn the admin API off",
             );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
@@ -527,7 +649,6 @@ fn typed_like(template: Option<&toml::Value>, raw: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -596,7 +717,7 @@ mod tests {
                 ("SIGNUP_EMAIL_SYNC__RETRY__MAX_ATTEMPTS", "7"),
                 ("SIGNUP_EMAIL_SYNC__RETRY__MULTIPLIER", "3"),
                 ("SIGNUP_EMAIL_SYNC__TIMEOUT", "250ms"),
-                ("SIGNUP_ADMIN__TOKEN", "12345"),
+                ("SIGNUP_ADMIN__TOKEN", "0123456789abcdef0123456789abcdef"),
                 ("SIGNUP_SERVER__TRUSTED_PROXIES", "10.0.0.1, 10.0.0.2"),
                 ("PATH", "/usr/bin"),
             ]),
@@ -611,9 +732,40 @@ mod tests {
         assert_eq!(settings.email_sync.timeout, Duration::from_millis(250));
         assert_eq!(
             settings.admin.token.as_ref().map(|t| t.expose_secret()),
-            Some("12345")
+            Some("0123456789abcdef0123456789abcdef")
         );
         assert_eq!(settings.server.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges_and_mapped_peers_match_their_ipv4_form() {
+        let proxies: Vec<TrustedProxy> = [
+            "10.0.0.0/8",
+            "192.0.2.7",
+            "2001:db8::/32",
+            "::ffff:172.16.0.0/108",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
+        .collect();
+        let trusted = |ip: &str| {
+            let ip: IpAddr = ip.parse().expect("an address");
+            proxies.iter().any(|p| p.contains(ip))
+        };
+        // (peer, trusted?, why)
+        let cases = [
+            ("10.1.2.3", true, "inside a range"),
+            ("::ffff:10.1.2.3", true, "an IPv4-mapped peer (bind = [::])"),
+            ("192.0.2.7", true, "a single address"),
+            ("::ffff:192.0.2.7", true, "a single address, mapped"),
+            ("192.0.2.8", false, "next to a single address"),
+            ("2001:db8:1::1", true, "an IPv6 range"),
+            ("172.16.5.5", true, "a mapped range is its IPv4 range"),
+            ("11.0.0.1", false, "outside every range"),
+        ];
+        for (ip, expected, why) in cases {
+            assert_eq!(trusted(ip), expected, "{ip}: {why}");
+        }
     }
 
     #[test]
@@ -681,6 +833,48 @@ mod tests {
                 &[],
                 "database.url",
                 "unsupported database",
+            ),
+            (
+                "",
+                &[("SIGNUP_ADMIN__TOKEN", "")],
+                "admin.token",
+                "an empty admin token would let anyone in",
+            ),
+            (
+                "[admin]\ntoken = \"short-token\"\n",
+                &[],
+                "admin.token",
+                "a short admin token",
+            ),
+            (
+                "[email_sync]\npoll_interval = \"0s\"\n",
+                &[],
+                "email_sync.poll_interval",
+                "a zero poll interval spins a core",
+            ),
+            (
+                "[registration]\ndeadline = \"0s\"\n",
+                &[],
+                "registration.deadline",
+                "a zero deadline",
+            ),
+            (
+                "[email_sync]\ntimeout = \"10s\"\nlease = \"10s\"\n",
+                &[],
+                "email_sync.lease",
+                "a lease no longer than the timeout allows duplicate deliveries",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+                &[],
+                "server.trusted_proxies",
+                "a bad CIDR range",
+            ),
+            (
+                "[server]\npublic_url = \"signup.example.com\"\n",
+                &[],
+                "server.public_url",
+                "a public URL without a scheme",
             ),
         ];
         for (file, vars, expected, why) in cases {

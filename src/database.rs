@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::{self, Postgres, Sqlite};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqliteTransactionMode,
     TransactionOptions, TransactionTrait,
@@ -15,26 +16,46 @@ use crate::configuration::DatabaseSettings;
 /// How long a SQLite statement waits for another connection's write lock before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens the pool. On SQLite the file is created if missing and put in WAL mode, so readers
-/// (readiness, the email sync) never wait for the RegistrationActor's writes.
+/// Opens a pool with no statement timeouts, for migrations and the command line. On SQLite the
+/// file is created if missing and put in WAL mode, so readers (readiness, the email sync) never
+/// wait for the RegistrationActor's writes.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DatabaseError> {
-    connect_with_cache(settings, None).await
+    connect_with(settings, &PoolTuning::default()).await
 }
 
-/// As [`connect`], with SQLite's page cache per connection capped at `cache_kib` (default
-/// 2 MiB). The email sync's pool scans the outbox index for its gauges; with a big backlog
-/// every one of its connections would otherwise keep 2 MiB of pages it rarely needs again.
-pub async fn connect_with_cache(
+/// What one pool needs beyond [`DatabaseSettings`].
+#[derive(Debug, Clone, Default)]
+pub struct PoolTuning {
+    /// Pool size instead of `database.max_connections`.
+    pub max_connections: Option<u32>,
+    /// SQLite's page cache per connection in KiB (default 2 MiB). The email sync's pool scans
+    /// the outbox index for its gauges; with a big backlog every one of its connections would
+    /// otherwise keep 2 MiB of pages it rarely needs again.
+    pub sqlite_cache_kib: Option<u32>,
+    /// PostgreSQL's `statement_timeout` and `lock_timeout` on every connection: a statement
+    /// stuck behind a lock or a stalled server fails instead of holding a registration (and the
+    /// RegistrationActor's single commit turn) beyond `registration.deadline`.
+    pub statement_timeout: Option<Duration>,
+}
+
+/// Opens a pool tuned by `tuning`.
+///
+/// Every pool closes a connection that comes back to it still inside a transaction (see
+/// [`close_if_in_transaction`]): after a failed COMMIT or ROLLBACK such a connection would
+/// otherwise be handed out again, and sea-orm would run the next "transaction" on it as a
+/// savepoint of one that never ends.
+pub async fn connect_with(
     settings: &DatabaseSettings,
-    cache_kib: Option<u32>,
+    tuning: &PoolTuning,
 ) -> Result<DatabaseConnection, DatabaseError> {
     let url = settings.url.expose_secret();
     // Create a missing file, unless the URL chose a mode itself (`?mode=ro` must stay read-only
     // so that `check_writable` can refuse it).
     let create = !url.contains("mode=");
+    let cache_kib = tuning.sqlite_cache_kib;
     let mut options = ConnectOptions::new(url.to_owned());
     options
-        .max_connections(settings.max_connections)
+        .max_connections(tuning.max_connections.unwrap_or(settings.max_connections))
         .min_connections(1)
         .acquire_timeout(settings.acquire_timeout)
         .connect_timeout(settings.acquire_timeout)
@@ -53,13 +74,54 @@ pub async fn connect_with_cache(
                 Some(kib) => opts.pragma("cache_size", format!("-{kib}")),
                 None => opts,
             }
+        })
+        .map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_release(|conn, _| Box::pin(close_if_in_transaction::<Sqlite>(conn)))
+        })
+        .map_sqlx_postgres_pool_opts(|pool| {
+            pool.after_release(|conn, _| Box::pin(close_if_in_transaction::<Postgres>(conn)))
         });
+    if let Some(timeout) = tuning.statement_timeout {
+        let ms = timeout.as_millis().to_string();
+        options.map_sqlx_postgres_opts(move |opts| {
+            opts.options([
+                ("statement_timeout", ms.as_str()),
+                ("lock_timeout", ms.as_str()),
+            ])
+        });
+    }
     Database::connect(options)
         .await
         .map_err(|source| DatabaseError::Connect {
             url: redacted(settings.url.expose_secret()),
             source,
         })
+}
+
+/// The pools' `after_release` check: `Ok(false)` (close it) for a connection that is still in
+/// a transaction once its queued statements have run.
+///
+/// How that happens: SQLite rolls a transaction back by itself when its COMMIT fails with
+/// SQLITE_FULL or SQLITE_IOERR (disk full, I/O error); the ROLLBACK that follows then fails
+/// ("no transaction is active"); sqlx lowers its transaction depth only after a *successful*
+/// COMMIT or ROLLBACK, so the connection believes it is still inside a transaction. Handed out
+/// again, sea-orm's next BEGIN becomes a SAVEPOINT, its COMMIT a RELEASE, and registrations are
+/// acknowledged that no transaction ever ends, while the write lock stays held. A lost
+/// PostgreSQL connection fails the ping and is closed by sqlx itself.
+async fn close_if_in_transaction<DB>(conn: &mut DB::Connection) -> Result<bool, sqlx::Error>
+where
+    DB: sqlx::Database,
+{
+    use sqlx::Connection;
+    // Runs the rollback that dropping the transaction queued, so the state below is settled.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "closing a database connection whose COMMIT or ROLLBACK failed (disk full? I/O error?)"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +168,29 @@ pub async fn check_writable(db: &DatabaseConnection) -> Result<(), DbErr> {
         .await;
     txn.rollback().await?;
     touched.map(|_| ())
+}
+
+/// Writes a few KiB and commits (then removes them in the same transaction): succeeds only
+/// if the database can grow and commit now. Readiness runs it while registrations are failing,
+/// to see a full disk come back without waiting for someone to register.
+pub async fn probe_write(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let filler = if is_postgres(db) {
+        "decode(repeat('00', 8192), 'hex')"
+    } else {
+        "zeroblob(8192)"
+    };
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    txn.execute_unprepared(&format!(
+        "INSERT INTO write_probe (id, filler) VALUES (1, {filler})"
+    ))
+    .await?;
+    txn.execute_unprepared("DELETE FROM write_probe").await?;
+    txn.commit().await
 }
 
 /// Applies every pending migration.

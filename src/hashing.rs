@@ -25,6 +25,9 @@ pub enum HashError {
     Spawn(std::io::Error),
     #[error("the hashing threads are gone")]
     Closed,
+    /// `password.max_waiting` requests are already waiting for a hashing thread.
+    #[error("too many requests are waiting for a hashing thread (password.max_waiting)")]
+    Overloaded,
 }
 
 /// Hashes passwords with argon2id on `cores` threads of its own, one hash per thread at a time.
@@ -66,8 +69,8 @@ impl PasswordHasher {
         )
         .map_err(HashError::Params)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // A job waits here only while every thread is busy; more waiting callers wait on `send`.
-        let (jobs, queue) = mpsc::channel(cores);
+        // A job waits here only while every thread is busy; a full queue refuses the next one.
+        let (jobs, queue) = mpsc::channel(settings.max_waiting().max(1));
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..cores {
             let queue = Arc::clone(&queue);
@@ -83,24 +86,26 @@ impl PasswordHasher {
     /// Returns the PHC string (`$argon2id$v=19$m=…`) of `password` with a fresh random salt.
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::Hash { password, reply })
-            .await
-            .map_err(|_| HashError::Closed)?;
+        self.submit(Job::Hash { password, reply })?;
         answer.await.map_err(|_| HashError::Closed)?
+    }
+
+    /// Queues `job` unless `max_waiting` jobs already wait.
+    fn submit(&self, job: Job) -> Result<(), HashError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => HashError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => HashError::Closed,
+        })
     }
 
     /// Whether `password` matches the PHC string `phc`.
     pub async fn verify(&self, password: &str, phc: &str) -> Result<bool, HashError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::Verify {
-                password: password.to_owned(),
-                phc: phc.to_owned(),
-                reply,
-            })
-            .await
-            .map_err(|_| HashError::Closed)?;
+        self.submit(Job::Verify {
+            password: password.to_owned(),
+            phc: phc.to_owned(),
+            reply,
+        })?;
         answer.await.map_err(|_| HashError::Closed)
     }
 }
@@ -187,6 +192,7 @@ mod tests {
             argon2_m_kib: 1024,
             argon2_t: 1,
             argon2_p: 1,
+            max_waiting: 0,
         };
         let hasher = PasswordHasher::new(&settings).expect("valid parameters");
         let password = Password::parse("correct horse", &[]).expect("valid password");
@@ -211,9 +217,10 @@ mod tests {
             argon2_m_kib: 1024,
             argon2_t: 1,
             argon2_p: 1,
+            max_waiting: 16,
         };
         let hasher = PasswordHasher::new(&settings).expect("valid parameters");
-        // More callers than threads and than the queue holds: every one is answered.
+        // More callers than threads, as many as may wait: every one is answered.
         let hashes = futures_util::future::join_all((0..16).map(|i| {
             let hasher = hasher.clone();
             async move {
@@ -255,5 +262,39 @@ mod tests {
                 .await
                 .expect("answers")
         );
+    }
+
+    #[tokio::test]
+    async fn callers_beyond_max_waiting_are_refused_at_once_without_hashing() {
+        // Slow hashes (64 MiB, 3 passes), one may wait: of many callers at once, those beyond
+        // the threads and the one waiting place are refused straight away.
+        let settings = PasswordSettings {
+            argon2_m_kib: 64 * 1024,
+            argon2_t: 3,
+            argon2_p: 1,
+            max_waiting: 1,
+        };
+        let hasher = PasswordHasher::new(&settings).expect("valid parameters");
+        let callers = 40;
+        let results = futures_util::future::join_all((0..callers).map(|i| {
+            let hasher = hasher.clone();
+            async move {
+                let password = Password::parse(&format!("password {i}"), &[]).expect("valid");
+                hasher.hash(password).await
+            }
+        }))
+        .await;
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r, Err(HashError::Overloaded)))
+            .count();
+        let hashed = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(refused + hashed, callers, "nothing else happens: {results:?}");
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert!(
+            hashed <= cores + 1,
+            "at most one per thread and one waiting were accepted, not {hashed}"
+        );
+        assert!(hashed >= 1, "the first caller is hashed");
     }
 }

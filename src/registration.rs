@@ -2,14 +2,15 @@
 //! validate → hash (hashing threads, in parallel) → RegistrationActor (serialized) → outcome.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
+use tokio::sync::oneshot;
 
 use crate::actors::{RegisterUser, RegistrationActor, RegistrationError};
 use crate::domain::NewRegistration;
 use crate::error::ApiError;
-use crate::hashing::PasswordHasher;
+use crate::hashing::{HashError, PasswordHasher};
 use crate::metrics::Metrics;
 use crate::store::{self, Candidate, IdempotencyKey, Outcome};
 
@@ -33,6 +34,8 @@ pub struct Registrar {
     pub metrics: Arc<Metrics>,
     /// For idempotency-key lookups (reads only; writes go through the actor).
     pub db: sea_orm::DatabaseConnection,
+    /// `registration.deadline`: the longest a registration is waited for before 503.
+    pub deadline: Duration,
 }
 
 impl Registrar {
@@ -48,9 +51,14 @@ impl Registrar {
         request_id: &str,
     ) -> Result<Outcome, ApiError> {
         let started = Instant::now();
-        let result = self
-            .register_unmeasured(username, email, password, submission, request_id)
-            .await;
+        // Dropping the pipeline at the deadline drops its reply channel: a candidate still
+        // queued in the actor is then never written (see `RegisterUser`).
+        let result = tokio::time::timeout(
+            self.deadline,
+            self.register_unmeasured(username, email, password, submission, request_id),
+        )
+        .await
+        .unwrap_or_else(|_| Err(ApiError::Unavailable("registration.deadline passed".into())));
         let outcome = match &result {
             Ok(Outcome::Created(_) | Outcome::Replayed(_)) => "created",
             Ok(Outcome::UsernameTaken) => "username_taken",
@@ -85,20 +93,20 @@ impl Registrar {
             }),
             Submission::Api { key } => {
                 let key = IdempotencyKey {
-                    key: format!("api:{key}"),
+                    key: format!("{API_KEY_PREFIX}{key}"),
                     fingerprint: fingerprint(&new),
                 };
-                if let Some(outcome) = self.replay(&key, &new).await? {
+                if let Some(outcome) = self.replay(&key.key, &key.fingerprint, password).await? {
                     return Ok(outcome);
                 }
                 Some(key)
             }
         };
-        let password_hash = self
-            .hasher
-            .hash(new.password)
-            .await
-            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        let api_key = idempotency
+            .clone()
+            .filter(|key| key.key.starts_with(API_KEY_PREFIX));
+        let fingerprint = fingerprint(&new);
+        let password_hash = self.hasher.hash(new.password).await.map_err(hash_error)?;
         let candidate = Candidate {
             username: new.username,
             email: new.email,
@@ -106,12 +114,25 @@ impl Registrar {
             idempotency,
             request_id: request_id.to_owned(),
         };
+        let (reply, answer) = oneshot::channel();
         self.actor
-            .send(RegisterUser(candidate))
+            .send(RegisterUser { candidate, reply })
             .await
             // The actor's mailbox is closed or full: a transient condition, never the client's fault.
-            .map_err(|e| ApiError::Unavailable(Box::new(e)))?
-            .map_err(|RegistrationError::Unavailable(e)| ApiError::Unavailable(e.into()))
+            .map_err(|e| ApiError::Unavailable(Box::new(e)))?;
+        let outcome = answer
+            .await
+            .map_err(|_| ApiError::Unavailable("the registration actor stopped".into()))?
+            .map_err(|RegistrationError::Unavailable(e)| ApiError::Unavailable(e.into()))?;
+        match (outcome, api_key) {
+            // A concurrent request with the same key created the user while this one was
+            // hashing: this one is a replay too, and must prove the same password.
+            (Outcome::Replayed(_), Some(key)) => Ok(self
+                .replay(&key.key, &fingerprint, password)
+                .await?
+                .unwrap_or(Outcome::IdempotencyKeyReused)),
+            (outcome, _) => Ok(outcome),
+        }
     }
 }
 
@@ -122,28 +143,40 @@ impl Registrar {
     /// is ever stored.
     async fn replay(
         &self,
-        key: &IdempotencyKey,
-        new: &NewRegistration,
+        key: &str,
+        fingerprint: &str,
+        password: &str,
     ) -> Result<Option<Outcome>, ApiError> {
-        let known = store::find_key(&self.db, &key.key)
+        let known = store::find_key(&self.db, key)
             .await
             .map_err(|e| ApiError::Unavailable(Box::new(e)))?;
-        let Some((fingerprint, user, password_hash)) = known else {
+        let Some((stored_fingerprint, user, password_hash)) = known else {
             return Ok(None);
         };
-        if fingerprint != key.fingerprint {
+        if stored_fingerprint != fingerprint {
             return Ok(Some(Outcome::IdempotencyKeyReused));
         }
         let same_password = self
             .hasher
-            .verify(new.password.expose(), &password_hash)
+            .verify(password, &password_hash)
             .await
-            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+            .map_err(hash_error)?;
         Ok(Some(if same_password {
             Outcome::Replayed(user)
         } else {
             Outcome::IdempotencyKeyReused
         }))
+    }
+}
+
+/// Namespace of the API's `Idempotency-Key`s among the stored keys.
+const API_KEY_PREFIX: &str = "api:";
+
+/// Overload is the server's condition, not a bug: 503 with `Retry-After`.
+fn hash_error(e: HashError) -> ApiError {
+    match e {
+        HashError::Overloaded => ApiError::Unavailable(Box::new(e)),
+        e => ApiError::Internal(Box::new(e)),
     }
 }
 

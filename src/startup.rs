@@ -10,13 +10,14 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{App, HttpServer, web};
 use sea_orm::{DatabaseConnection, DbErr};
 
-use crate::actors::{DeliveryHook, Drain, EmailSyncActor, RegistrationActor};
+use crate::actors::{CommitWatch, DeliveryHook, Drain, EmailSyncActor, RegistrationActor};
 use crate::configuration::Settings;
 use crate::database;
 use crate::email::WebhookProvider;
 use crate::hashing::{HashError, PasswordHasher};
 use crate::metrics::Metrics;
 use crate::registration::Registrar;
+use crate::routes::csrf::{CookiePolicy, CsrfKey};
 use crate::routes::{self, AppState};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +39,9 @@ pub enum StartupError {
     Metrics(#[source] prometheus::Error),
     #[error("cannot build the email provider client: {0}")]
     Provider(#[source] reqwest::Error),
+    #[error("cannot read or store the server's CSRF key (database.url): {0}")]
+    ServerKey(#[source] DbErr),
 }
-
-/// How often the rate limiter forgets idle clients.
-const RATE_LIMIT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connections of the EmailSyncActor's own pool: claims, outcomes, gauges, retention.
 const EMAIL_SYNC_CONNECTIONS: u32 = 4;
@@ -94,12 +94,24 @@ impl Application {
 
     /// As [`build`](Self::build), with test seams.
     pub async fn build_with_hooks(settings: Settings, hooks: Hooks) -> Result<Self, StartupError> {
-        let db = database::connect(&settings.database)
+        // Migrations may take longer than a registration's deadline: a pool of their own,
+        // without the request pool's statement timeouts.
+        let migrator = database::connect(&settings.database)
             .await
             .map_err(StartupError::Database)?;
-        database::migrate(&db)
+        database::migrate(&migrator)
             .await
             .map_err(StartupError::Migrate)?;
+        migrator.close().await.map_err(StartupError::Migrate)?;
+        let db = database::connect_with(
+            &settings.database,
+            &database::PoolTuning {
+                statement_timeout: Some(settings.registration.deadline),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(StartupError::Database)?;
         database::check_writable(&db)
             .await
             .map_err(StartupError::ReadOnly)?;
@@ -132,29 +144,36 @@ impl Application {
         // A pool of its own: the email sync can neither exhaust the request path's connections
         // nor share their I/O driver (a sqlx connection's socket belongs to the runtime that
         // opened it, and each Arbiter runs its own).
-        let mut sync_database = settings.database.clone();
-        sync_database.max_connections = EMAIL_SYNC_CONNECTIONS;
-        let sync_db =
-            database::connect_with_cache(&sync_database, Some(EMAIL_SYNC_CACHE_KIB)).await?;
+        let sync_db = database::connect_with(
+            &settings.database,
+            &database::PoolTuning {
+                max_connections: Some(EMAIL_SYNC_CONNECTIONS),
+                sqlite_cache_kib: Some(EMAIL_SYNC_CACHE_KIB),
+                statement_timeout: None,
+            },
+        )
+        .await?;
         let email_sync = start_email_sync(&settings, sync_db, Arc::clone(&metrics), hooks)?;
+        let commit_watch = Arc::new(CommitWatch::default());
         let registration_actor: Addr<RegistrationActor> = RegistrationActor::new(
             db.clone(),
             settings.registration.max_batch,
             email_sync.clone().recipient(),
             Arc::clone(&metrics),
+            Arc::clone(&commit_watch),
         )
         .start();
+        let csrf = CsrfKey::load_or_create(&db)
+            .await
+            .map_err(StartupError::ServerKey)?;
+        let cookies = CookiePolicy {
+            secure: settings
+                .server
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://")),
+        };
         let limiter = crate::rate_limit::ClientLimiter::new(&settings.rate_limit).map(Arc::new);
-        if let Some(limiter) = limiter.clone() {
-            // Forget clients whose allowance is full again, so the table holds recent ones only.
-            actix_web::rt::spawn(async move {
-                let mut every = tokio::time::interval(RATE_LIMIT_SWEEP_EVERY);
-                loop {
-                    every.tick().await;
-                    limiter.sweep();
-                }
-            });
-        }
         let state = AppState {
             db: db.clone(),
             registrar: Registrar {
@@ -162,6 +181,7 @@ impl Application {
                 actor: registration_actor,
                 metrics: Arc::clone(&metrics),
                 db: db.clone(),
+                deadline: settings.registration.deadline,
             },
             metrics: Arc::clone(&metrics),
             email_sync: email_sync.clone().recipient(),
@@ -169,6 +189,10 @@ impl Application {
             limiter: limiter.clone(),
             trusted_proxies: settings.server.trusted_proxies.clone(),
             request_timeout: settings.server.request_timeout,
+            csrf,
+            cookies,
+            deadline: settings.registration.deadline,
+            commit_watch,
         };
 
         let max_body = settings.server.max_body_bytes;

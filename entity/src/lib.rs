@@ -3,4 +3,5 @@
 
 pub mod email_outbox;
 pub mod idempotency_key;
+pub mod server_key;
 pub mod user;

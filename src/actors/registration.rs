@@ -10,19 +10,33 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::oneshot;
 
 use super::WakeUp;
 use crate::metrics::Metrics;
 use crate::store::{self, Candidate, Outcome};
 
-/// Register one validated, hashed candidate. Answered after its transaction commits.
+/// What the RegistrationActor answers for one candidate.
+pub type Registered = Result<Outcome, RegistrationError>;
+
+/// Register one validated, hashed candidate; the answer goes to `reply` once its transaction
+/// has committed (or failed).
+///
+/// The caller keeps the receiving end: a caller that gives up (its client went away, or
+/// `registration.deadline` passed and it answered 503) drops it, and a candidate whose caller
+/// is gone before its batch starts is never written, so a 503 does not turn into an account
+/// behind the person's back.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Outcome, RegistrationError>")]
-pub struct RegisterUser(pub Candidate);
+#[rtype(result = "()")]
+pub struct RegisterUser {
+    pub candidate: Candidate,
+    pub reply: oneshot::Sender<Registered>,
+}
 
 /// Readiness probe: answered at once if the actor is alive and its mailbox moves.
 #[derive(Debug, Message)]
@@ -31,15 +45,72 @@ pub struct Ping;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistrationError {
-    /// The database refused or did not answer; nothing of the batch was written.
+    /// The database refused or did not answer; nothing of this registration was written.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+}
+
+/// What the registration path's storage is doing, shared with readiness. Written by the
+/// RegistrationActor, read without waiting on it.
+#[derive(Debug)]
+pub struct CommitWatch {
+    /// The moment every `*_since` value counts from.
+    epoch: Instant,
+    /// Milliseconds since `epoch` + 1 at which the running commit started; 0 when none runs.
+    committing_since: AtomicU64,
+    /// The last registration transaction failed (and none has committed since): the database
+    /// answers reads but cannot store registrations (disk full, read-only, I/O error).
+    failing: AtomicBool,
+}
+
+impl Default for CommitWatch {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            committing_since: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+        }
+    }
+}
+
+impl CommitWatch {
+    fn started(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.committing_since.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn ended(&self, stored: bool) {
+        self.committing_since.store(0, Ordering::Relaxed);
+        self.failing.store(!stored, Ordering::Relaxed);
+    }
+
+    /// How long the running commit has taken so far; None when none runs.
+    pub fn commit_age(&self) -> Option<Duration> {
+        match self.committing_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since - 1)),
+            ),
+        }
+    }
+
+    /// Whether the last registration transaction failed.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// A write succeeded outside the actor (readiness's probe): storage works again.
+    pub fn recovered(&self) {
+        self.failing.store(false, Ordering::Relaxed);
+    }
 }
 
 /// A queued request and where its answer goes.
 struct Queued {
     candidate: Candidate,
-    reply: oneshot::Sender<Result<Outcome, RegistrationError>>,
+    reply: oneshot::Sender<Registered>,
 }
 
 pub struct RegistrationActor {
@@ -52,6 +123,8 @@ pub struct RegistrationActor {
     email_sync: Recipient<WakeUp>,
     /// Where dropped wake-ups are counted.
     metrics: Arc<Metrics>,
+    /// Published for readiness: a commit's age, and whether storing fails.
+    watch: Arc<CommitWatch>,
     /// Requests received while a commit was running, oldest first.
     queue: VecDeque<Queued>,
     /// True while a batch's transaction is in flight: the serialization point.
@@ -64,12 +137,14 @@ impl RegistrationActor {
         max_batch: usize,
         email_sync: Recipient<WakeUp>,
         metrics: Arc<Metrics>,
+        watch: Arc<CommitWatch>,
     ) -> Self {
         Self {
             db,
             max_batch: max_batch.max(1),
             email_sync,
             metrics,
+            watch,
             queue: VecDeque::new(),
             committing: false,
         }
@@ -77,34 +152,24 @@ impl RegistrationActor {
 
     /// Starts the next batch unless one is in flight.
     fn commit_next_batch(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.queue.is_empty() {
+        if self.committing {
+            return;
+        }
+        // Callers that gave up (deadline passed, client gone) were answered already or need no
+        // answer: writing their user now would create an account someone was told was not.
+        self.queue.retain(|queued| !queued.reply.is_closed());
+        if self.queue.is_empty() {
             return;
         }
         self.committing = true;
         let take = self.queue.len().min(self.max_batch);
         let batch: Vec<Queued> = self.queue.drain(..take).collect();
         let db = self.db.clone();
+        let watch = Arc::clone(&self.watch);
         let work = async move {
-            let candidates: Vec<Candidate> = batch.iter().map(|q| q.candidate.clone()).collect();
-            let result = store::register_batch(&db, &candidates).await;
-            let mut created_any = false;
-            match result {
-                Ok(outcomes) => {
-                    for (queued, outcome) in batch.into_iter().zip(outcomes) {
-                        created_any |= matches!(outcome, Outcome::Created(_));
-                        // The caller may have gone (client disconnected): its user still exists,
-                        // and a retry gets 409, or the first answer with an idempotency key.
-                        let _ = queued.reply.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, batch = candidates.len(), "registration batch failed; nothing was written");
-                    let error = RegistrationError::Unavailable(e.to_string());
-                    for queued in batch {
-                        let _ = queued.reply.send(Err(error.clone()));
-                    }
-                }
-            }
+            watch.started();
+            let (created_any, stored) = commit(&db, batch).await;
+            watch.ended(stored);
             created_any
         };
         ctx.spawn(work.into_actor(self).map(|created_any, act, ctx| {
@@ -123,6 +188,73 @@ impl RegistrationActor {
             self.metrics.wakeups_dropped.inc();
             tracing::debug!(error = %e, "email sync wake-up dropped; its poll will find the rows");
         }
+    }
+}
+
+/// Commits `batch` in one transaction and answers each member. If the batch fails for any
+/// reason but a lost uniqueness race (which `store::register_batch` settles itself), one bad
+/// member must not fail the others: each is tried again alone, and only those that fail alone
+/// are answered 503. Returns (anyone created, any transaction stored).
+async fn commit(db: &DatabaseConnection, batch: Vec<Queued>) -> (bool, bool) {
+    let candidates: Vec<Candidate> = batch.iter().map(|q| q.candidate.clone()).collect();
+    let error = match store::register_batch(db, &candidates).await {
+        Ok(outcomes) => return (answer(batch, outcomes), true),
+        Err(e) => e,
+    };
+    if batch.len() == 1 || is_unreachable(&error) {
+        tracing::error!(error = %error, batch = batch.len(), "registration batch failed; nothing was written");
+        fail_all(batch, &error);
+        return (false, false);
+    }
+    tracing::warn!(error = %error, batch = batch.len(), "registration batch failed; nothing was written; trying its members one at a time");
+    let mut created_any = false;
+    let mut stored = false;
+    let mut members = batch.into_iter();
+    while let Some(queued) = members.next() {
+        if queued.reply.is_closed() {
+            continue;
+        }
+        match store::register_batch(db, std::slice::from_ref(&queued.candidate)).await {
+            Ok(outcomes) => {
+                created_any |= answer(vec![queued], outcomes);
+                stored = true;
+            }
+            Err(e) if is_unreachable(&e) => {
+                tracing::error!(error = %e, "database unreachable; answering the rest of the batch 503");
+                fail_all(std::iter::once(queued).chain(members).collect(), &e);
+                return (created_any, false);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, request_id = %queued.candidate.request_id, "registration failed alone; nothing was written for it");
+                fail_all(vec![queued], &e);
+            }
+        }
+    }
+    (created_any, stored)
+}
+
+/// The database could not be reached at all: trying members one by one would only wait for
+/// the pool's acquire timeout once per member.
+fn is_unreachable(e: &DbErr) -> bool {
+    matches!(e, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
+}
+
+/// Sends each member its outcome; true if any was created.
+fn answer(batch: Vec<Queued>, outcomes: Vec<Outcome>) -> bool {
+    let mut created_any = false;
+    for (queued, outcome) in batch.into_iter().zip(outcomes) {
+        created_any |= matches!(outcome, Outcome::Created(_));
+        // The caller may have gone (client disconnected): its user still exists, and a retry
+        // gets 409, or the first answer with an idempotency key.
+        let _ = queued.reply.send(Ok(outcome));
+    }
+    created_any
+}
+
+fn fail_all(batch: Vec<Queued>, error: &DbErr) {
+    let error = RegistrationError::Unavailable(error.to_string());
+    for queued in batch {
+        let _ = queued.reply.send(Err(error.clone()));
     }
 }
 
@@ -150,22 +282,14 @@ impl Actor for RegistrationActor {
 const KEY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Handler<RegisterUser> for RegistrationActor {
-    type Result = ResponseFuture<Result<Outcome, RegistrationError>>;
+    type Result = ();
 
-    fn handle(&mut self, msg: RegisterUser, ctx: &mut Self::Context) -> Self::Result {
-        let (reply, answer) = oneshot::channel();
+    fn handle(&mut self, msg: RegisterUser, ctx: &mut Self::Context) {
         self.queue.push_back(Queued {
-            candidate: msg.0,
-            reply,
+            candidate: msg.candidate,
+            reply: msg.reply,
         });
         self.commit_next_batch(ctx);
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| {
-                Err(RegistrationError::Unavailable(
-                    "registration actor stopped".into(),
-                ))
-            })
-        })
     }
 }
 

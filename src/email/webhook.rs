@@ -175,9 +175,11 @@ impl WebhookProvider {
                 response.headers(),
                 std::time::SystemTime::now(),
             ),
+            // Without the URL: its query string or user-info may hold the provider's API key,
+            // and this text is stored on the row and logged.
             Err(e) => AttemptOutcome::Transient {
                 status: None,
-                error: describe(&e),
+                error: describe(&e.without_url()),
                 retry_after: None,
                 misconfigured: false,
             },

@@ -25,16 +25,20 @@ fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
         return Err(ApiError::NotFound);
     };
+    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer x` is `Bearer x`.
     let given = request
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credentials)| credentials.trim())
         .unwrap_or_default();
-    // Hashing both sides first makes the comparison constant-time in the length too.
+    // Hashing both sides first makes the comparison constant-time in the length too. An empty
+    // token never matches, whatever the configuration says (it is refused at start-up too).
     let expected = Sha256::digest(token.expose_secret().as_bytes());
-    let given = Sha256::digest(given.as_bytes());
-    if bool::from(expected.ct_eq(&given)) {
+    let given_digest = Sha256::digest(given.as_bytes());
+    if !given.is_empty() && bool::from(expected.ct_eq(&given_digest)) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)

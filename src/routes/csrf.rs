@@ -1,6 +1,10 @@
-//! CSRF protection for the form: a per-browser secret in an HttpOnly cookie, and per-form
-//! tokens `<nonce>.<HMAC-SHA256(secret, nonce)>` in a hidden field. Another site can make the
-//! browser send the cookie but cannot read it, so it cannot mint a matching token.
+//! CSRF protection for the form, and the signed welcome cookie (SPEC §4.7).
+//!
+//! A browser gets a random session id in an HttpOnly cookie; each rendering of the form gets a
+//! token `<nonce>.<HMAC-SHA256(server key, "csrf" ‖ session id ‖ nonce)>` in a hidden field.
+//! The server key is generated once and stored in the database (every instance shares it, and
+//! it survives restarts), so a token cannot be made by anyone who does not hold it: keying the
+//! HMAC by the cookie itself, as before, let a client choose the cookie and compute the token.
 //!
 //! Every rendering of the form gets a fresh nonce, so the nonce also names *this* submission:
 //! a resubmission of the same form (back button, double click) carries the same nonce and is
@@ -8,41 +12,170 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use entity::server_key;
 use hmac::{Hmac, Mac};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::Set, DatabaseConnection, DbErr, EntityTrait};
+use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
-
-/// The cookie holding the browser's secret.
-pub const COOKIE: &str = "signup_csrf";
+use uuid::Uuid;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// 32 random bytes, base64url: a new browser secret.
-pub fn new_secret() -> String {
-    random_token(32)
+/// Random bytes in a session id (43 base64url characters).
+const SESSION_BYTES: usize = 32;
+/// Random bytes in a nonce (22 base64url characters): what the idempotency key stores.
+const NONCE_BYTES: usize = 16;
+/// The row of `server_keys` holding this key.
+const KEY_NAME: &str = "csrf";
+
+/// The cookies' names and attributes: `__Host-` prefixed and `Secure` when the server's public
+/// URL is https (the prefix obliges `Secure` and `Path=/`); plain otherwise, so that a trial on
+/// http://localhost works. Never decided by a request header a client can forge.
+#[derive(Debug, Clone, Copy)]
+pub struct CookiePolicy {
+    pub secure: bool,
 }
 
-/// A token for one rendering of the form, bound to `secret`.
-pub fn issue(secret: &str) -> String {
-    let nonce = random_token(16);
-    let tag = URL_SAFE_NO_PAD.encode(mac(secret, &nonce).finalize().into_bytes());
-    format!("{nonce}.{tag}")
-}
-
-/// The token's nonce if it was issued for `secret`, compared in constant time.
-pub fn verify<'t>(secret: &str, token: &'t str) -> Option<&'t str> {
-    let (nonce, tag) = token.split_once('.')?;
-    let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-    if nonce.is_empty() || secret.is_empty() {
-        return None;
+impl CookiePolicy {
+    /// The cookie holding the browser's session id.
+    pub fn session(&self) -> &'static str {
+        if self.secure {
+            "__Host-signup_csrf"
+        } else {
+            "signup_csrf"
+        }
     }
-    mac(secret, nonce).verify_slice(&tag).ok().map(|()| nonce)
+
+    /// The cookie naming, signed, whom this browser just registered.
+    pub fn welcome(&self) -> &'static str {
+        if self.secure {
+            "__Host-signup_welcome"
+        } else {
+            "signup_welcome"
+        }
+    }
+
+    pub fn path(&self) -> &'static str {
+        if self.secure { "/" } else { "/register" }
+    }
 }
 
-fn mac(secret: &str, nonce: &str) -> HmacSha256 {
-    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(nonce.as_bytes());
-    mac
+/// The server's key for CSRF tokens and the welcome cookie.
+#[derive(Clone)]
+pub struct CsrfKey(SecretSlice<u8>);
+
+impl std::fmt::Debug for CsrfKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CsrfKey(…)")
+    }
+}
+
+impl CsrfKey {
+    /// The stored key, generated and stored first if this is the first instance to start.
+    /// Instances starting together agree: only one insert wins, and both read it back.
+    pub async fn load_or_create(db: &DatabaseConnection) -> Result<Self, DbErr> {
+        let fresh = server_key::ActiveModel {
+            name: Set(KEY_NAME.to_owned()),
+            secret: Set(super::random_bytes(32)),
+            created_at: Set(Utc::now()),
+        };
+        server_key::Entity::insert(fresh)
+            .on_conflict(
+                OnConflict::column(server_key::Column::Name)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        let stored = server_key::Entity::find_by_id(KEY_NAME.to_owned())
+            .one(db)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("server_keys: csrf".into()))?;
+        Ok(Self::from_bytes(stored.secret))
+    }
+
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(SecretSlice::from(bytes))
+    }
+
+    fn mac(&self, purpose: &[u8], parts: &[&[u8]]) -> HmacSha256 {
+        // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+        let mut mac = HmacSha256::new_from_slice(self.0.expose_secret())
+            .expect("HMAC takes any key length");
+        mac.update(purpose);
+        for part in parts {
+            // Length-prefixed, so that no two different splits feed the same bytes.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// A token for one rendering of the form, bound to the browser's `session`.
+    pub fn issue(&self, session: &str) -> String {
+        let nonce = random_token(NONCE_BYTES);
+        let tag = self
+            .mac(b"csrf", &[session.as_bytes(), nonce.as_bytes()])
+            .finalize()
+            .into_bytes();
+        format!("{nonce}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// The token's nonce if this server issued it for `session`, compared in constant time.
+    /// A nonce of any other shape is refused before anything else looks at it: it becomes an
+    /// idempotency key, stored in a column of bounded length.
+    pub fn verify<'t>(&self, session: &str, token: &'t str) -> Option<&'t str> {
+        if !is_session_id(session) {
+            return None;
+        }
+        let (nonce, tag) = token.split_once('.')?;
+        if !is_token_of(nonce, NONCE_BYTES) {
+            return None;
+        }
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        self.mac(b"csrf", &[session.as_bytes(), nonce.as_bytes()])
+            .verify_slice(&tag)
+            .ok()
+            .map(|()| nonce)
+    }
+
+    /// The welcome cookie's value for `user`: its id and a tag, so that nobody can be greeted
+    /// as somebody else by writing another id into the cookie.
+    pub fn sign_welcome(&self, user: Uuid) -> String {
+        let id = user.to_string();
+        let tag = self.mac(b"welcome", &[id.as_bytes()]).finalize().into_bytes();
+        format!("{id}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// The user a welcome cookie names, if this server signed it.
+    pub fn open_welcome(&self, value: &str) -> Option<Uuid> {
+        let (id, tag) = value.split_once('.')?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        self.mac(b"welcome", &[id.as_bytes()])
+            .verify_slice(&tag)
+            .ok()?;
+        Uuid::parse_str(id).ok()
+    }
+}
+
+/// A new browser session id.
+pub fn new_session() -> String {
+    random_token(SESSION_BYTES)
+}
+
+/// Whether `value` has the shape of a session id this server hands out.
+pub fn is_session_id(value: &str) -> bool {
+    is_token_of(value, SESSION_BYTES)
+}
+
+/// `bytes` random bytes written as base64url without padding, and nothing else.
+fn is_token_of(value: &str, bytes: usize) -> bool {
+    value.len() == (bytes * 4).div_ceil(3)
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn random_token(bytes: usize) -> String {
@@ -53,39 +186,84 @@ fn random_token(bytes: usize) -> String {
 mod tests {
     use super::*;
 
+    fn server_key() -> CsrfKey {
+        CsrfKey::from_bytes(super::super::random_bytes(32))
+    }
+
     #[test]
-    fn a_token_verifies_only_against_its_own_secret() {
-        let secret = new_secret();
-        let token = issue(&secret);
-        let nonce = verify(&secret, &token).expect("own secret");
+    fn a_token_verifies_only_for_its_own_session_and_server_key() {
+        let key = server_key();
+        let session = new_session();
+        let token = key.issue(&session);
+        let nonce = key.verify(&session, &token).expect("own session");
         assert!(token.starts_with(nonce));
         assert!(
-            verify(&new_secret(), &token).is_none(),
-            "another browser's secret"
+            key.verify(&new_session(), &token).is_none(),
+            "another browser's session"
+        );
+        assert!(
+            server_key().verify(&session, &token).is_none(),
+            "another server's key"
         );
     }
 
     #[test]
-    fn malformed_tokens_are_refused() {
-        let secret = new_secret();
-        let token = issue(&secret);
-        let (nonce, _) = token.split_once('.').expect("dot");
-        for bad in [
-            "",
-            ".",
-            "abc",
-            &format!("{nonce}."),
-            &format!("{nonce}.!!!"),
-            &format!("x{token}"),
+    fn a_token_keyed_by_the_cookie_itself_is_refused() {
+        // The old scheme: cookie `x`, token nonce.HMAC("x", nonce), all chosen by the client.
+        let session = new_session();
+        let nonce = random_token(NONCE_BYTES);
+        let mut mac = HmacSha256::new_from_slice(session.as_bytes()).expect("any key length");
+        mac.update(nonce.as_bytes());
+        let forged = format!(
+            "{nonce}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
+        assert!(server_key().verify(&session, &forged).is_none());
+    }
+
+    #[test]
+    fn malformed_tokens_and_sessions_are_refused() {
+        let key = server_key();
+        let session = new_session();
+        let token = key.issue(&session);
+        let (nonce, tag) = token.split_once('.').expect("dot");
+        let long_nonce = "n".repeat(310);
+        for (bad, why) in [
+            ("", "empty"),
+            (".", "only a dot"),
+            ("abc", "no dot"),
+            (&format!("{nonce}.") as &str, "no tag"),
+            (&format!("{nonce}.!!!"), "tag not base64"),
+            (&format!("x{token}"), "nonce one character longer"),
+            (&format!("{long_nonce}.{tag}"), "310-character nonce"),
+            (&format!("{}\0.{tag}", &nonce[1..]), "NUL in the nonce"),
         ] {
-            assert!(verify(&secret, bad).is_none(), "{bad:?}");
+            assert!(key.verify(&session, bad).is_none(), "{why}");
         }
-        assert!(verify("", &token).is_none(), "empty secret");
+        assert!(key.verify("", &token).is_none(), "empty session");
+        assert!(key.verify("x", &token).is_none(), "session of another shape");
     }
 
     #[test]
     fn each_form_gets_a_fresh_nonce() {
-        let secret = new_secret();
-        assert_ne!(issue(&secret), issue(&secret));
+        let key = server_key();
+        let session = new_session();
+        assert_ne!(key.issue(&session), key.issue(&session));
+    }
+
+    #[test]
+    fn a_welcome_cookie_opens_only_as_signed() {
+        let key = server_key();
+        let user = Uuid::new_v4();
+        let value = key.sign_welcome(user);
+        assert_eq!(key.open_welcome(&value), Some(user));
+        assert_eq!(key.open_welcome(&user.to_string()), None, "a bare id");
+        let other = Uuid::new_v4();
+        let (_, tag) = value.split_once('.').expect("dot");
+        assert_eq!(
+            key.open_welcome(&format!("{other}.{tag}")),
+            None,
+            "another id"
+        );
     }
 }

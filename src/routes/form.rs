@@ -4,7 +4,6 @@ use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use uuid::Uuid;
 
 use super::observe::RequestId;
 use super::pages::{self, FormView};
@@ -13,9 +12,6 @@ use crate::domain::FieldError;
 use crate::error::ApiError;
 use crate::registration::Submission;
 use crate::store::{self, Outcome};
-
-/// Remembers, for the welcome page, whom this browser just registered.
-const WELCOME_COOKIE: &str = "signup_welcome";
 
 /// The posted form. Absent fields are empty strings, so they get the same field messages as
 /// empty ones. No `Debug`: it holds the password.
@@ -40,16 +36,16 @@ pub async fn root() -> HttpResponse {
 /// The sign-up form (HTML; works without JavaScript).
 #[utoipa::path(get, path = "/register", tag = "form",
     responses((status = 200, description = "The form, with a csrf_token bound to a cookie", body = String, content_type = "text/html")))]
-pub async fn show(request: HttpRequest) -> HttpResponse {
-    let (secret, is_new) = browser_secret(&request);
+pub async fn show(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let (session, is_new) = browser_session(&request, &state);
     let view = FormView {
-        csrf_token: csrf::issue(&secret),
+        csrf_token: state.csrf.issue(&session),
         ..FormView::default()
     };
-    with_secret_cookie(
+    with_session_cookie(
         pages::register(StatusCode::OK, &view),
-        &request,
-        &secret,
+        &state,
+        &session,
         is_new,
     )
 }
@@ -76,10 +72,12 @@ pub async fn submit(
     form: web::Form<RegisterForm>,
 ) -> HttpResponse {
     let form = form.into_inner();
-    let secret = request.cookie(csrf::COOKIE).map(|c| c.value().to_owned());
-    let Some(nonce) = secret
+    let session = request
+        .cookie(state.cookies.session())
+        .map(|c| c.value().to_owned());
+    let Some(nonce) = session
         .as_deref()
-        .and_then(|s| csrf::verify(s, &form.csrf_token))
+        .and_then(|s| state.csrf.verify(s, &form.csrf_token))
     else {
         return pages::message(
             StatusCode::FORBIDDEN,
@@ -87,7 +85,7 @@ pub async fn submit(
             "Please reload the sign-up page and submit it again. (Cookies must be enabled.)",
         );
     };
-    let secret = secret.unwrap_or_default();
+    let session = session.unwrap_or_default();
     // The nonce names this rendering of the form: a resubmission replays the first outcome.
     let key = Submission::Form {
         nonce: nonce.to_owned(),
@@ -106,7 +104,7 @@ pub async fn submit(
         let view = FormView {
             username: form.username.trim().to_owned(),
             email: form.email.trim().to_owned(),
-            csrf_token: csrf::issue(&secret),
+            csrf_token: state.csrf.issue(&session),
             errors,
             notice,
         };
@@ -115,10 +113,11 @@ pub async fn submit(
     match result {
         Ok(Outcome::Created(user) | Outcome::Replayed(user)) => {
             let mut response = see_other("/register/welcome");
-            let cookie = Cookie::build(WELCOME_COOKIE, user.id.to_string())
-                .path("/register")
+            let cookies = state.cookies;
+            let cookie = Cookie::build(cookies.welcome(), state.csrf.sign_welcome(user.id))
+                .path(cookies.path())
                 .http_only(true)
-                .secure(is_https(&request))
+                .secure(cookies.secure)
                 .same_site(SameSite::Lax)
                 .max_age(CookieDuration::hours(1))
                 .finish();
@@ -170,19 +169,19 @@ pub async fn submit(
 }
 
 /// The form again, with 429, `Retry-After` and a message (the rate limit's answer).
-pub fn rate_limited(request: &HttpRequest, retry_after: u64) -> HttpResponse {
-    let (secret, is_new) = browser_secret(request);
+pub fn rate_limited(request: &HttpRequest, state: &AppState, retry_after: u64) -> HttpResponse {
+    let (session, is_new) = browser_session(request, state);
     let view = FormView {
-        csrf_token: csrf::issue(&secret),
+        csrf_token: state.csrf.issue(&session),
         notice: Some(format!(
             "Too many sign-ups from your network just now. Please try again in {retry_after} seconds."
         )),
         ..FormView::default()
     };
-    let mut response = with_secret_cookie(
+    let mut response = with_session_cookie(
         pages::register(StatusCode::TOO_MANY_REQUESTS, &view),
-        request,
-        &secret,
+        state,
+        &session,
         is_new,
     );
     if let Ok(value) = header::HeaderValue::from_str(&retry_after.to_string()) {
@@ -200,8 +199,8 @@ pub fn rate_limited(request: &HttpRequest, retry_after: u64) -> HttpResponse {
     ))]
 pub async fn welcome(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let id = request
-        .cookie(WELCOME_COOKIE)
-        .and_then(|c| Uuid::parse_str(c.value()).ok());
+        .cookie(state.cookies.welcome())
+        .and_then(|c| state.csrf.open_welcome(c.value()));
     let Some(id) = id else {
         return see_other("/register");
     };
@@ -223,25 +222,26 @@ pub async fn welcome(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
     }
 }
 
-/// The browser's CSRF secret, or a new one (true) to be set.
-fn browser_secret(request: &HttpRequest) -> (String, bool) {
-    match request.cookie(csrf::COOKIE) {
-        Some(c) if !c.value().is_empty() => (c.value().to_owned(), false),
-        _ => (csrf::new_secret(), true),
+/// The browser's session id, or a new one (true) to be set.
+fn browser_session(request: &HttpRequest, state: &AppState) -> (String, bool) {
+    match request.cookie(state.cookies.session()) {
+        Some(c) if csrf::is_session_id(c.value()) => (c.value().to_owned(), false),
+        _ => (csrf::new_session(), true),
     }
 }
 
-fn with_secret_cookie(
+fn with_session_cookie(
     mut response: HttpResponse,
-    request: &HttpRequest,
-    secret: &str,
+    state: &AppState,
+    session: &str,
     is_new: bool,
 ) -> HttpResponse {
     if is_new {
-        let cookie = Cookie::build(csrf::COOKIE, secret.to_owned())
-            .path("/register")
+        let cookies = state.cookies;
+        let cookie = Cookie::build(cookies.session(), session.to_owned())
+            .path(cookies.path())
             .http_only(true)
-            .secure(is_https(request))
+            .secure(cookies.secure)
             .same_site(SameSite::Strict)
             .finish();
         if let Err(e) = response.add_cookie(&cookie) {
@@ -249,10 +249,6 @@ fn with_secret_cookie(
         }
     }
     response
-}
-
-fn is_https(request: &HttpRequest) -> bool {
-    request.connection_info().scheme() == "https"
 }
 
 fn see_other(location: &str) -> HttpResponse {

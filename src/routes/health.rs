@@ -41,7 +41,8 @@ pub struct Readiness {
     status: &'static str,
     /// `up` or `down`.
     database: &'static str,
-    /// `up` or `down`: the RegistrationActor answered within 1 s.
+    /// `up` or `down`: the RegistrationActor answered within 1 s, no commit has been running
+    /// for longer than `registration.deadline`, and registrations can be stored.
     registration: &'static str,
     email_sync: EmailSyncHealth,
 }
@@ -66,8 +67,34 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(Live { status: "ok" })
 }
 
-/// Ready when the database answers and the RegistrationActor replies, each within 1 s.
-/// The email provider never makes this fail.
+/// Whether registrations can be stored now. Not while a commit has been running for longer
+/// than `registration.deadline` (a stalled database: each registration would be answered 503),
+/// and not while the last registration transaction failed (the database answers reads but
+/// cannot store: a full disk), until a write of our own commits again: then registrations work
+/// again without waiting for someone to try.
+async fn storing(state: &AppState) -> bool {
+    let watch = &state.commit_watch;
+    if watch.commit_age().is_some_and(|age| age > state.deadline) {
+        return false;
+    }
+    if !watch.failing() {
+        return true;
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, crate::database::probe_write(&state.db)).await {
+        Ok(Ok(())) => {
+            watch.recovered();
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "readiness: the database still cannot store");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Ready when the database answers, the RegistrationActor replies (each within 1 s) and
+/// registrations can be stored. The email provider never makes this fail.
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -77,7 +104,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let database = tokio::time::timeout(PROBE_TIMEOUT, state.db.ping()).await;
     let database_up = matches!(database, Ok(Ok(())));
     let actor = tokio::time::timeout(PROBE_TIMEOUT, state.registrar.actor.send(Ping)).await;
-    let registration_up = matches!(actor, Ok(Ok(())));
+    let registration_up = matches!(actor, Ok(Ok(()))) && storing(&state).await;
     // The counts are the outbox gauges, which the email sync refreshes from its own pool (at
     // least every 5 s), not a COUNT per probe: with a backlog of a million rows a COUNT takes
     // ~50 ms on PostgreSQL, and monitors probe often, from every instance.

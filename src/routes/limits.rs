@@ -17,10 +17,11 @@ pub async fn limit_registrations(
     let verdict = match request.app_data::<web::Data<AppState>>() {
         Some(state) if request.method() == Method::POST => match &state.limiter {
             Some(limiter) => {
+                // Every header line, in order: a proxy may append a line of its own.
                 let forwarded = request
                     .headers()
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok());
+                    .get_all("x-forwarded-for")
+                    .filter_map(|v| v.to_str().ok());
                 let peer = request.peer_addr().map(|a| a.ip());
                 match client_address(peer, forwarded, &state.trusted_proxies) {
                     Some(client) => limiter.check(client),
@@ -35,9 +36,10 @@ pub async fn limit_registrations(
         Ok(()) => Ok(next.call(request).await?.map_into_boxed_body()),
         Err(wait) => {
             let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let state = request.app_data::<web::Data<AppState>>().cloned();
             let (http_request, _) = request.into_parts();
-            let response = if http_request.path() == "/register" {
-                form::rate_limited(&http_request, retry_after)
+            let response = if let Some(state) = state.filter(|_| http_request.path() == "/register") {
+                form::rate_limited(&http_request, &state, retry_after)
             } else {
                 ApiError::RateLimited { retry_after }.error_response()
             };

@@ -2,7 +2,7 @@
 //! or a query, and shape the answer; they hold no business rules.
 
 mod admin;
-mod csrf;
+pub mod csrf;
 mod form;
 mod health;
 mod limits;
@@ -36,9 +36,17 @@ pub struct AppState {
     /// `server.request_timeout`: the deadline for a request body.
     pub request_timeout: std::time::Duration,
     /// Peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<crate::configuration::TrustedProxy>,
     /// `admin.token`; the admin routes are 404 while it is None.
     pub admin_token: Option<secrecy::SecretString>,
+    /// Signs the form's CSRF tokens and the welcome cookie (stored in the database).
+    pub csrf: csrf::CsrfKey,
+    /// The form's cookie names and attributes, from `server.public_url`.
+    pub cookies: csrf::CookiePolicy,
+    /// Readiness: a registration commit older than this is a stalled database.
+    pub deadline: std::time::Duration,
+    /// The RegistrationActor's commit state, for readiness.
+    pub commit_watch: Arc<crate::actors::CommitWatch>,
 }
 
 /// `n` random bytes from the OS-seeded generator.

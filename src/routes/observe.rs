@@ -39,6 +39,22 @@ fn acceptable(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// The `method` label: one of a fixed set, so that no request can add a label value (a client
+/// inventing 4000-character methods would otherwise grow every scrape without bound).
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 pub async fn observe(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -51,7 +67,7 @@ pub async fn observe(
         .filter(|v| acceptable(v))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     request.extensions_mut().insert(RequestId(id.clone()));
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let metrics = request
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.clone());
@@ -72,11 +88,11 @@ pub async fn observe(
     if let Some(metrics) = metrics {
         metrics
             .http_requests
-            .with_label_values(&[method.as_str(), route.as_str(), &status.to_string()])
+            .with_label_values(&[method, route.as_str(), &status.to_string()])
             .inc();
         metrics
             .http_duration
-            .with_label_values(&[method.as_str(), route.as_str()])
+            .with_label_values(&[method, route.as_str()])
             .observe(elapsed.as_secs_f64());
     }
     tracing::info!(
@@ -92,6 +108,15 @@ pub async fn observe(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn methods_outside_the_fixed_set_are_labelled_other() {
+        use actix_web::http::Method;
+        assert_eq!(super::method_label(&Method::POST), "POST");
+        assert_eq!(super::method_label(&Method::TRACE), "other");
+        let invented = Method::from_bytes(&[b'X'; 4000]).expect("a valid token");
+        assert_eq!(super::method_label(&invented), "other");
+    }
+
     #[test]
     fn only_short_visible_request_ids_are_kept() {
         assert!(super::acceptable("abc-123"));

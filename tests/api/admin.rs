@@ -9,7 +9,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, use_provider, wait_until};
 
-const TOKEN: &str = "s3cret-admin-token";
+const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
 
 async fn admin_app(provider: Option<&MockServer>) -> TestApp {
     let uri = provider.map(|p| p.uri());
@@ -94,7 +94,7 @@ async fn admin_routes_are_401_without_or_with_a_wrong_token() {
         for token in [
             None,
             Some("wrong"),
-            Some("s3cret-admin-token-but-longer"),
+            Some("s3cret-admin-token-0123456789abcdef-but-longer"),
             Some(""),
         ] {
             let response = app
@@ -104,6 +104,29 @@ async fn admin_routes_are_401_without_or_with_a_wrong_token() {
             assert_eq!(response.headers()["www-authenticate"], "Bearer");
         }
     }
+}
+
+#[actix_web::test]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    let app = admin_app(None).await;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let response = app
+            .client
+            .get(app.url("/admin/email-sync/jobs"))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 200, "{scheme}");
+    }
+    let response = app
+        .client
+        .get(app.url("/admin/email-sync/jobs"))
+        .header("authorization", format!("Basic {TOKEN}"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 401, "another scheme");
 }
 
 #[actix_web::test]

@@ -63,6 +63,8 @@ pub fn test_settings() -> Settings {
     settings.server.workers = 2;
     settings.password.argon2_m_kib = 1024;
     settings.password.argon2_t = 1;
+    // Room for the concurrency tests' 200 requests at once: they test uniqueness, not shedding.
+    settings.password.max_waiting = 1024;
     settings.rate_limit.per_minute = 0;
     settings.database.acquire_timeout = std::time::Duration::from_secs(2);
     // Nothing listens here: tests that watch deliveries point this at their own mock.

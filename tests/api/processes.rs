@@ -50,6 +50,7 @@ impl ServerProcess {
             ("SIGNUP_EMAIL_SYNC__URL", format!("{provider}/webhook")),
             ("SIGNUP_EMAIL_SYNC__SECRET", SECRET.into()),
             ("SIGNUP_EMAIL_SYNC__POLL_INTERVAL", "200ms".into()),
+            ("SIGNUP_EMAIL_SYNC__TIMEOUT", "2s".into()),
             ("SIGNUP_EMAIL_SYNC__LEASE", "5s".into()),
             ("SIGNUP_EMAIL_SYNC__RETRY__INITIAL_INTERVAL", "100ms".into()),
             ("SIGNUP_EMAIL_SYNC__RETRY__MAX_INTERVAL", "500ms".into()),
@@ -344,7 +345,7 @@ async fn logs_follow_a_request_into_its_delivery_without_secrets_or_addresses() 
         &[
             ("SIGNUP_LOG__FORMAT", "json"),
             ("SIGNUP_LOG__LEVEL", "info"),
-            ("SIGNUP_ADMIN__TOKEN", "admin-token-xyz"),
+            ("SIGNUP_ADMIN__TOKEN", "admin-token-0123456789abcdef-0123456789"),
         ],
     )
     .await;
@@ -411,7 +412,7 @@ async fn logs_follow_a_request_into_its_delivery_without_secrets_or_addresses() 
         password,
         "loggy.person@example.com",
         crate::helpers::SECRET,
-        "admin-token-xyz",
+        "admin-token-0123456789abcdef-0123456789",
     ] {
         assert!(!log.contains(secret), "the log contains {secret:?}");
     }
