@@ -32,9 +32,10 @@ pub struct PoolTuning {
     /// the outbox index for its gauges; with a big backlog every one of its connections would
     /// otherwise keep 2 MiB of pages it rarely needs again.
     pub sqlite_cache_kib: Option<u32>,
-    /// PostgreSQL's `statement_timeout` and `lock_timeout` on every connection: a statement
-    /// stuck behind a lock or a stalled server fails instead of holding a registration (and the
-    /// RegistrationActor's single commit turn) beyond `registration.deadline`.
+    /// How long a statement may wait: PostgreSQL's `statement_timeout` and `lock_timeout`,
+    /// and SQLite's busy timeout (at most [`SQLITE_BUSY_TIMEOUT`]). A statement stuck behind a
+    /// lock or a stalled server then fails instead of holding the RegistrationActor's single
+    /// commit turn far beyond `registration.deadline`.
     pub statement_timeout: Option<Duration>,
 }
 
@@ -53,6 +54,9 @@ pub async fn connect_with(
     // so that `check_writable` can refuse it).
     let create = !url.contains("mode=");
     let cache_kib = tuning.sqlite_cache_kib;
+    let busy_timeout = tuning
+        .statement_timeout
+        .map_or(SQLITE_BUSY_TIMEOUT, |t| t.min(SQLITE_BUSY_TIMEOUT));
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(tuning.max_connections.unwrap_or(settings.max_connections))
@@ -67,7 +71,7 @@ pub async fn connect_with(
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a commit is on disk before the 201 is sent, even across a power cut.
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .busy_timeout(busy_timeout)
                 .foreign_keys(true);
             match cache_kib {
                 // Negative: a size in KiB rather than in pages.

@@ -323,3 +323,60 @@ async fn a_failing_write_of_delivery_outcomes_stores_none_of_them() {
         );
     }
 }
+
+/// Holds the database's write lock (SQLite) or the users table (PostgreSQL) from the test's own
+/// connection until the returned transaction is dropped: registrations queue behind it.
+pub async fn hold_users_lock(app: &crate::helpers::TestApp) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    let txn = app
+        .db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await
+        .expect("a transaction");
+    if app.is_postgres {
+        txn.execute_unprepared("LOCK TABLE users IN EXCLUSIVE MODE")
+            .await
+            .expect("locked");
+    }
+    txn
+}
+
+#[actix_web::test]
+async fn one_registration_the_database_refuses_fails_alone_not_its_whole_batch() {
+    let app = spawn_app_with(|s| s.registration.max_batch = 64).await;
+    app.db
+        .execute_unprepared(if app.is_postgres {
+            "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON users FOR EACH ROW WHEN (NEW.username = 'poison') EXECUTE FUNCTION refuse_poison()"
+        } else {
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON users WHEN NEW.username = 'poison' BEGIN SELECT RAISE(ABORT, 'injected'); END"
+        })
+        .await
+        .expect("trigger");
+    // Everyone queues behind a held lock, so that they are committed as one batch.
+    let lock = hold_users_lock(&app).await;
+    let innocent = futures::future::join_all((0..19).map(|n| {
+        let app = &app;
+        async move { app.post_registration(&registration(n)).await }
+    }));
+    let poison = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        app.post_registration(&serde_json::json!({"username": "poison", "email": "poison@example.com", "password": "correct horse battery"}))
+            .await
+    };
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        drop(lock);
+    };
+
+    let (innocent, poison, ()) = futures::join!(innocent, poison, release);
+
+    for (n, response) in innocent.into_iter().enumerate() {
+        assert_eq!(response.status().as_u16(), 201, "registration {n}");
+    }
+    problem(poison, 503, "unavailable").await;
+    assert_eq!(app.user_count().await, 19);
+}

@@ -15,6 +15,7 @@ mod email_sync;
 mod form;
 mod group_commit;
 mod health;
+mod hostile_edges;
 mod helpers;
 mod idempotency;
 mod metrics;
