@@ -289,7 +289,11 @@ mod tests {
             .filter(|r| matches!(r, Err(HashError::Overloaded)))
             .count();
         let hashed = results.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(refused + hashed, callers, "nothing else happens: {results:?}");
+        assert_eq!(
+            refused + hashed,
+            callers,
+            "nothing else happens: {results:?}"
+        );
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         assert!(
             hashed <= cores + 1,

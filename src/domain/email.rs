@@ -93,7 +93,9 @@ fn ascii_domain(domain: &str) -> Option<String> {
     let labels: Vec<&str> = ascii.split('.').collect();
     let valid_label = |label: &&str| {
         (1..=63).contains(&label.len())
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     };
@@ -154,7 +156,10 @@ mod tests {
     fn the_254_character_bound_holds_after_normalisation() {
         // 200 × "İ" lower-cases to 400 characters; as a local part it is not valid anyway.
         let dotted = format!("{}@x.co", "İ".repeat(200));
-        assert_eq!(Email::parse(&dotted).expect_err("non-ASCII").code, "invalid");
+        assert_eq!(
+            Email::parse(&dotted).expect_err("non-ASCII").code,
+            "invalid"
+        );
         // A domain that becomes longer as an A-label: 233 characters typed, 263 as punycode.
         let labels: Vec<String> = (0..5).map(|_| "ü".repeat(11)).collect();
         let long_idn = format!("{}@{}.de", "a".repeat(170), labels.join("."));
@@ -189,8 +194,16 @@ mod tests {
             ),
             ("a@x.co<b>", "invalid", "markup in the domain"),
             ("ab\u{202E}moc@x.co", "invalid", "a bidi override"),
-            ("a\u{200B}b@x.co", "invalid", "a zero-width space in the local part"),
-            ("ab@ex\u{200B}ample.com", "invalid", "a zero-width space in the domain"),
+            (
+                "a\u{200B}b@x.co",
+                "invalid",
+                "a zero-width space in the local part",
+            ),
+            (
+                "ab@ex\u{200B}ample.com",
+                "invalid",
+                "a zero-width space in the domain",
+            ),
             ("ab@x.co\u{2066}", "invalid", "a bidi isolate"),
             ("Ünïcode@example.de", "invalid", "a non-ASCII local part"),
             ("a@-x.co", "invalid", "a label starting with a hyphen"),

@@ -102,8 +102,8 @@ impl CsrfKey {
 
     fn mac(&self, purpose: &[u8], parts: &[&[u8]]) -> HmacSha256 {
         // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-        let mut mac = HmacSha256::new_from_slice(self.0.expose_secret())
-            .expect("HMAC takes any key length");
+        let mut mac =
+            HmacSha256::new_from_slice(self.0.expose_secret()).expect("HMAC takes any key length");
         mac.update(purpose);
         for part in parts {
             // Length-prefixed, so that no two different splits feed the same bytes.
@@ -145,7 +145,10 @@ impl CsrfKey {
     /// as somebody else by writing another id into the cookie.
     pub fn sign_welcome(&self, user: Uuid) -> String {
         let id = user.to_string();
-        let tag = self.mac(b"welcome", &[id.as_bytes()]).finalize().into_bytes();
+        let tag = self
+            .mac(b"welcome", &[id.as_bytes()])
+            .finalize()
+            .into_bytes();
         format!("{id}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
@@ -241,7 +244,10 @@ mod tests {
             assert!(key.verify(&session, bad).is_none(), "{why}");
         }
         assert!(key.verify("", &token).is_none(), "empty session");
-        assert!(key.verify("x", &token).is_none(), "session of another shape");
+        assert!(
+            key.verify("x", &token).is_none(),
+            "session of another shape"
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub async fn limit_registrations(
             let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
             let state = request.app_data::<web::Data<AppState>>().cloned();
             let (http_request, _) = request.into_parts();
-            let response = if let Some(state) = state.filter(|_| http_request.path() == "/register") {
+            let response = if let Some(state) = state.filter(|_| http_request.path() == "/register")
+            {
                 form::rate_limited(&http_request, &state, retry_after)
             } else {
                 ApiError::RateLimited { retry_after }.error_response()

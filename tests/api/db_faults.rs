@@ -227,8 +227,7 @@ async fn a_full_disk_never_acknowledges_a_registration_it_did_not_store() {
     // registrations into savepoints of a transaction that never committed (acknowledged, lost).
     let mut after = Vec::new();
     for wave in 0..4 {
-        let answers =
-            futures::future::join_all((0..7).map(|i| register(6 + wave * 7 + i))).await;
+        let answers = futures::future::join_all((0..7).map(|i| register(6 + wave * 7 + i))).await;
         for (status, _, body) in answers {
             after.push(status);
             if status == 201 {

@@ -71,7 +71,11 @@ async fn a_proxy_that_appends_its_own_forwarded_for_line_is_read_to_the_last_lin
     let other = from("203.0.113.2", 3).await.expect("sent");
 
     assert_eq!(first.status().as_u16(), 201);
-    assert_eq!(again.status().as_u16(), 429, "the same client, over its burst");
+    assert_eq!(
+        again.status().as_u16(),
+        429,
+        "the same client, over its burst"
+    );
     assert_eq!(
         other.status().as_u16(),
         201,
@@ -181,13 +185,16 @@ async fn cookies_are_secure_by_the_configured_public_url_never_by_a_request_head
     assert!(cookie.starts_with("signup_csrf="), "{cookie}");
     assert!(!cookie.contains("Secure"), "{cookie}");
 
-    let public = spawn_app_with(|s| s.server.public_url = Some("https://signup.example".into()))
-        .await;
+    let public =
+        spawn_app_with(|s| s.server.public_url = Some("https://signup.example".into())).await;
     let response = public.get("/register").await;
     let cookie = response.headers()["set-cookie"].to_str().expect("ascii");
     assert!(cookie.starts_with("__Host-signup_csrf="), "{cookie}");
     assert!(cookie.contains("Secure"), "{cookie}");
-    assert!(cookie.contains("Path=/;") || cookie.ends_with("Path=/"), "{cookie}");
+    assert!(
+        cookie.contains("Path=/;") || cookie.ends_with("Path=/"),
+        "{cookie}"
+    );
 }
 
 #[actix_web::test]
@@ -195,9 +202,7 @@ async fn concurrent_requests_with_one_key_and_different_passwords_get_one_accoun
     let app = spawn_app().await;
     for round in 0..10 {
         let key = format!("race-{round}");
-        let body = |password: &str| {
-            json!({"username": format!("racer{round}"), "email": format!("racer{round}@example.com"), "password": password})
-        };
+        let body = |password: &str| json!({"username": format!("racer{round}"), "email": format!("racer{round}@example.com"), "password": password});
         let send = |password: &'static str| {
             app.client
                 .post(app.url("/api/v1/registrations"))
@@ -227,7 +232,8 @@ async fn a_secret_in_the_provider_url_never_reaches_the_stored_error() {
     let app = spawn_app_with(|s| {
         // Nothing listens on port 9: every attempt fails with "connection refused".
         use_provider(s, "http://user:pw-in-userinfo@127.0.0.1:9");
-        s.email_sync.url = "http://user:pw-in-userinfo@127.0.0.1:9/hook?api_key=key-in-query".into();
+        s.email_sync.url =
+            "http://user:pw-in-userinfo@127.0.0.1:9/hook?api_key=key-in-query".into();
     })
     .await;
     app.register_all(1..2).await;
@@ -255,7 +261,10 @@ async fn addresses_with_markup_or_invisible_characters_are_422() {
         (r#""><script>alert(1)</script>@x.co"#, "markup"),
         ("ab\u{202E}moc@x.co", "a bidi override"),
         ("a\u{200B}b@x.co", "a zero-width space"),
-        (&"İ".repeat(200) as &str, "200 × İ: longer than 254 once lower-cased"),
+        (
+            &"İ".repeat(200) as &str,
+            "200 × İ: longer than 254 once lower-cased",
+        ),
     ];
     for (email, why) in cases {
         let email = if email.contains('@') {
@@ -283,12 +292,10 @@ async fn a_flood_beyond_max_waiting_is_shed_at_once_with_503() {
     .await;
     let requests = 30;
 
-    let responses = futures::future::join_all(
-        (0..requests).map(|n| {
-            let app = &app;
-            async move { app.post_registration(&registration(n)).await }
-        }),
-    )
+    let responses = futures::future::join_all((0..requests).map(|n| {
+        let app = &app;
+        async move { app.post_registration(&registration(n)).await }
+    }))
     .await;
 
     let mut created = 0;
@@ -306,5 +313,9 @@ async fn a_flood_beyond_max_waiting_is_shed_at_once_with_503() {
     }
     assert!(shed > 0, "nothing was shed: {created} created");
     assert!(created > 0, "nothing was accepted");
-    assert_eq!(app.user_count().await, created as u64, "a shed request stores nothing");
+    assert_eq!(
+        app.user_count().await,
+        created as u64,
+        "a shed request stores nothing"
+    );
 }

@@ -345,7 +345,10 @@ async fn logs_follow_a_request_into_its_delivery_without_secrets_or_addresses() 
         &[
             ("SIGNUP_LOG__FORMAT", "json"),
             ("SIGNUP_LOG__LEVEL", "info"),
-            ("SIGNUP_ADMIN__TOKEN", "admin-token-0123456789abcdef-0123456789"),
+            (
+                "SIGNUP_ADMIN__TOKEN",
+                "admin-token-0123456789abcdef-0123456789",
+            ),
         ],
     )
     .await;
