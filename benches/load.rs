@@ -15,7 +15,9 @@
 //! The server and the provider (`signup mock-provider`) run as processes of their own, the
 //! release binary; the load comes from this process. Knobs: BENCH_REQUESTS (10000),
 //! BENCH_CONCURRENCY (64), BENCH_PENDING_ROWS (1000000), BENCH_ONLY=owasp (the hashing line) or
-//! BENCH_ONLY=cheap (the raw limit and the first end-to-end line).
+//! BENCH_ONLY=cheap (the raw limit and the first end-to-end line) or BENCH_ONLY=overload (OWASP
+//! hashing offered 4 × the hash capacity, shedding against queueing; BENCH_FLOOD_REQUESTS 3000,
+//! BENCH_FLOOD_CONCURRENCY 4 × 64 × cores).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -113,6 +115,16 @@ enum Hashing {
 
 /// `signup serve` on a fresh port against `database_url`.
 async fn server(database_url: &str, provider_port: u16, hashing: Hashing) -> (Process, String) {
+    server_with(database_url, provider_port, hashing, &[]).await
+}
+
+/// As [`server`], with more `SIGNUP_…` settings.
+async fn server_with(
+    database_url: &str,
+    provider_port: u16,
+    hashing: Hashing,
+    extra: &[(&str, &str)],
+) -> (Process, String) {
     let port = free_port();
     let dir = std::env::temp_dir();
     let (m, t) = match hashing {
@@ -134,6 +146,7 @@ async fn server(database_url: &str, provider_port: u16, hashing: Hashing) -> (Pr
         .env("SIGNUP_EMAIL_SYNC__SECRET", SECRET)
         .env("SIGNUP_EMAIL_SYNC__CIRCUIT_BREAKER__OPEN_FOR", "1s")
         .env("SIGNUP_LOG__LEVEL", "error")
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -277,6 +290,90 @@ async fn load(base: &str, requests: usize, concurrency: usize, offset: usize) ->
         p99: at(0.99),
         errors: results.iter().filter(|(_, ok)| !ok).count(),
     }
+}
+
+/// Latencies of a flood, split by answer.
+struct Flood {
+    /// 201s.
+    accepted: Vec<Duration>,
+    /// 503s (shed).
+    shed: Vec<Duration>,
+    /// Anything else, or no answer.
+    other: usize,
+    elapsed: Duration,
+}
+
+/// `requests` registrations, `concurrency` at a time, timed per answer.
+async fn flood(base: &str, requests: usize, concurrency: usize, offset: usize) -> Flood {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let url = format!("{base}/api/v1/registrations");
+    let started = Instant::now();
+    let results: Vec<(Duration, u16)> = futures::stream::iter(0..requests)
+        .map(|i| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let n = offset + i;
+                let body = serde_json::json!({
+                    "username": format!("flood{n}"),
+                    "email": format!("flood{n}@example.com"),
+                    "password": "correct horse battery",
+                });
+                let t = Instant::now();
+                let status = client
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                (t.elapsed(), status)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let pick = |code: u16| {
+        let mut v: Vec<Duration> = results
+            .iter()
+            .filter(|(_, s)| *s == code)
+            .map(|(d, _)| *d)
+            .collect();
+        v.sort();
+        v
+    };
+    Flood {
+        accepted: pick(201),
+        shed: pick(503),
+        other: results
+            .iter()
+            .filter(|(_, s)| *s != 201 && *s != 503)
+            .count(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// The `q` quantile of sorted `latencies` in ms, or NaN when there are none.
+fn quantile_ms(latencies: &[Duration], q: f64) -> f64 {
+    if latencies.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((latencies.len() as f64 * q) as usize).min(latencies.len() - 1);
+    latencies[i].as_secs_f64() * 1e3
+}
+
+fn flood_line(name: &str, f: &Flood) {
+    println!(
+        "  {name:<34} {:>5} accepted {:>6.0}/s p99 {:>7.0} ms | {:>5} shed (503) p99 {:>6.1} ms | other {}",
+        f.accepted.len(),
+        f.accepted.len() as f64 / f.elapsed.as_secs_f64(),
+        quantile_ms(&f.accepted, 0.99),
+        f.shed.len(),
+        quantile_ms(&f.shed, 0.99),
+        f.other
+    );
 }
 
 fn line(name: &str, r: &Report, extra: &str) {
@@ -446,6 +543,12 @@ async fn run(label: &str, postgres: Option<&str>) {
     // first end-to-end line (for quick experiments on one path).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let (only_owasp, only_cheap) = (only == "owasp", only == "cheap");
+    if only == "overload" {
+        let port = free_port();
+        let _up = provider(port, 0, None).await;
+        overload(postgres, port).await;
+        return;
+    }
     let raw = if only_owasp {
         f64::NAN
     } else {
@@ -533,6 +636,10 @@ async fn run(label: &str, postgres: Option<&str>) {
     if only_owasp {
         return;
     }
+    overload(postgres, up_port).await;
+    if only == "overload" {
+        return;
+    }
     // Drain after an outage: register while nothing listens, then start a provider with 50 ms
     // latency on that port and time deliveries between 10 % and 90 % of the backlog.
     let latency = Duration::from_millis(50);
@@ -583,6 +690,31 @@ async fn run(label: &str, postgres: Option<&str>) {
         "resident memory",
         full / empty
     );
+}
+
+/// OWASP hashing offered 4 × the server's hash capacity (256 connections on a 2-core server whose
+/// hashing threads take 2 jobs and queue `password.max_waiting` = 128 more): the shipped
+/// shedding, against the queueing before it (`max_waiting` so large that nothing is shed).
+async fn overload(postgres: Option<&str>, provider_port: u16) {
+    let requests = env_or("BENCH_FLOOD_REQUESTS", 3000);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let connections = env_or("BENCH_FLOOD_CONCURRENCY", 4 * 64 * cores);
+    for (name, max_waiting) in [
+        ("OWASP flood, shedding (default)", "0"),
+        ("OWASP flood, queueing (before)", "1000000"),
+    ] {
+        let url = fresh_database(postgres).await;
+        let (_server, base) = server_with(
+            &url,
+            provider_port,
+            Hashing::Owasp,
+            &[("SIGNUP_PASSWORD__MAX_WAITING", max_waiting)],
+        )
+        .await;
+        load(&base, 20, 8, 1_000_000).await; // warm-up
+        let result = flood(&base, requests, connections, 0).await;
+        flood_line(&format!("{name}, {connections} conns"), &result);
+    }
 }
 
 fn main() {

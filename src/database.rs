@@ -79,11 +79,14 @@ pub async fn connect_with(
                 None => opts,
             }
         })
+        // SQLite runs the rollback that dropping a transaction queued on its worker thread:
+        // wait for it (a ping, in-process) before judging. PostgreSQL's drop lowers the depth at
+        // once, so no round trip is spent there.
         .map_sqlx_sqlite_pool_opts(|pool| {
-            pool.after_release(|conn, _| Box::pin(close_if_in_transaction::<Sqlite>(conn)))
+            pool.after_release(|conn, _| Box::pin(close_if_in_transaction::<Sqlite>(conn, true)))
         })
         .map_sqlx_postgres_pool_opts(|pool| {
-            pool.after_release(|conn, _| Box::pin(close_if_in_transaction::<Postgres>(conn)))
+            pool.after_release(|conn, _| Box::pin(close_if_in_transaction::<Postgres>(conn, false)))
         });
     if let Some(timeout) = tuning.statement_timeout {
         let ms = timeout.as_millis().to_string();
@@ -112,13 +115,18 @@ pub async fn connect_with(
 /// again, sea-orm's next BEGIN becomes a SAVEPOINT, its COMMIT a RELEASE, and registrations are
 /// acknowledged that no transaction ever ends, while the write lock stays held. A lost
 /// PostgreSQL connection fails the ping and is closed by sqlx itself.
-async fn close_if_in_transaction<DB>(conn: &mut DB::Connection) -> Result<bool, sqlx::Error>
+async fn close_if_in_transaction<DB>(
+    conn: &mut DB::Connection,
+    settle_first: bool,
+) -> Result<bool, sqlx::Error>
 where
     DB: sqlx::Database,
 {
     use sqlx::Connection;
-    // Runs the rollback that dropping the transaction queued, so the state below is settled.
-    conn.ping().await?;
+    if settle_first {
+        // Runs the rollback that dropping the transaction queued, so the state below is settled.
+        conn.ping().await?;
+    }
     if conn.is_in_transaction() {
         tracing::warn!(
             "closing a database connection whose COMMIT or ROLLBACK failed (disk full? I/O error?)"
