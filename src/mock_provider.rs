@@ -1,7 +1,8 @@
 //! `signup mock-provider`: a local stand-in for the email provider, for trying signup out and
-//! for benchmarks. It verifies Standard Webhooks signatures with an implementation of its own
-//! (the `standardwebhooks` crate, not signup's signing code), prints each delivery, and can be
-//! told to be slow, to fail a fraction of requests, or to always answer one status.
+//! for benchmarks. It verifies Standard Webhooks signatures as a receiver does (the tests check
+//! signup's signatures with an independent implementation, the `standardwebhooks` crate),
+//! reads the body as the same event types signup sends, prints each delivery, and can be told
+//! to be slow, to fail a fraction of requests, or to always answer one status.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use rand::Rng;
+
+use crate::email::{Event, WebhookBody};
 
 /// How the mock behaves.
 #[derive(Debug, Clone)]
@@ -28,14 +31,15 @@ pub struct MockOptions {
 
 struct MockState {
     options: MockOptions,
-    verifier: Option<standardwebhooks::Webhook>,
+    /// The HMAC key from `--secret`; None accepts any signature.
+    key: Option<Vec<u8>>,
     seen: Mutex<HashSet<String>>,
 }
 
 /// Serves until interrupted.
 pub async fn run(options: MockOptions) -> std::io::Result<()> {
-    let verifier = match &options.secret {
-        Some(secret) => Some(standardwebhooks::Webhook::new(secret).map_err(|e| {
+    let key = match &options.secret {
+        Some(secret) => Some(crate::email::webhook::decode_secret(secret).map_err(|e| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--secret: {e}"))
         })?),
         None => None,
@@ -43,7 +47,7 @@ pub async fn run(options: MockOptions) -> std::io::Result<()> {
     let bind = options.bind.clone();
     let state = web::Data::new(MockState {
         options,
-        verifier,
+        key,
         seen: Mutex::new(HashSet::new()),
     });
     println!("mock provider listening on http://{bind} (any path)");
@@ -68,16 +72,17 @@ async fn receive(
         tokio::time::sleep(options.latency).await;
     }
     let id = header(&request, "webhook-id").unwrap_or("-").to_string();
-    if let Some(verifier) = &state.verifier {
-        let mut headers = http::HeaderMap::new();
-        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-            if let Some(value) =
-                header(&request, name).and_then(|v| http::HeaderValue::from_str(v).ok())
-            {
-                headers.insert(name, value);
-            }
-        }
-        if let Err(e) = verifier.verify(&body, &headers) {
+    let text = String::from_utf8_lossy(&body);
+    if let Some(key) = &state.key {
+        let verified = crate::email::webhook::verify(
+            key,
+            header(&request, "webhook-id"),
+            header(&request, "webhook-timestamp"),
+            header(&request, "webhook-signature"),
+            &text,
+            chrono::Utc::now(),
+        );
+        if let Err(e) = verified {
             say(options, format_args!("REJECTED webhook-id={id}: {e}"));
             return HttpResponse::Unauthorized().body(format!("signature: {e}"));
         }
@@ -94,21 +99,28 @@ async fn receive(
         say(options, format_args!("FAILED 503 webhook-id={id}"));
         return HttpResponse::ServiceUnavailable().finish();
     }
-    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    // A body that is not an event signup sends is refused, as a provider would (permanent).
+    let event = match serde_json::from_str::<WebhookBody>(&text) {
+        Ok(body) => body.event,
+        Err(e) => {
+            say(options, format_args!("REFUSED 400 webhook-id={id}: {e}"));
+            return HttpResponse::BadRequest().body(format!("not an event: {e}"));
+        }
+    };
     let repeat = match state.seen.lock() {
         Ok(mut seen) => !seen.insert(id.clone()),
         Err(_) => false,
     };
-    say(
-        options,
-        format_args!(
-            "DELIVERED webhook-id={id} type={} user={} email={}{}",
-            event["type"].as_str().unwrap_or("?"),
-            event["data"]["username"].as_str().unwrap_or("?"),
-            event["data"]["email"].as_str().unwrap_or("?"),
-            if repeat { " (repeat)" } else { "" },
+    let repeat = if repeat { " (repeat)" } else { "" };
+    match event {
+        Event::UserRegistered(user) => say(
+            options,
+            format_args!(
+                "DELIVERED webhook-id={id} type=user.registered user={} email={}{repeat}",
+                user.username, user.email
+            ),
         ),
-    );
+    }
     HttpResponse::NoContent().finish()
 }
 

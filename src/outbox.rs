@@ -282,9 +282,8 @@ pub struct Job {
 
 impl From<email_outbox::Model> for Job {
     fn from(row: email_outbox::Model) -> Self {
-        let email = serde_json::from_str::<serde_json::Value>(&row.payload)
-            .ok()
-            .and_then(|data| data["email"].as_str().map(str::to_owned))
+        let email = crate::email::UserRegistered::from_payload(&row.payload)
+            .map(|event| event.email)
             .unwrap_or_default();
         Self {
             id: row.id,

@@ -14,6 +14,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::domain::{Email, Username};
+use crate::email::UserRegistered;
 
 /// One registration waiting to be committed (validated, password already hashed).
 #[derive(Debug, Clone)]
@@ -193,7 +194,8 @@ async fn try_batch(
             password_hash: Set(candidate.password_hash.clone()),
             created_at: Set(now),
         });
-        let outbox_id = Uuid::new_v4();
+        // Time-ordered: new rows land at the end of the primary key's index, not all over it.
+        let outbox_id = Uuid::now_v7();
         outbox.push(new_outbox_row(outbox_id, &created));
         created_log.push((candidate, created.id, outbox_id));
         if let Some(key) = &candidate.idempotency {
@@ -237,16 +239,16 @@ async fn try_batch(
 
 /// The outbox row announcing `user`: due at once, attempt 0.
 fn new_outbox_row(id: Uuid, user: &RegisteredUser) -> email_outbox::ActiveModel {
-    let payload = serde_json::json!({
-        "user_id": user.id,
-        "username": user.username,
-        "email": user.email,
-        "registered_at": user.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    });
+    let payload = UserRegistered {
+        user_id: user.id,
+        username: user.username.clone(),
+        email: user.email.clone(),
+        registered_at: user.created_at,
+    };
     email_outbox::ActiveModel {
         id: Set(id),
         user_id: Set(user.id),
-        payload: Set(payload.to_string()),
+        payload: Set(payload.to_payload()),
         status: Set(email_outbox::Status::Pending),
         attempts: Set(0),
         next_attempt_at: Set(user.created_at),

@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 use uuid::Uuid;
+
+use super::event::{Event, UserRegistered, WebhookBody};
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +61,56 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// The webhook body for the outbox `payload` (the `data` object), at attempt time `now`.
+/// The webhook body for the outbox `payload` (a [`UserRegistered`]), at attempt time `now`.
 pub fn body(payload: &str, now: DateTime<Utc>) -> Result<String, serde_json::Error> {
-    let data: serde_json::Value = serde_json::from_str(payload)?;
-    serde_json::to_string(&serde_json::json!({
-        "type": "user.registered",
-        "timestamp": now.to_rfc3339_opts(SecondsFormat::Secs, true),
-        "data": data,
-    }))
+    let data = UserRegistered::from_payload(payload)?;
+    serde_json::to_string(&WebhookBody::new(Event::UserRegistered(data), now))
+}
+
+/// Why a webhook's signature was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("webhook-id, webhook-timestamp or webhook-signature is missing")]
+    MissingHeader,
+    #[error("webhook-timestamp is not a number of seconds")]
+    BadTimestamp,
+    #[error("webhook-timestamp is more than 5 minutes from now")]
+    StaleTimestamp,
+    #[error("no signature matches")]
+    NoMatch,
+}
+
+/// How far a webhook's timestamp may be from the receiver's clock (the Standard Webhooks
+/// libraries' tolerance): an older request is a replay.
+const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
+
+/// Checks a received webhook as a Standard Webhooks receiver does: a `v1,` signature among the
+/// space-separated ones that matches (in constant time), a timestamp within 5 minutes of `now`.
+pub fn verify(
+    key: &[u8],
+    id: Option<&str>,
+    timestamp: Option<&str>,
+    signatures: Option<&str>,
+    body: &str,
+    now: DateTime<Utc>,
+) -> Result<(), VerifyError> {
+    let (Some(id), Some(timestamp), Some(signatures)) = (id, timestamp, signatures) else {
+        return Err(VerifyError::MissingHeader);
+    };
+    let seconds: i64 = timestamp.parse().map_err(|_| VerifyError::BadTimestamp)?;
+    if (now.timestamp() - seconds).abs() > TIMESTAMP_TOLERANCE_SECS {
+        return Err(VerifyError::StaleTimestamp);
+    }
+    let expected = sign(key, id, seconds, body);
+    let matches = signatures.split_whitespace().any(|given| {
+        use subtle::ConstantTimeEq;
+        given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(VerifyError::NoMatch)
+    }
 }
 
 /// Judges an HTTP answer.
@@ -291,10 +335,71 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_verifies_only_with_its_key_id_body_and_a_recent_timestamp() {
+        let key = b"a key of our own";
+        let now = Utc::now();
+        let ts = now.timestamp();
+        let body = r#"{"type":"user.registered"}"#;
+        let signature = sign(key, "msg_1", ts, body);
+        let ts_text = ts.to_string();
+        let check = |key: &[u8], id: &str, ts: &str, sig: &str, body: &str| {
+            verify(key, Some(id), Some(ts), Some(sig), body, now)
+        };
+        assert_eq!(check(key, "msg_1", &ts_text, &signature, body), Ok(()));
+        let several = format!("v1,bm90IGl0 {signature}");
+        assert_eq!(
+            check(key, "msg_1", &ts_text, &several, body),
+            Ok(()),
+            "one of several"
+        );
+        let cases = [
+            (
+                check(b"another key", "msg_1", &ts_text, &signature, body),
+                VerifyError::NoMatch,
+                "another key",
+            ),
+            (
+                check(key, "msg_2", &ts_text, &signature, body),
+                VerifyError::NoMatch,
+                "another id",
+            ),
+            (
+                check(key, "msg_1", &ts_text, &signature, "{}"),
+                VerifyError::NoMatch,
+                "another body",
+            ),
+            (
+                check(
+                    key,
+                    "msg_1",
+                    &(ts - 600).to_string(),
+                    &sign(key, "msg_1", ts - 600, body),
+                    body,
+                ),
+                VerifyError::StaleTimestamp,
+                "ten minutes old",
+            ),
+            (
+                check(key, "msg_1", "soon", &signature, body),
+                VerifyError::BadTimestamp,
+                "not a number",
+            ),
+            (
+                verify(key, None, Some(&ts_text), Some(&signature), body, now),
+                VerifyError::MissingHeader,
+                "no id",
+            ),
+        ];
+        for (result, expected, why) in cases {
+            assert_eq!(result, Err(expected), "{why}");
+        }
+    }
+
+    #[test]
     fn the_body_wraps_the_payload_as_user_registered() {
         let now = Utc::now();
         let body = body(
-            r#"{"user_id":"u","username":"a","email":"a@b.co","registered_at":"t"}"#,
+            r#"{"user_id":"00000000-0000-0000-0000-000000000000","username":"a","email":"a@b.co","registered_at":"2026-11-30T12:00:00.000000Z"}"#,
             now,
         )
         .expect("json");

@@ -127,8 +127,7 @@ async fn the_mock_provider_accepts_signed_deliveries_and_rejects_bad_signatures(
     )
     .await;
     let key = signup::email::webhook::decode_secret(crate::helpers::SECRET).expect("secret");
-    let body =
-        r#"{"type":"user.registered","timestamp":"2026-01-01T00:00:00Z","data":{"username":"a"}}"#;
+    let body = r#"{"type":"user.registered","timestamp":"2026-01-01T00:00:00Z","data":{"user_id":"00000000-0000-0000-0000-000000000000","username":"a","email":"a@example.com","registered_at":"2026-01-01T00:00:00.000000Z"}}"#;
     let timestamp = chrono::Utc::now().timestamp();
     let send = |signature: String| {
         client

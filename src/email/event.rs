@@ -1,0 +1,137 @@
+//! The events signup sends to the email provider, as one set of types used by everyone who
+//! writes or reads them: the registration's transaction (the outbox row's payload), the
+//! webhook sender, the operators' views of a job, and the mock provider.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// `user.registered`: somebody's account now exists. Stored as the outbox row's payload, in
+/// the user's own transaction, and sent as the event's `data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRegistered {
+    pub user_id: Uuid,
+    /// As the person spelled it.
+    pub username: String,
+    /// As the person spelled it.
+    pub email: String,
+    /// RFC 3339 with microseconds, as stored.
+    #[serde(with = "rfc3339_micros")]
+    pub registered_at: DateTime<Utc>,
+}
+
+/// An event by its type, the way the Standard Webhooks body names it (`type` and `data`).
+/// New kinds of event (an erasure, say) are new variants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    #[serde(rename = "user.registered")]
+    UserRegistered(UserRegistered),
+}
+
+/// The webhook body (SPEC §3.1): the event, and when this attempt was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookBody {
+    #[serde(flatten)]
+    pub event: Event,
+    /// RFC 3339, whole seconds: this attempt's time.
+    #[serde(with = "rfc3339_secs")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `DateTime<Utc>` as RFC 3339 with a fixed number of fractional digits.
+macro_rules! rfc3339_with {
+    ($name:ident, $format:expr) => {
+        mod $name {
+            use chrono::{DateTime, Utc};
+            use serde::{Deserialize, Deserializer, Serializer};
+
+            pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&at.to_rfc3339_opts($format, true))
+            }
+
+            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+                let text = String::deserialize(d)?;
+                DateTime::parse_from_rfc3339(&text)
+                    .map(|at| at.with_timezone(&Utc))
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+rfc3339_with!(rfc3339_micros, chrono::SecondsFormat::Micros);
+rfc3339_with!(rfc3339_secs, chrono::SecondsFormat::Secs);
+
+impl UserRegistered {
+    /// The outbox row's payload.
+    pub fn to_payload(&self) -> String {
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads an outbox row's payload.
+    pub fn from_payload(payload: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(payload)
+    }
+}
+
+impl WebhookBody {
+    /// The body of one attempt at `now`.
+    pub fn new(event: Event, now: DateTime<Utc>) -> Self {
+        Self {
+            event,
+            timestamp: now,
+        }
+    }
+}
+
+/// RFC 3339 with microseconds, as payloads store it.
+pub fn micros(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn alice() -> UserRegistered {
+        UserRegistered {
+            user_id: Uuid::nil(),
+            username: "Alice".into(),
+            email: "alice@example.com".into(),
+            registered_at: Utc
+                .with_ymd_and_hms(2026, 11, 30, 12, 0, 0)
+                .single()
+                .expect("a time"),
+        }
+    }
+
+    #[test]
+    fn a_payload_reads_back_as_written_and_keeps_its_stored_shape() {
+        let payload = alice().to_payload();
+        assert_eq!(
+            payload,
+            r#"{"user_id":"00000000-0000-0000-0000-000000000000","username":"Alice","email":"alice@example.com","registered_at":"2026-11-30T12:00:00.000000Z"}"#
+        );
+        assert_eq!(
+            UserRegistered::from_payload(&payload).expect("reads"),
+            alice()
+        );
+    }
+
+    #[test]
+    fn the_webhook_body_names_the_type_and_carries_the_data_and_the_attempt_time() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 1, 8, 30, 0)
+            .single()
+            .expect("a time");
+        let body = WebhookBody::new(Event::UserRegistered(alice()), now);
+        let json: serde_json::Value = serde_json::to_value(&body).expect("json");
+        assert_eq!(json["type"], "user.registered");
+        assert_eq!(json["timestamp"], "2026-12-01T08:30:00Z");
+        assert_eq!(json["data"]["email"], "alice@example.com");
+        let back: WebhookBody = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, body);
+    }
+}
