@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::domain::FieldError;
 
-/// Seconds a client should wait before retrying after a 503.
-const RETRY_AFTER_UNAVAILABLE: &str = "2";
+/// Seconds a client should wait before retrying after a 503 (the API's and the form's).
+pub const RETRY_AFTER_UNAVAILABLE: &str = "2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -56,6 +56,26 @@ pub enum ApiError {
     /// 500 `internal`: a bug, never bad input.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<crate::registration::RegistrationError> for ApiError {
+    fn from(e: crate::registration::RegistrationError) -> Self {
+        use crate::registration::RegistrationError as R;
+        match e {
+            R::Invalid(errors) => ApiError::Invalid(errors),
+            R::Overloaded(e) => ApiError::Unavailable(Box::new(e)),
+            e @ R::DeadlinePassed => ApiError::Unavailable(Box::new(e)),
+            R::Unavailable(e) => ApiError::Unavailable(e),
+            R::Hashing(e) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+/// A database that refused or did not answer is the server's condition: 503, never 500.
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        ApiError::Unavailable(Box::new(e))
+    }
 }
 
 /// An RFC 9457 problem document (`application/problem+json`).

@@ -7,12 +7,48 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use tokio::sync::oneshot;
 
-use crate::actors::{RegisterUser, RegistrationActor, RegistrationError};
-use crate::domain::NewRegistration;
-use crate::error::ApiError;
+use crate::actors::{CommitFailed, RegisterUser, RegistrationActor};
+use crate::domain::{FieldError, NewRegistration};
 use crate::hashing::{HashError, PasswordHasher};
 use crate::metrics::Metrics;
 use crate::store::{self, Candidate, IdempotencyKey, Outcome};
+
+/// Why a registration did not reach an [`Outcome`]. A taken name or address is an outcome, not
+/// an error. The HTTP boundary maps each variant to its status in one place
+/// (`From<RegistrationError> for ApiError`).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    /// Bad input, every failing field listed; nothing was touched.
+    #[error("some fields are invalid")]
+    Invalid(Vec<FieldError>),
+    /// More requests wait for a hashing thread than `password.max_waiting`: shed at once.
+    #[error(transparent)]
+    Overloaded(HashError),
+    /// `registration.deadline` passed before the registration was stored.
+    #[error("registration.deadline passed before the registration was stored")]
+    DeadlinePassed,
+    /// The database (or the RegistrationActor) did not store it; nothing was written.
+    #[error("the registration could not be stored")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Hashing failed: a bug or a dead hashing thread, never bad input.
+    #[error("password hashing failed")]
+    Hashing(#[source] HashError),
+}
+
+impl From<HashError> for RegistrationError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Overloaded => RegistrationError::Overloaded(e),
+            e => RegistrationError::Hashing(e),
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for RegistrationError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        RegistrationError::Unavailable(Box::new(e))
+    }
+}
 
 /// What makes a submission safe to repeat.
 #[derive(Debug, Clone)]
@@ -39,8 +75,8 @@ pub struct Registrar {
 }
 
 impl Registrar {
-    /// Registers the raw fields. Bad input is `ApiError::Invalid` and touches nothing; a taken
-    /// name or address is an `Outcome`, not an error.
+    /// Registers the raw fields. Bad input is `RegistrationError::Invalid` and touches nothing;
+    /// a taken name or address is an `Outcome`, not an error.
     /// `request_id` follows the registration into the actor's log lines.
     pub async fn register(
         &self,
@@ -49,7 +85,7 @@ impl Registrar {
         password: &str,
         submission: Submission,
         request_id: &str,
-    ) -> Result<Outcome, ApiError> {
+    ) -> Result<Outcome, RegistrationError> {
         let started = Instant::now();
         // Dropping the pipeline at the deadline drops its reply channel: a candidate still
         // queued in the actor is then never written (see `RegisterUser`).
@@ -58,12 +94,12 @@ impl Registrar {
             self.register_unmeasured(username, email, password, submission, request_id),
         )
         .await
-        .unwrap_or_else(|_| Err(ApiError::Unavailable("registration.deadline passed".into())));
+        .unwrap_or(Err(RegistrationError::DeadlinePassed));
         let outcome = match &result {
             Ok(Outcome::Created(_) | Outcome::Replayed(_)) => "created",
             Ok(Outcome::UsernameTaken) => "username_taken",
             Ok(Outcome::EmailTaken) => "email_taken",
-            Ok(Outcome::IdempotencyKeyReused) | Err(ApiError::Invalid(_)) => "invalid",
+            Ok(Outcome::IdempotencyKeyReused) | Err(RegistrationError::Invalid(_)) => "invalid",
             Err(_) => "error",
         };
         self.metrics
@@ -83,8 +119,9 @@ impl Registrar {
         password: &str,
         submission: Submission,
         request_id: &str,
-    ) -> Result<Outcome, ApiError> {
-        let new = NewRegistration::parse(username, email, password).map_err(ApiError::Invalid)?;
+    ) -> Result<Outcome, RegistrationError> {
+        let new = NewRegistration::parse(username, email, password)
+            .map_err(RegistrationError::Invalid)?;
         let idempotency = match submission {
             Submission::Plain => None,
             Submission::Form { nonce } => Some(IdempotencyKey {
@@ -106,7 +143,7 @@ impl Registrar {
             .clone()
             .filter(|key| key.key.starts_with(API_KEY_PREFIX));
         let fingerprint = fingerprint(&new);
-        let password_hash = self.hasher.hash(new.password).await.map_err(hash_error)?;
+        let password_hash = self.hasher.hash(new.password).await?;
         let candidate = Candidate {
             username: new.username,
             email: new.email,
@@ -119,11 +156,11 @@ impl Registrar {
             .send(RegisterUser { candidate, reply })
             .await
             // The actor's mailbox is closed or full: a transient condition, never the client's fault.
-            .map_err(|e| ApiError::Unavailable(Box::new(e)))?;
+            .map_err(|e| RegistrationError::Unavailable(Box::new(e)))?;
         let outcome = answer
             .await
-            .map_err(|_| ApiError::Unavailable("the registration actor stopped".into()))?
-            .map_err(|RegistrationError::Unavailable(e)| ApiError::Unavailable(e.into()))?;
+            .map_err(|_| RegistrationError::Unavailable("the registration actor stopped".into()))?
+            .map_err(|e: CommitFailed| RegistrationError::Unavailable(Box::new(e)))?;
         match (outcome, api_key) {
             // A concurrent request with the same key created the user while this one was
             // hashing: this one is a replay too, and must prove the same password.
@@ -146,21 +183,15 @@ impl Registrar {
         key: &str,
         fingerprint: &str,
         password: &str,
-    ) -> Result<Option<Outcome>, ApiError> {
-        let known = store::find_key(&self.db, key)
-            .await
-            .map_err(|e| ApiError::Unavailable(Box::new(e)))?;
+    ) -> Result<Option<Outcome>, RegistrationError> {
+        let known = store::find_key(&self.db, key).await?;
         let Some((stored_fingerprint, user, password_hash)) = known else {
             return Ok(None);
         };
         if stored_fingerprint != fingerprint {
             return Ok(Some(Outcome::IdempotencyKeyReused));
         }
-        let same_password = self
-            .hasher
-            .verify(password, &password_hash)
-            .await
-            .map_err(hash_error)?;
+        let same_password = self.hasher.verify(password, &password_hash).await?;
         Ok(Some(if same_password {
             Outcome::Replayed(user)
         } else {
@@ -171,14 +202,6 @@ impl Registrar {
 
 /// Namespace of the API's `Idempotency-Key`s among the stored keys.
 const API_KEY_PREFIX: &str = "api:";
-
-/// Overload is the server's condition, not a bug: 503 with `Retry-After`.
-fn hash_error(e: HashError) -> ApiError {
-    match e {
-        HashError::Overloaded => ApiError::Unavailable(Box::new(e)),
-        e => ApiError::Internal(Box::new(e)),
-    }
-}
 
 /// SHA-256 of the normalised username and email.
 fn fingerprint(new: &NewRegistration) -> String {

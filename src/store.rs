@@ -104,10 +104,10 @@ async fn register_one(db: &DatabaseConnection, candidate: &Candidate) -> Result<
             Err(e) if is_unique_violation(&e) && tries < 4 => continue,
             Err(e) => {
                 return match e.sql_err() {
-                    Some(SqlErr::UniqueConstraintViolation(m)) if m.contains("email") => {
+                    Some(SqlErr::UniqueConstraintViolation(m)) if EMAIL_UNIQUE.named_in(&m) => {
                         Ok(Outcome::EmailTaken)
                     }
-                    Some(SqlErr::UniqueConstraintViolation(m)) if m.contains("username") => {
+                    Some(SqlErr::UniqueConstraintViolation(m)) if USERNAME_UNIQUE.named_in(&m) => {
                         Ok(Outcome::UsernameTaken)
                     }
                     _ => Err(e),
@@ -116,6 +116,29 @@ async fn register_one(db: &DatabaseConnection, candidate: &Candidate) -> Result<
         }
     }
 }
+
+/// A unique index of `users`, as the databases name it in a violation's message: PostgreSQL by
+/// the index's name (given in migration m20261126_000001), SQLite by `table.column`.
+struct UniqueIndex {
+    name: &'static str,
+    column: &'static str,
+}
+
+impl UniqueIndex {
+    fn named_in(&self, message: &str) -> bool {
+        message.contains(&format!("\"{}\"", self.name))
+            || message.contains(&format!("failed: {}", self.column))
+    }
+}
+
+const EMAIL_UNIQUE: UniqueIndex = UniqueIndex {
+    name: "users_email_normalized_key",
+    column: "users.email_normalized",
+};
+const USERNAME_UNIQUE: UniqueIndex = UniqueIndex {
+    name: "users_username_normalized_key",
+    column: "users.username_normalized",
+};
 
 fn is_unique_violation(e: &DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
@@ -370,4 +393,49 @@ pub async fn delete_expired_keys(db: &DatabaseConnection, batch: u64) -> Result<
 /// The user with `id`, if registered.
 pub async fn find_user(db: &DatabaseConnection, id: Uuid) -> Result<Option<RegisteredUser>, DbErr> {
     Ok(user::Entity::find_by_id(id).one(db).await?.map(Into::into))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_violation_is_told_apart_by_the_index_each_database_names() {
+        let cases = [
+            (
+                r#"duplicate key value violates unique constraint "users_email_normalized_key""#,
+                true,
+                false,
+                "PostgreSQL, email",
+            ),
+            (
+                r#"duplicate key value violates unique constraint "users_username_normalized_key""#,
+                false,
+                true,
+                "PostgreSQL, username",
+            ),
+            (
+                "UNIQUE constraint failed: users.email_normalized",
+                true,
+                false,
+                "SQLite, email",
+            ),
+            (
+                "UNIQUE constraint failed: users.username_normalized",
+                false,
+                true,
+                "SQLite, username",
+            ),
+            (
+                r#"duplicate key value violates unique constraint "idempotency_keys_pkey" (email)"#,
+                false,
+                false,
+                "another index whose message happens to say email",
+            ),
+        ];
+        for (message, email, username, why) in cases {
+            assert_eq!(EMAIL_UNIQUE.named_in(message), email, "{why}");
+            assert_eq!(USERNAME_UNIQUE.named_in(message), username, "{why}");
+        }
+    }
 }

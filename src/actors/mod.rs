@@ -5,4 +5,4 @@ pub mod email_sync;
 pub mod registration;
 
 pub use email_sync::{DeliveryHook, Drain, EmailSyncActor, WakeUp};
-pub use registration::{CommitWatch, Ping, RegisterUser, RegistrationActor, RegistrationError};
+pub use registration::{CommitFailed, CommitWatch, Ping, RegisterUser, RegistrationActor};

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::store::{self, Candidate, Outcome};
 
 /// What the RegistrationActor answers for one candidate.
-pub type Registered = Result<Outcome, RegistrationError>;
+pub type Registered = Result<Outcome, CommitFailed>;
 
 /// Register one validated, hashed candidate; the answer goes to `reply` once its transaction
 /// has committed (or failed).
@@ -43,12 +43,10 @@ pub struct RegisterUser {
 #[rtype(result = "()")]
 pub struct Ping;
 
+/// The database refused or did not answer; nothing of this registration was written.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RegistrationError {
-    /// The database refused or did not answer; nothing of this registration was written.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-}
+#[error("the registration's transaction failed: {0}")]
+pub struct CommitFailed(pub String);
 
 /// What the registration path's storage is doing, shared with readiness. Written by the
 /// RegistrationActor, read without waiting on it.
@@ -252,7 +250,7 @@ fn answer(batch: Vec<Queued>, outcomes: Vec<Outcome>) -> bool {
 }
 
 fn fail_all(batch: Vec<Queued>, error: &DbErr) {
-    let error = RegistrationError::Unavailable(error.to_string());
+    let error = CommitFailed(error.to_string());
     for queued in batch {
         let _ = queued.reply.send(Err(error.clone()));
     }

@@ -45,10 +45,6 @@ fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-fn db_error(e: sea_orm::DbErr) -> ApiError {
-    ApiError::Unavailable(Box::new(e))
-}
-
 fn wake(state: &AppState) {
     if state.email_sync.try_send(WakeUp).is_err() {
         state.metrics.wakeups_dropped.inc();
@@ -137,9 +133,7 @@ pub async fn list_jobs(
             outbox::MAX_PAGE
         )));
     }
-    let (jobs, next) = outbox::list(&state.db, status, limit, before)
-        .await
-        .map_err(db_error)?;
+    let (jobs, next) = outbox::list(&state.db, status, limit, before).await?;
     Ok(HttpResponse::Ok().json(JobPage { jobs, next }))
 }
 
@@ -156,9 +150,7 @@ pub async fn get_job(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&request, &state)?;
-    let job = outbox::find(&state.db, job_id(&path)?)
-        .await
-        .map_err(db_error)?;
+    let job = outbox::find(&state.db, job_id(&path)?).await?;
     job.map(|job| HttpResponse::Ok().json(job))
         .ok_or(ApiError::NotFound)
 }
@@ -173,10 +165,7 @@ pub async fn retry_job(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&request, &state)?;
     let id = job_id(&path)?;
-    let job = match outbox::requeue(&state.db, id, Utc::now())
-        .await
-        .map_err(db_error)?
-    {
+    let job = match outbox::requeue(&state.db, id, Utc::now()).await? {
         Requeue::Due(job) => job,
         Requeue::Delivered => return Err(ApiError::NotRetryable),
         Requeue::NotFound => return Err(ApiError::NotFound),
@@ -193,9 +182,7 @@ pub async fn retry_dead(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&request, &state)?;
-    let requeued = outbox::requeue_all_dead(&state.db, Utc::now(), REQUEUE_BATCH)
-        .await
-        .map_err(db_error)?;
+    let requeued = outbox::requeue_all_dead(&state.db, Utc::now(), REQUEUE_BATCH).await?;
     wake(&state);
     tracing::info!(requeued, "operator requeued every dead job");
     Ok(HttpResponse::Accepted().json(Requeued { requeued }))
@@ -213,12 +200,9 @@ pub async fn get_registration(
     authorize(&request, &state)?;
     let id = job_id(&path)?;
     let user = store::find_user(&state.db, id)
-        .await
-        .map_err(db_error)?
+        .await?
         .ok_or(ApiError::NotFound)?;
-    let job = outbox::find_for_user(&state.db, id)
-        .await
-        .map_err(db_error)?;
+    let job = outbox::find_for_user(&state.db, id).await?;
     Ok(HttpResponse::Ok().json(RegistrationDetail {
         id: user.id,
         username: user.username,

@@ -9,8 +9,8 @@ use super::observe::RequestId;
 use super::pages::{self, FormView};
 use super::{AppState, csrf};
 use crate::domain::FieldError;
-use crate::error::ApiError;
-use crate::registration::Submission;
+use crate::error::{ApiError, RETRY_AFTER_UNAVAILABLE};
+use crate::registration::{RegistrationError, Submission};
 use crate::store::{self, Outcome};
 
 /// The posted form. Absent fields are empty strings, so they get the same field messages as
@@ -149,8 +149,11 @@ pub async fn submit(
             Vec::new(),
             Some("This form was already used. Please submit it again.".into()),
         ),
-        Err(ApiError::Invalid(errors)) => again(StatusCode::UNPROCESSABLE_ENTITY, errors, None),
+        Err(RegistrationError::Invalid(errors)) => {
+            again(StatusCode::UNPROCESSABLE_ENTITY, errors, None)
+        }
         Err(e) => {
+            let e = ApiError::from(e);
             let status = actix_web::ResponseError::status_code(&e);
             tracing::warn!(error = %crate::error::error_chain(&e), %status, "form registration failed");
             let mut response = again(
@@ -159,9 +162,10 @@ pub async fn submit(
                 Some("We could not complete your registration just now. Please try again in a moment.".into()),
             );
             if status == StatusCode::SERVICE_UNAVAILABLE {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE),
+                );
             }
             response
         }
@@ -214,9 +218,10 @@ pub async fn welcome(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
                 "Welcome!",
                 "Your account exists. This page could not be shown just now; please reload it.",
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE),
+            );
             response
         }
     }
