@@ -58,9 +58,9 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl From<crate::registration::RegistrationError> for ApiError {
-    fn from(e: crate::registration::RegistrationError) -> Self {
-        use crate::registration::RegistrationError as R;
+impl From<crate::registrar::RegistrationError> for ApiError {
+    fn from(e: crate::registrar::RegistrationError) -> Self {
+        use crate::registrar::RegistrationError as R;
         match e {
             R::Invalid(errors) => ApiError::Invalid(errors),
             R::Overloaded(e) => ApiError::Unavailable(Box::new(e)),

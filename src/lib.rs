@@ -26,7 +26,7 @@ pub mod outbox_cli;
 /// Per-client rate limiting of the registration routes.
 pub mod rate_limit;
 /// The pipeline validate → hash → RegistrationActor, shared by API and form.
-pub mod registration;
+pub mod registrar;
 /// HTTP handlers.
 pub mod routes;
 /// Building and running the server.

@@ -16,7 +16,7 @@ use crate::database;
 use crate::email::WebhookProvider;
 use crate::hashing::{HashError, PasswordHasher};
 use crate::metrics::Metrics;
-use crate::registration::Registrar;
+use crate::registrar::Registrar;
 use crate::routes::csrf::{CookiePolicy, CsrfKey};
 use crate::routes::{self, AppState};
 

@@ -2,7 +2,7 @@
 //! synchronously) and the email sync side it wakes with fire-and-forget messages.
 
 pub mod email_sync;
-pub mod registration;
+pub mod registration_actor;
 
 pub use email_sync::{DeliveryHook, Drain, EmailSyncActor, WakeUp};
-pub use registration::{CommitFailed, CommitWatch, Ping, RegisterUser, RegistrationActor};
+pub use registration_actor::{CommitFailed, CommitWatch, Ping, RegisterUser, RegistrationActor};

@@ -10,7 +10,7 @@ use super::pages::{self, FormView};
 use super::{AppState, csrf};
 use crate::domain::FieldError;
 use crate::error::{ApiError, RETRY_AFTER_UNAVAILABLE};
-use crate::registration::{RegistrationError, Submission};
+use crate::registrar::{RegistrationError, Submission};
 use crate::store::{self, Outcome};
 
 /// The posted form. Absent fields are empty strings, so they get the same field messages as

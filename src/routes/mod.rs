@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::actors::WakeUp;
 use crate::error::{ApiError, form_error, json_error};
 use crate::metrics::Metrics;
-use crate::registration::Registrar;
+use crate::registrar::Registrar;
 
 /// Shared by every worker (cheap clones of handles).
 #[derive(Clone)]

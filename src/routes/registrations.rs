@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::observe::RequestId;
 use crate::error::ApiError;
-use crate::registration::Submission;
+use crate::registrar::Submission;
 use crate::store::{Outcome, RegisteredUser};
 
 /// The request body. Unknown members are ignored; missing ones or wrong types are 400.

@@ -1,0 +1,9 @@
+//! The transactional outbox (`email_outbox`): one row per event for the email provider,
+//! written in the user's transaction. Two sides use it: the EmailSyncActor claims, delivers and
+//! records (`delivery`), operators list and replay (`operator`).
+
+mod delivery;
+mod operator;
+
+pub use delivery::*;
+pub use operator::*;
