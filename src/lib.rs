@@ -15,6 +15,8 @@ pub mod email;
 pub mod error;
 /// argon2id hashing on threads of its own, one per core.
 pub mod hashing;
+/// Idempotent submissions: keys, their fingerprints, replays, expiry.
+pub mod idempotency;
 /// Prometheus metrics, one registry per application.
 pub mod metrics;
 /// `signup mock-provider`: a local stand-in for the email provider.

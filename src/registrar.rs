@@ -10,8 +10,9 @@ use tokio::sync::oneshot;
 use crate::actors::{CommitFailed, RegisterUser, RegistrationActor};
 use crate::domain::{FieldError, NewRegistration};
 use crate::hashing::{HashError, PasswordHasher};
+use crate::idempotency::{self, API_KEY_PREFIX, IdempotencyKey, fingerprint};
 use crate::metrics::Metrics;
-use crate::store::{self, Candidate, IdempotencyKey, Outcome};
+use crate::store::{Candidate, Outcome};
 
 /// Why a registration did not reach an [`Outcome`]. A taken name or address is an outcome, not
 /// an error. The HTTP boundary maps each variant to its status in one place
@@ -184,7 +185,7 @@ impl Registrar {
         fingerprint: &str,
         password: &str,
     ) -> Result<Option<Outcome>, RegistrationError> {
-        let known = store::find_key(&self.db, key).await?;
+        let known = idempotency::find_key(&self.db, key).await?;
         let Some((stored_fingerprint, user, password_hash)) = known else {
             return Ok(None);
         };
@@ -198,18 +199,4 @@ impl Registrar {
             Outcome::IdempotencyKeyReused
         }))
     }
-}
-
-/// Namespace of the API's `Idempotency-Key`s among the stored keys.
-const API_KEY_PREFIX: &str = "api:";
-
-/// SHA-256 of the normalised username and email.
-fn fingerprint(new: &NewRegistration) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(new.username.normalized())
-        .chain_update([0u8])
-        .chain_update(new.email.normalized())
-        .finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

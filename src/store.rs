@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::domain::{Email, Username};
 use crate::email::UserRegistered;
+use crate::idempotency::{IdempotencyKey, KEY_TTL};
 
 /// One registration waiting to be committed (validated, password already hashed).
 #[derive(Debug, Clone)]
@@ -25,15 +26,6 @@ pub struct Candidate {
     pub idempotency: Option<IdempotencyKey>,
     /// The HTTP request's id, for the log line that links it to its outbox row.
     pub request_id: String,
-}
-
-/// A submission's key and the fingerprint of what it asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey {
-    /// Namespaced, e.g. `form:<nonce>`.
-    pub key: String,
-    /// Equal fingerprints mean "the same request".
-    pub fingerprint: String,
 }
 
 /// A user as the API shows it.
@@ -339,55 +331,6 @@ async fn taken<C: ConnectionTrait>(
         taken_emails.insert(email);
     }
     Ok((taken_usernames, taken_emails))
-}
-
-/// How long an idempotency key is remembered.
-pub const KEY_TTL: chrono::Duration = chrono::Duration::hours(24);
-
-/// A key used within the last 24 h: its fingerprint, its user and the user's password hash.
-pub async fn find_key(
-    db: &DatabaseConnection,
-    key: &str,
-) -> Result<Option<(String, RegisteredUser, String)>, DbErr> {
-    let Some(row) = idempotency_key::Entity::find_by_id(key.to_owned())
-        .filter(idempotency_key::Column::CreatedAt.gte(Utc::now() - KEY_TTL))
-        .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let user = user::Entity::find_by_id(row.user_id).one(db).await?;
-    Ok(user.map(|u| {
-        let hash = u.password_hash.clone();
-        (row.fingerprint, u.into(), hash)
-    }))
-}
-
-/// Deletes keys older than 24 h, `batch` at a time. Returns how many.
-pub async fn delete_expired_keys(db: &DatabaseConnection, batch: u64) -> Result<u64, DbErr> {
-    let mut total = 0;
-    loop {
-        let old: Vec<String> = idempotency_key::Entity::find()
-            .select_only()
-            .column(idempotency_key::Column::Key)
-            .filter(idempotency_key::Column::CreatedAt.lt(Utc::now() - KEY_TTL))
-            .limit(batch)
-            .into_tuple()
-            .all(db)
-            .await?;
-        if old.is_empty() {
-            return Ok(total);
-        }
-        let n = old.len() as u64;
-        idempotency_key::Entity::delete_many()
-            .filter(idempotency_key::Column::Key.is_in(old))
-            .exec(db)
-            .await?;
-        total += n;
-        if n < batch {
-            return Ok(total);
-        }
-    }
 }
 
 /// The user with `id`, if registered.

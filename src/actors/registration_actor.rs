@@ -265,7 +265,7 @@ impl Actor for RegistrationActor {
         ctx.run_interval(KEY_SWEEP_EVERY, |act, ctx| {
             let db = act.db.clone();
             let sweep = async move {
-                match store::delete_expired_keys(&db, 1000).await {
+                match crate::idempotency::delete_expired_keys(&db, KEY_SWEEP_BATCH).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "deleted expired idempotency keys"),
                     Err(e) => tracing::warn!(error = %e, "cannot delete expired idempotency keys"),
@@ -278,6 +278,9 @@ impl Actor for RegistrationActor {
 
 /// How often expired idempotency keys are deleted.
 const KEY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Keys deleted per statement by that sweep: short statements, so that registrations waiting
+/// for the write lock (SQLite) are not held up by one long delete.
+const KEY_SWEEP_BATCH: u64 = 1000;
 
 impl Handler<RegisterUser> for RegistrationActor {
     type Result = ();
