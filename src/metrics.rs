@@ -165,14 +165,6 @@ impl Metrics {
         }
     }
 
-    /// The circuit's current state, as last published by the EmailSyncActor.
-    pub fn circuit(&self) -> CircuitState {
-        STATES
-            .into_iter()
-            .find(|s| self.circuit_state.with_label_values(&[s.as_str()]).get() == 1)
-            .unwrap_or(CircuitState::Closed)
-    }
-
     /// The text exposition format.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();

@@ -13,7 +13,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use crate::actors::{CommitWatch, DeliveryHook, Drain, EmailSyncActor, RegistrationActor};
 use crate::configuration::Settings;
 use crate::database;
-use crate::email::WebhookProvider;
+use crate::email::{CircuitState, WebhookProvider};
 use crate::hashing::{HashError, PasswordHasher};
 use crate::metrics::Metrics;
 use crate::registrar::Registrar;
@@ -153,7 +153,9 @@ impl Application {
             },
         )
         .await?;
-        let email_sync = start_email_sync(&settings, sync_db, Arc::clone(&metrics), hooks)?;
+        let (circuit_tx, circuit) = tokio::sync::watch::channel(CircuitState::Closed);
+        let email_sync =
+            start_email_sync(&settings, sync_db, circuit_tx, Arc::clone(&metrics), hooks)?;
         let commit_watch = Arc::new(CommitWatch::default());
         let registration_actor: Addr<RegistrationActor> = RegistrationActor::new(
             db.clone(),
@@ -193,6 +195,7 @@ impl Application {
             cookies,
             deadline: settings.registration.deadline,
             commit_watch,
+            circuit,
         };
 
         let max_body = settings.server.max_body_bytes;
@@ -303,6 +306,7 @@ pub fn install_crypto_provider() {
 fn start_email_sync(
     settings: &Settings,
     db: DatabaseConnection,
+    circuit: tokio::sync::watch::Sender<CircuitState>,
     metrics: Arc<Metrics>,
     hooks: Hooks,
 ) -> Result<Addr<EmailSyncActor>, StartupError> {
@@ -327,7 +331,7 @@ fn start_email_sync(
     );
     let arbiter = Arbiter::new();
     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-        EmailSyncActor::new(db, provider, sync, metrics, hooks.before_delivery)
+        EmailSyncActor::new(db, provider, sync, circuit, metrics, hooks.before_delivery)
     });
     Ok(addr)
 }

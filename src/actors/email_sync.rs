@@ -1,7 +1,7 @@
 //! The EmailSyncActor: delivers outbox rows to the email provider, on its own Arbiter (thread),
 //! under actix's `Supervisor`, with a bounded mailbox. Nothing on the request path waits on it:
 //! the RegistrationActor only `try_send`s a [`WakeUp`], and readiness reads the circuit state
-//! from the metrics gauge this actor publishes.
+//! from a `watch` channel this actor publishes to.
 //!
 //! The outbox is the source of truth: on start, on every wake-up and on every `poll_interval`
 //! the actor claims due rows, so a dropped wake-up, a full mailbox or a restart loses nothing.
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
@@ -51,6 +51,9 @@ pub struct EmailSyncActor {
     provider: Arc<WebhookProvider>,
     settings: EmailSyncSettings,
     breaker: CircuitBreaker,
+    /// Where every change of the circuit's state is published, for readiness (the gauge in
+    /// `metrics` is for Prometheus).
+    circuit: watch::Sender<CircuitState>,
     metrics: Arc<Metrics>,
     hook: Option<DeliveryHook>,
     /// Claims whose delivery started and whose outcome is not yet stored, with a handle that
@@ -78,6 +81,7 @@ impl EmailSyncActor {
         db: DatabaseConnection,
         provider: Arc<WebhookProvider>,
         settings: EmailSyncSettings,
+        circuit: watch::Sender<CircuitState>,
         metrics: Arc<Metrics>,
         hook: Option<DeliveryHook>,
     ) -> Self {
@@ -88,6 +92,7 @@ impl EmailSyncActor {
             provider,
             settings,
             breaker,
+            circuit,
             metrics,
             hook,
             in_flight: HashMap::new(),
@@ -355,13 +360,20 @@ impl EmailSyncActor {
         }));
     }
 
+    /// Publishes the circuit's state to readiness and to the gauge.
+    fn publish_circuit(&self, state: CircuitState) {
+        self.metrics.set_circuit(state);
+        // No receiver left (the server is gone) is nothing to report.
+        let _ = self.circuit.send(state);
+    }
+
     /// Logs and publishes a change of circuit state.
     fn note_transition(&mut self, before: CircuitState) {
         let after = self.breaker.state();
         if before == after {
             return;
         }
-        self.metrics.set_circuit(after);
+        self.publish_circuit(after);
         match after {
             CircuitState::Open => tracing::warn!(
                 from = before.as_str(),
@@ -442,7 +454,7 @@ impl Actor for EmailSyncActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
-        self.metrics.set_circuit(self.breaker.state());
+        self.publish_circuit(self.breaker.state());
         ctx.run_interval(self.settings.poll_interval, |act, ctx| act.pump(ctx));
         // A retention shorter than the sweep period (tests, tiny deployments) is swept as often.
         let sweep_every = RETENTION_SWEEP_EVERY

@@ -122,7 +122,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         database: if database_up { "up" } else { "down" },
         registration: if registration_up { "up" } else { "down" },
         email_sync: EmailSyncHealth {
-            circuit: state.metrics.circuit().as_str(),
+            circuit: state.circuit.borrow().as_str(),
             pending,
             dead,
         },

@@ -10,12 +10,37 @@ use super::{AppState, form};
 use crate::error::ApiError;
 use crate::rate_limit::client_address;
 
-pub async fn limit_registrations(
+/// How a route answers a client over its rate: the page again, or a problem document.
+#[derive(Clone, Copy)]
+enum Answer {
+    Page,
+    Problem,
+}
+
+/// Rate limit of `POST /register`: over it, the form again with 429.
+pub async fn limit_form(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let verdict = match request.app_data::<web::Data<AppState>>() {
-        Some(state) if request.method() == Method::POST => match &state.limiter {
+    limit(request, next, Answer::Page).await
+}
+
+/// Rate limit of `POST /api/v1/registrations`: over it, a 429 problem.
+pub async fn limit_api(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    limit(request, next, Answer::Problem).await
+}
+
+async fn limit(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    answer: Answer,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let verdict = match (&state, request.method() == Method::POST) {
+        (Some(state), true) => match &state.limiter {
             Some(limiter) => {
                 // Every header line, in order: a proxy may append a line of its own.
                 let forwarded = request
@@ -32,21 +57,16 @@ pub async fn limit_registrations(
         },
         _ => Ok(()),
     };
-    match verdict {
-        Ok(()) => Ok(next.call(request).await?.map_into_boxed_body()),
-        Err(wait) => {
-            let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
-            let state = request.app_data::<web::Data<AppState>>().cloned();
-            let (http_request, _) = request.into_parts();
-            let response = if let Some(state) = state.filter(|_| http_request.path() == "/register")
-            {
-                form::rate_limited(&http_request, &state, retry_after)
-            } else {
-                ApiError::RateLimited { retry_after }.error_response()
-            };
-            Ok(ServiceResponse::new(http_request, response))
-        }
-    }
+    let Err(wait) = verdict else {
+        return Ok(next.call(request).await?.map_into_boxed_body());
+    };
+    let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let (http_request, _) = request.into_parts();
+    let response = match (answer, state) {
+        (Answer::Page, Some(state)) => form::rate_limited(&http_request, &state, retry_after),
+        _ => ApiError::RateLimited { retry_after }.error_response(),
+    };
+    Ok(ServiceResponse::new(http_request, response))
 }
 
 /// Puts a deadline of `server.request_timeout` on reading the request body: a client that

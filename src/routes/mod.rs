@@ -47,6 +47,8 @@ pub struct AppState {
     pub deadline: std::time::Duration,
     /// The RegistrationActor's commit state, for readiness.
     pub commit_watch: Arc<crate::actors::CommitWatch>,
+    /// The email provider's circuit, as the EmailSyncActor last published it.
+    pub circuit: tokio::sync::watch::Receiver<crate::email::CircuitState>,
 }
 
 /// `n` random bytes from the OS-seeded generator.
@@ -81,14 +83,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         web::resource("/register")
             .route(web::get().to(form::show))
             .route(web::post().to(form::submit))
-            .wrap(from_fn(limits::limit_registrations))
+            .wrap(from_fn(limits::limit_form))
             .wrap(from_fn(limits::body_deadline)),
     )
     .route("/register/welcome", web::get().to(form::welcome))
     .service(
         web::resource("/api/v1/registrations")
             .route(web::post().to(registrations::create))
-            .wrap(from_fn(limits::limit_registrations))
+            .wrap(from_fn(limits::limit_api))
             .wrap(from_fn(limits::body_deadline)),
     )
     .route(
