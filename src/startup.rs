@@ -250,6 +250,11 @@ impl Application {
         &self.db
     }
 
+    /// The EmailSyncActor, for driving delivery step by step ([`crate::actors::DeliverDue`]).
+    pub fn email_sync(&self) -> Addr<EmailSyncActor> {
+        self.email_sync.clone()
+    }
+
     /// The application's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)

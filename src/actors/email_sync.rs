@@ -11,13 +11,13 @@
 //! handler would take the whole Arbiter down); the panic is recorded as a failed attempt and the
 //! row is retried on its schedule.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::configuration::EmailSyncSettings;
 use crate::email::{
-    Admission, AttemptOutcome, CircuitBreaker, CircuitState, WebhookProvider, retry,
+    self, Admission, AttemptOutcome, CircuitBreaker, CircuitState, WebhookProvider,
 };
 use crate::metrics::Metrics;
 use crate::outbox::{self, Claimed, Completion, Finished};
@@ -74,6 +74,11 @@ pub struct EmailSyncActor {
     finished: Vec<Finished>,
     /// A write of outcomes is running; the next waits for it.
     storing: bool,
+    /// [`DeliverDue`] steps asked for while a claim was running, taken in order after it.
+    steps_waiting: Vec<(DateTime<Utc>, oneshot::Sender<StepReport>)>,
+    /// Steps whose claimed rows are still being delivered or recorded: the rows not yet
+    /// stored, the report, and where it goes.
+    step_reports: Vec<(HashSet<Uuid>, StepReport, oneshot::Sender<StepReport>)>,
 }
 
 impl EmailSyncActor {
@@ -103,17 +108,34 @@ impl EmailSyncActor {
             reopen_timer: None,
             finished: Vec::new(),
             storing: false,
+            steps_waiting: Vec::new(),
+            step_reports: Vec::new(),
         }
     }
 
     /// Claims as many due rows as the circuit and `max_in_flight` allow and starts them.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        self.step(Utc::now(), None, ctx);
+    }
+
+    /// One step: claims the rows due at `now` (as many as the circuit and `max_in_flight`
+    /// allow) and starts their deliveries. With `report`, answers there once every claimed
+    /// row's outcome is stored (see [`DeliverDue`]).
+    fn step(
+        &mut self,
+        now: DateTime<Utc>,
+        report: Option<oneshot::Sender<StepReport>>,
+        ctx: &mut Context<Self>,
+    ) {
         if self.is_halted() {
             self.finish_drain_if_idle();
             return;
         }
         if self.claiming {
-            self.pump_again = true;
+            match report {
+                Some(report) => self.steps_waiting.push((now, report)),
+                None => self.pump_again = true,
+            }
             return;
         }
         let capacity = self
@@ -121,7 +143,11 @@ impl EmailSyncActor {
             .max_in_flight
             .saturating_sub(self.in_flight.len());
         if capacity == 0 {
-            return; // each finished delivery pumps again
+            // Each finished delivery pumps again.
+            if let Some(report) = report {
+                let _ = report.send(StepReport::default());
+            }
+            return;
         }
         let before = self.breaker.state();
         let admission = self.breaker.admit(Instant::now());
@@ -134,6 +160,12 @@ impl EmailSyncActor {
                 if let Some(until) = until {
                     self.schedule_pump_at(until, ctx);
                 }
+                if let Some(report) = report {
+                    let _ = report.send(StepReport {
+                        attempted: 0,
+                        circuit_open: true,
+                    });
+                }
                 return;
             }
         };
@@ -141,7 +173,7 @@ impl EmailSyncActor {
         self.claiming = true;
         let db = self.db.clone();
         let lease = self.settings.lease;
-        let claim = async move { outbox::claim(&db, limit, lease, Utc::now()).await };
+        let claim = async move { outbox::claim(&db, limit, lease, now).await };
         ctx.spawn(claim.into_actor(self).map(move |result, act, ctx| {
             if let Ok(claims) = &result
                 && act.is_halted()
@@ -167,8 +199,20 @@ impl EmailSyncActor {
                     if probe && claims.is_empty() {
                         act.breaker.on_abandoned();
                     }
+                    let ids: HashSet<Uuid> = claims.iter().map(|c| c.row.id).collect();
                     for claimed in claims {
                         act.start_delivery(claimed, ctx);
+                    }
+                    if let Some(report) = report {
+                        let done = StepReport {
+                            attempted: ids.len(),
+                            circuit_open: false,
+                        };
+                        if ids.is_empty() {
+                            let _ = report.send(done);
+                        } else {
+                            act.step_reports.push((ids, done, report));
+                        }
                     }
                 }
                 Err(e) => {
@@ -179,7 +223,10 @@ impl EmailSyncActor {
                 }
             }
             act.finish_drain_if_idle();
-            if std::mem::take(&mut act.pump_again) {
+            if !act.steps_waiting.is_empty() {
+                let (now, report) = act.steps_waiting.remove(0);
+                act.step(now, Some(report), ctx);
+            } else if std::mem::take(&mut act.pump_again) {
                 act.pump(ctx);
             }
         }));
@@ -253,8 +300,9 @@ impl EmailSyncActor {
         let attempts = claimed.row.attempts.saturating_add(1);
         let id = claimed.row.id;
         let before = self.breaker.state();
-        let completion = match outcome {
-            AttemptOutcome::Delivered { status } => {
+        // The circuit, metrics and logs here; what becomes of the row is the pure policy's.
+        match &outcome {
+            AttemptOutcome::Delivered { .. } => {
                 self.breaker.on_success();
                 self.metrics
                     .sync_attempts
@@ -263,7 +311,6 @@ impl EmailSyncActor {
                 let lag = (now - claimed.row.created_at).to_std().unwrap_or_default();
                 self.metrics.delivery_lag.observe(lag.as_secs_f64());
                 tracing::info!(outbox_id = %id, attempts, "delivered to the email provider");
-                Completion::Delivered { status }
             }
             AttemptOutcome::Permanent { status, error } => {
                 // The provider is up and answered; it refused this message.
@@ -273,43 +320,30 @@ impl EmailSyncActor {
                     .with_label_values(&["permanent"])
                     .inc();
                 tracing::error!(outbox_id = %id, status, %error, "the provider refused a row permanently; it is dead until an operator retries it");
-                Completion::Dead {
-                    status: Some(status).filter(|s| *s != 0),
-                    error,
-                }
             }
             AttemptOutcome::Transient {
                 status,
                 error,
-                retry_after,
                 misconfigured,
+                ..
             } => {
                 self.breaker.on_failure(Instant::now());
                 self.metrics
                     .sync_attempts
                     .with_label_values(&["transient"])
                     .inc();
-                if misconfigured {
+                if *misconfigured {
                     tracing::error!(outbox_id = %id, ?status, %error, "email provider rejects our requests: check email_sync.url and email_sync.secret");
                 } else {
                     tracing::warn!(outbox_id = %id, ?status, %error, attempts, "delivery failed; will retry");
                 }
-                let attempts_made = u32::try_from(attempts).unwrap_or(u32::MAX);
-                match retry::next_attempt_at(
-                    attempts_made,
-                    claimed.row.retry_from.unwrap_or(claimed.row.created_at),
-                    now,
-                    retry_after,
-                    &self.settings.retry,
-                ) {
-                    Some(at) => Completion::Retry { at, status, error },
-                    None => {
-                        tracing::error!(outbox_id = %id, attempts, %error, "giving up on a row after email_sync.retry.max_attempts / max_elapsed; it is dead until an operator retries it");
-                        Completion::Dead { status, error }
-                    }
-                }
             }
-        };
+        }
+        let transient = matches!(outcome, AttemptOutcome::Transient { .. });
+        let completion = email::completion(outcome, &claimed.row, now, &self.settings.retry);
+        if transient && let Completion::Dead { error, .. } = &completion {
+            tracing::error!(outbox_id = %id, attempts, %error, "giving up on a row after email_sync.retry.max_attempts / max_elapsed; it is dead until an operator retries it");
+        }
         self.note_transition(before);
         if matches!(completion, Completion::Dead { .. }) {
             self.metrics.sync_dead.inc();
@@ -353,7 +387,17 @@ impl EmailSyncActor {
                 }
             }
             for finished in &batch {
-                act.in_flight.remove(&finished.claimed.row.id);
+                let id = finished.claimed.row.id;
+                act.in_flight.remove(&id);
+                for (waiting_for, _, _) in &mut act.step_reports {
+                    waiting_for.remove(&id);
+                }
+            }
+            for (_, done, report) in act
+                .step_reports
+                .extract_if(.., |(waiting_for, _, _)| waiting_for.is_empty())
+            {
+                let _ = report.send(done);
             }
             act.store_outcomes(ctx);
             act.pump(ctx);
@@ -426,26 +470,43 @@ impl EmailSyncActor {
     }
 
     fn sweep_delivered(&mut self, ctx: &mut Context<Self>) {
-        if self.is_halted() {
-            return;
+        if let Some(sweep) = self.sweep_at(Utc::now()) {
+            ctx.spawn(
+                async move {
+                    sweep.await;
+                }
+                .into_actor(self),
+            );
         }
-        let Ok(retention) = chrono::Duration::from_std(self.settings.retention) else {
-            return;
-        };
+    }
+
+    /// The retention sweep as of `now`: deletes delivered rows older than `retention` and
+    /// says how many. None while halted.
+    fn sweep_at(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Option<impl std::future::Future<Output = u64> + 'static> {
+        if self.is_halted() {
+            return None;
+        }
+        let retention = chrono::Duration::from_std(self.settings.retention).ok()?;
         let db = self.db.clone();
-        let sweep = async move {
-            match outbox::delete_delivered_before(&db, Utc::now() - retention, RETENTION_BATCH)
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    deleted = n,
-                    "deleted delivered outbox rows past email_sync.retention"
-                ),
-                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        Some(async move {
+            match outbox::delete_delivered_before(&db, now - retention, RETENTION_BATCH).await {
+                Ok(0) => 0,
+                Ok(n) => {
+                    tracing::info!(
+                        deleted = n,
+                        "deleted delivered outbox rows past email_sync.retention"
+                    );
+                    n
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention sweep failed");
+                    0
+                }
             }
-        };
-        ctx.spawn(sweep.into_actor(self));
+        })
     }
 }
 
@@ -485,6 +546,60 @@ impl Supervised for EmailSyncActor {
         self.claiming = false;
         self.pump_again = false;
         self.reopen_timer = None;
+        // Their futures died with the old context: the askers see their channel closed.
+        self.steps_waiting.clear();
+        self.step_reports.clear();
+    }
+}
+
+/// Delivers what is due at `now` once, and answers when every row it claimed has its outcome
+/// stored: the step the poll timer and wake-ups take, which a test takes too (as zero2prod's
+/// `try_execute_task`) to drive delivery and to see that nothing is due, instead of sleeping.
+#[derive(Debug, Message)]
+#[rtype(result = "StepReport")]
+pub struct DeliverDue {
+    pub now: DateTime<Utc>,
+}
+
+/// What one [`DeliverDue`] step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, MessageResponse)]
+pub struct StepReport {
+    /// Rows claimed and attempted; their outcomes are stored.
+    pub attempted: usize,
+    /// The circuit was open: nothing was claimed and no attempt spent.
+    pub circuit_open: bool,
+}
+
+impl Handler<DeliverDue> for EmailSyncActor {
+    type Result = ResponseFuture<StepReport>;
+
+    fn handle(&mut self, msg: DeliverDue, ctx: &mut Self::Context) -> Self::Result {
+        let (report, done) = oneshot::channel();
+        self.step(msg.now, Some(report), ctx);
+        // Halted (shutting down), or restarted meanwhile: nothing was attempted.
+        Box::pin(async move { done.await.unwrap_or_default() })
+    }
+}
+
+/// Runs the retention sweep as of `now` and answers how many delivered rows it deleted (the
+/// timer's work, as a step a test can take).
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub struct SweepDelivered {
+    pub now: DateTime<Utc>,
+}
+
+impl Handler<SweepDelivered> for EmailSyncActor {
+    type Result = ResponseFuture<u64>;
+
+    fn handle(&mut self, msg: SweepDelivered, _: &mut Self::Context) -> Self::Result {
+        let sweep = self.sweep_at(msg.now);
+        Box::pin(async move {
+            match sweep {
+                Some(sweep) => sweep.await,
+                None => 0,
+            }
+        })
     }
 }
 

@@ -3,10 +3,12 @@
 //! (`circuit_breaker`). All of it runs in the EmailSyncActor, never on the request path.
 
 pub mod circuit_breaker;
+pub mod completion;
 pub mod event;
 pub mod retry;
 pub mod webhook;
 
 pub use circuit_breaker::{Admission, CircuitBreaker, CircuitState};
+pub use completion::completion;
 pub use event::{Event, UserRegistered, WebhookBody};
 pub use webhook::{AttemptOutcome, WebhookProvider};

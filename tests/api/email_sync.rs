@@ -239,8 +239,13 @@ async fn the_circuit_opens_after_the_threshold_lets_only_probes_through_and_clos
     assert_eq!(requests_received(&provider).await, 3, "threshold reached");
     let attempts_when_opened: i32 = app.outbox_rows().await.iter().map(|r| r.attempts).sum();
 
-    // While open, nothing reaches the provider and no attempt is spent.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // While open, a delivery step claims nothing: nothing reaches the provider and no attempt
+    // is spent, although every row is due.
+    let step = app
+        .deliver_due_at(chrono::Utc::now() + chrono::Duration::hours(1))
+        .await;
+    assert!(step.circuit_open, "{step:?}");
+    assert_eq!(step.attempted, 0);
     assert_eq!(requests_received(&provider).await, 3);
     assert_eq!(
         app.outbox_rows()
@@ -256,9 +261,15 @@ async fn the_circuit_opens_after_the_threshold_lets_only_probes_through_and_clos
         requests_received(&provider).await == 4
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("the failed probe opens it again", PATIENCE, || async {
+        readiness(&app).await["email_sync"]["circuit"] == "open"
+    })
+    .await;
+    let step = app
+        .deliver_due_at(chrono::Utc::now() + chrono::Duration::hours(1))
+        .await;
+    assert!(step.circuit_open, "open again: {step:?}");
     assert_eq!(requests_received(&provider).await, 4, "a single probe");
-    assert_eq!(readiness(&app).await["email_sync"]["circuit"], "open");
 
     // The provider recovers: the next probe succeeds, the circuit closes, the backlog drains.
     provider.reset().await;
@@ -278,12 +289,19 @@ async fn a_400_answer_makes_the_row_dead_at_once_and_it_is_not_retried() {
         app.outbox_with(Status::Dead).await.len() == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await; // several poll intervals
+    // A day later it is still not due: a dead row waits for an operator.
+    let step = app
+        .deliver_due_at(chrono::Utc::now() + chrono::Duration::days(1))
+        .await;
 
+    assert_eq!(step.attempted, 0, "{step:?}");
     let row = &app.outbox_rows().await[0];
     assert_eq!((row.attempts, row.last_status), (1, Some(400)));
     assert!(row.last_error.is_some());
-    assert_eq!(readiness(&app).await["email_sync"]["dead"], 1);
+    wait_until("readiness counts the dead row", PATIENCE, || async {
+        readiness(&app).await["email_sync"]["dead"] == 1
+    })
+    .await;
 }
 
 #[actix_web::test]
@@ -487,11 +505,53 @@ async fn dead_rows_are_kept_past_the_retention_period() {
         app.outbox_with(Status::Dead).await.len() == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let deleted = app
+        .sweep_delivered_at(chrono::Utc::now() + chrono::Duration::days(30))
+        .await;
 
+    assert_eq!(deleted, 0, "the sweep deletes delivered rows only");
     assert_eq!(
         app.outbox_with(Status::Dead).await.len(),
         1,
         "kept until an operator acts"
     );
+}
+
+#[actix_web::test]
+async fn a_delivery_step_attempts_what_is_due_then_and_returns_once_its_outcomes_are_stored() {
+    let provider = MockServer::start().await;
+    // The first attempt fails; its retry is an hour away, and nothing polls before then.
+    answering(503)
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&provider)
+        .await;
+    accepting().expect(1).mount(&provider).await;
+    let app = app_with_provider(&provider, |s| {
+        s.email_sync.poll_interval = Duration::from_secs(3600);
+        s.email_sync.retry.initial_interval = Duration::from_secs(3600);
+        s.email_sync.retry.max_interval = Duration::from_secs(3600);
+        s.email_sync.retry.randomization = 0.0;
+    })
+    .await;
+    app.register_all(0..1).await;
+    wait_until("the first attempt is recorded", PATIENCE, || async {
+        app.outbox_rows().await[0].attempts == 1
+    })
+    .await;
+
+    let now = app.deliver_due_at(chrono::Utc::now()).await;
+    let later = app
+        .deliver_due_at(chrono::Utc::now() + chrono::Duration::hours(2))
+        .await;
+
+    assert_eq!(now.attempted, 0, "the retry is not due yet: {now:?}");
+    assert_eq!(later.attempted, 1, "{later:?}");
+    let row = &app.outbox_rows().await[0];
+    assert_eq!(
+        row.status,
+        Status::Delivered,
+        "stored when the step returns"
+    );
+    assert_eq!(row.attempts, 2);
 }

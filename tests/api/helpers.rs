@@ -52,6 +52,8 @@ pub struct TestApp {
     pub is_postgres: bool,
     /// The application's metrics.
     pub metrics: std::sync::Arc<signup::metrics::Metrics>,
+    /// The server's EmailSyncActor, to drive delivery step by step.
+    pub email_sync: actix::Addr<signup::actors::EmailSyncActor>,
     /// Keeps the SQLite file alive for the test's duration.
     _dir: Option<TempDir>,
 }
@@ -131,6 +133,7 @@ pub async fn spawn_app_with_hooks(adjust: impl FnOnce(&mut Settings), hooks: Hoo
         .await
         .expect("the application starts");
     let metrics = app.metrics();
+    let email_sync = app.email_sync();
     let port = app.port();
     let server_db = app.db().clone();
     actix_web::rt::spawn(app.run_until_stopped());
@@ -151,6 +154,7 @@ pub async fn spawn_app_with_hooks(adjust: impl FnOnce(&mut Settings), hooks: Hoo
         client,
         is_postgres,
         metrics,
+        email_sync,
         _dir: dir,
     }
 }
@@ -332,6 +336,26 @@ impl TestApp {
     /// Waits until every outbox row is delivered and there are `n` of them.
     pub async fn wait_all_delivered(&self, n: usize) {
         wait_all_delivered(&self.db, n, std::time::Duration::from_secs(30)).await;
+    }
+
+    /// One delivery step as of `now`: claims what is due then, delivers it, and returns once
+    /// every outcome is stored. A step that attempts nothing proves that nothing was due.
+    pub async fn deliver_due_at(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> signup::actors::StepReport {
+        self.email_sync
+            .send(signup::actors::DeliverDue { now })
+            .await
+            .expect("the email sync answers")
+    }
+
+    /// The retention sweep as of `now`; how many delivered rows it deleted.
+    pub async fn sweep_delivered_at(&self, now: chrono::DateTime<chrono::Utc>) -> u64 {
+        self.email_sync
+            .send(signup::actors::SweepDelivered { now })
+            .await
+            .expect("the email sync answers")
     }
 
     /// Registers users `range` and asserts each got 201.
