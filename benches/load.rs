@@ -216,7 +216,7 @@ async fn fresh_database(postgres_admin: Option<&str>) -> String {
 async fn connect(url: &str) -> DatabaseConnection {
     let settings = DatabaseSettings {
         url: SecretString::from(url.to_owned()),
-        max_connections: 4,
+        max_connections: std::num::NonZeroU32::new(4).expect("not zero"),
         ..DatabaseSettings::default()
     };
     signup::database::connect(&settings)

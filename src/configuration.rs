@@ -1,17 +1,28 @@
 //! Settings: the compiled-in defaults, overlaid by a TOML file, overlaid by `SIGNUP_…`
-//! environment variables (SPEC §4.5). Unknown keys and invalid values stop start-up with a
-//! message naming the key.
+//! environment variables (SPEC §4.5), merged by `figment` and parsed once into the types the
+//! code uses (`SocketAddr`, `Url`, a decoded [`WebhookKey`], argon2 `Params`, `NonZero*`, a
+//! parsed log filter). Nothing downstream re-parses a value or falls back to a default on an
+//! error. Unknown keys and invalid values stop start-up with a message naming the key and where
+//! it came from (the file, or the environment variable).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::Path;
 use std::time::Duration;
 
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tracing_subscriber::filter::Directive;
 
-/// The repository's `config.toml`. It documents every key with its default; it is also the type
-/// template for environment overrides (a variable for an integer key is parsed as an integer),
-/// and a unit test keeps it equal to [`Settings::default`].
+pub use crate::email::circuit_breaker::CircuitBreakerSettings;
+pub use crate::email::retry::RetrySettings;
+use crate::email::webhook::WebhookKey;
+
+/// The repository's `config.toml`. It documents every key with its default; a unit test keeps
+/// it equal to [`Settings::default`].
 pub const DOCUMENTED_DEFAULTS: &str = include_str!("../config.toml");
 
 /// Prefix of environment overrides: `SIGNUP_<SECTION>__<KEY>`.
@@ -73,11 +84,6 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("configuration file {path} is not valid TOML: {source}")]
-    Syntax {
-        path: String,
-        source: Box<toml::de::Error>,
-    },
     #[error("invalid configuration key `{key}`{origin}: {message}")]
     Invalid {
         key: String,
@@ -103,16 +109,18 @@ pub struct Settings {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// Address and port to listen on; port 0 picks a free one (tests).
-    pub bind: String,
+    pub bind: SocketAddr,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
+    /// Largest accepted request body; larger is 413.
+    pub max_body_bytes: NonZeroUsize,
     /// Peers whose `X-Forwarded-For` is believed: addresses or CIDR ranges.
+    #[serde(deserialize_with = "list_or_commas")]
     pub trusted_proxies: Vec<TrustedProxy>,
     /// Where people reach the server, e.g. `https://signup.example.com`. When it is https the
     /// form's cookies are `__Host-` prefixed and `Secure`; never decided by a request header.
-    pub public_url: Option<String>,
+    #[serde(deserialize_with = "http_url")]
+    pub public_url: Option<Url>,
     /// Longest a client may take to send a request's headers, and again its body: slow clients
     /// (slowloris) are cut off with 408 instead of holding a connection.
     #[serde(with = "humantime_serde")]
@@ -127,25 +135,84 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     /// `sqlite://file.db`, `sqlite:///abs/path.db` or `postgres://…`. May hold a password.
     pub url: SecretString,
-    /// Pool size.
-    pub max_connections: u32,
+    /// Pool size of the request path.
+    pub max_connections: NonZeroU32,
     /// How long a request waits for a connection before answering 503.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
 }
 
+/// `password`: the argon2id cost, checked and built into `argon2::Params` when read.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, try_from = "PasswordFields")]
 pub struct PasswordSettings {
-    pub argon2_m_kib: u32,
-    pub argon2_t: u32,
-    pub argon2_p: u32,
+    /// argon2id parameters (memory in KiB, iterations, parallelism; 32-byte output).
+    pub params: argon2::Params,
     /// Most requests waiting for a hashing thread; more are answered 503 at once (overload is
     /// shed, not queued). 0 means 64 per core.
     pub max_waiting: usize,
 }
 
+/// `password` as written in the file.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PasswordFields {
+    argon2_m_kib: u32,
+    argon2_t: u32,
+    argon2_p: u32,
+    max_waiting: usize,
+}
+
+impl Default for PasswordFields {
+    /// OWASP's argon2id recommendation (m = 19 MiB, t = 2, p = 1).
+    fn default() -> Self {
+        Self {
+            argon2_m_kib: 19_456,
+            argon2_t: 2,
+            argon2_p: 1,
+            max_waiting: 0,
+        }
+    }
+}
+
+/// Length of the stored hash.
+pub const HASH_OUTPUT_LEN: usize = 32;
+
+impl TryFrom<PasswordFields> for PasswordSettings {
+    type Error = String;
+
+    fn try_from(f: PasswordFields) -> Result<Self, String> {
+        let params = argon2::Params::new(
+            f.argon2_m_kib,
+            f.argon2_t,
+            f.argon2_p,
+            Some(HASH_OUTPUT_LEN),
+        )
+        .map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+        Ok(Self {
+            params,
+            max_waiting: f.max_waiting,
+        })
+    }
+}
+
+impl Default for PasswordSettings {
+    fn default() -> Self {
+        Self::new(19_456, 2, 1).unwrap_or_else(|_| unreachable!("OWASP's parameters are valid"))
+    }
+}
+
 impl PasswordSettings {
+    /// argon2id with memory `m_kib`, `t` iterations and parallelism `p`; `max_waiting` 0.
+    pub fn new(m_kib: u32, t: u32, p: u32) -> Result<Self, String> {
+        Self::try_from(PasswordFields {
+            argon2_m_kib: m_kib,
+            argon2_t: t,
+            argon2_p: p,
+            max_waiting: 0,
+        })
+    }
+
     /// `max_waiting`, with 0 resolved to 64 per core.
     pub fn max_waiting(&self) -> usize {
         match self.max_waiting {
@@ -159,7 +226,7 @@ impl PasswordSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrationSettings {
     /// Most registrations the RegistrationActor commits in one transaction.
-    pub max_batch: usize,
+    pub max_batch: NonZeroUsize,
     /// Longest a registration is waited for: past it the answer is 503 with `Retry-After`, and
     /// on PostgreSQL a statement is cancelled (`statement_timeout`, `lock_timeout`).
     #[serde(with = "humantime_serde")]
@@ -171,6 +238,7 @@ pub struct RegistrationSettings {
 pub struct RateLimitSettings {
     /// Registrations per minute per client address; 0 turns rate limiting off.
     pub per_minute: u32,
+    /// Registrations a client may make at once before the per-minute rate applies.
     pub burst: u32,
 }
 
@@ -183,46 +251,31 @@ pub enum ProviderKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmailSyncSettings {
+    /// The provider's protocol.
     pub kind: ProviderKind,
-    pub url: String,
-    /// `whsec_<base64>`; best given as `SIGNUP_EMAIL_SYNC__SECRET`.
-    pub secret: Option<SecretString>,
+    /// Where events are POSTed.
+    #[serde(deserialize_with = "required_http_url")]
+    pub url: Url,
+    /// The signing key, decoded from `whsec_<base64>`; best given as `SIGNUP_EMAIL_SYNC__SECRET`.
+    pub secret: Option<WebhookKey>,
+    /// Timeout of one delivery attempt.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    pub max_in_flight: usize,
-    pub mailbox_capacity: usize,
+    /// Deliveries in flight at once.
+    pub max_in_flight: NonZeroUsize,
+    /// Wake-ups the EmailSyncActor's mailbox holds; more are dropped and counted.
+    pub mailbox_capacity: NonZeroUsize,
+    /// How often due rows are looked for even without a wake-up.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long a claim belongs to one instance (at least `timeout` + 1 s).
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// Delivered rows are deleted after this long.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
     pub retry: RetrySettings,
     pub circuit_breaker: CircuitBreakerSettings,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetrySettings {
-    #[serde(with = "humantime_serde")]
-    pub initial_interval: Duration,
-    pub multiplier: f64,
-    pub randomization: f64,
-    #[serde(with = "humantime_serde")]
-    pub max_interval: Duration,
-    pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
-    pub max_elapsed: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CircuitBreakerSettings {
-    pub failure_threshold: u32,
-    #[serde(with = "humantime_serde")]
-    pub open_for: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max_open_for: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -243,16 +296,130 @@ pub enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// A `tracing` filter (`info`, `signup=debug,sqlx=warn`); `RUST_LOG` wins when set.
-    pub level: String,
+    pub level: LogFilter,
     pub format: LogFormat,
+}
+
+/// A `tracing` filter, parsed when read: its directives, and the text they came from.
+#[derive(Debug, Clone)]
+pub struct LogFilter {
+    text: String,
+    directives: Vec<Directive>,
+}
+
+impl LogFilter {
+    /// The filter to install.
+    pub fn env_filter(&self) -> tracing_subscriber::EnvFilter {
+        self.directives
+            .iter()
+            .cloned()
+            .fold(tracing_subscriber::EnvFilter::default(), |f, d| {
+                f.add_directive(d)
+            })
+    }
+}
+
+impl PartialEq for LogFilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl std::str::FromStr for LogFilter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let directives = text
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| {
+                d.parse::<Directive>().map_err(|e| {
+                    format!("`{d}` is not a filter directive ({e}); e.g. info or signup=debug")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            text: text.to_owned(),
+            directives,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for LogFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A list written as a TOML array or, friendlier in an environment variable, `a, b`.
+fn list_or_commas<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items: Vec<String> = match Written::deserialize(deserializer)? {
+        Written::List(items) => items,
+        Written::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    items
+        .iter()
+        .map(|item| item.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// An optional http(s) URL.
+fn http_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Url>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(text) => parse_http_url(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// A required http(s) URL.
+fn required_http_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
+    parse_http_url(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+}
+
+fn parse_http_url(text: &str) -> Result<Url, String> {
+    match Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(url),
+        _ => Err(format!(
+            "expected an http(s) URL, e.g. https://signup.example.com, not `{text}`"
+        )),
+    }
+}
+
+/// A constant that is not zero (checked at compile time by the callers' literals).
+const fn nonzero(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => NonZeroUsize::MIN,
+    }
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
-            bind: "127.0.0.1:8080".into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             workers: 0,
-            max_body_bytes: 16 * 1024,
+            max_body_bytes: nonzero(16 * 1024),
             trusted_proxies: Vec::new(),
             public_url: None,
             request_timeout: Duration::from_secs(10),
@@ -265,20 +432,8 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: SecretString::from("sqlite://signup.db"),
-            max_connections: 8,
+            max_connections: NonZeroU32::new(8).unwrap_or(NonZeroU32::MIN),
             acquire_timeout: Duration::from_secs(2),
-        }
-    }
-}
-
-impl Default for PasswordSettings {
-    /// OWASP's argon2id recommendation (m = 19 MiB, t = 2, p = 1).
-    fn default() -> Self {
-        Self {
-            argon2_m_kib: 19_456,
-            argon2_t: 2,
-            argon2_p: 1,
-            max_waiting: 0,
         }
     }
 }
@@ -286,7 +441,7 @@ impl Default for PasswordSettings {
 impl Default for RegistrationSettings {
     fn default() -> Self {
         Self {
-            max_batch: 64,
+            max_batch: nonzero(64),
             deadline: Duration::from_secs(5),
         }
     }
@@ -305,11 +460,12 @@ impl Default for EmailSyncSettings {
     fn default() -> Self {
         Self {
             kind: ProviderKind::Webhook,
-            url: "http://127.0.0.1:8090/webhook".into(),
+            url: Url::parse("http://127.0.0.1:8090/webhook")
+                .unwrap_or_else(|_| unreachable!("a valid URL")),
             secret: None,
             timeout: Duration::from_secs(10),
-            max_in_flight: 16,
-            mailbox_capacity: 1024,
+            max_in_flight: nonzero(16),
+            mailbox_capacity: nonzero(1024),
             poll_interval: Duration::from_secs(5),
             lease: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -319,33 +475,12 @@ impl Default for EmailSyncSettings {
     }
 }
 
-impl Default for RetrySettings {
-    fn default() -> Self {
-        Self {
-            initial_interval: Duration::from_secs(5),
-            multiplier: 2.0,
-            randomization: 0.5,
-            max_interval: Duration::from_secs(3600),
-            max_attempts: 30,
-            max_elapsed: Duration::from_secs(72 * 3600),
-        }
-    }
-}
-
-impl Default for CircuitBreakerSettings {
-    fn default() -> Self {
-        Self {
-            failure_threshold: 5,
-            open_for: Duration::from_secs(30),
-            max_open_for: Duration::from_secs(600),
-        }
-    }
-}
-
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: "info"
+                .parse()
+                .unwrap_or_else(|_| unreachable!("a valid filter")),
             format: LogFormat::Text,
         }
     }
@@ -368,71 +503,45 @@ impl Settings {
         Self::from_sources(&text, &path, env)
     }
 
-    /// Parses `text` (TOML, named `path` in messages) and applies the environment overrides.
+    /// Merges `text` (TOML, named `path` in messages) and the environment overrides, and parses
+    /// the result.
     pub fn from_sources(
         text: &str,
         path: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut tree: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_string(),
-            source: Box::new(e),
-        })?;
-        let template: toml::Table = toml::from_str(DOCUMENTED_DEFAULTS).unwrap_or_default();
-
+        let mut figment = Figment::from(Toml::string(text));
+        // Which variable set which key, to name it in an error.
         let mut from_env: Vec<(String, String)> = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let segments: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-            let key = segments.join(".");
-            if segments.iter().any(String::is_empty) {
+            let key = rest
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            if key.split('.').any(str::is_empty) {
                 return Err(ConfigError::Invalid {
                     key,
                     origin: format!(" (environment variable {name})"),
                     message: "malformed name; expected SIGNUP_<SECTION>__<KEY>".into(),
                 });
             }
-            set_path(&mut tree, &template, &segments, &value).map_err(|message| {
-                ConfigError::Invalid {
-                    key: key.clone(),
-                    origin: format!(" (environment variable {name})"),
-                    message,
-                }
-            })?;
+            // Typed as figment types environment values: `8` a number, `true` a boolean,
+            // `[a, b]` a list, anything else a string; the key's type then decides.
+            let value: figment::value::Value = value.parse().unwrap_or_else(|e| match e {});
+            figment = figment.merge(Serialized::global(&key, value));
             from_env.push((key, name));
         }
-
-        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(tree))
-            .map_err(|e| {
-                let key = e.path().to_string();
-                // toml appends "in `section`" on further lines; the key already says where.
-                let inner = e.into_inner().to_string();
-                let inner = inner.lines().next().unwrap_or_default().to_string();
-                // An unknown top-level key is reported at the root (".").
-                let key = match unknown_field(&inner) {
-                    Some(field) if key == "." => field.to_string(),
-                    _ => key,
-                };
-                let origin = from_env
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, var)| format!(" (environment variable {var})"))
-                    .unwrap_or_else(|| format!(" (in {path})"));
-                ConfigError::Invalid {
-                    key,
-                    origin,
-                    message: inner,
-                }
-            })?;
+        let settings: Settings = figment.extract().map_err(|e| invalid(e, path, &from_env))?;
         settings.validate()?;
         Ok(settings)
     }
 
-    /// Checks what types alone cannot.
+    /// Checks what a single value's type cannot: relations between keys, and minimums.
     fn validate(&self) -> Result<(), ConfigError> {
-        let retry = &self.email_sync.retry;
         let fail = |key: &str, message: &str| {
             Err(ConfigError::Invalid {
                 key: key.to_string(),
@@ -440,15 +549,6 @@ impl Settings {
                 message: message.to_string(),
             })
         };
-        if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
-            return fail(
-                "server.bind",
-                "expected an address and port, e.g. 127.0.0.1:8080",
-            );
-        }
-        if self.server.max_body_bytes == 0 {
-            return fail("server.max_body_bytes", "must be at least 1");
-        }
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -456,37 +556,7 @@ impl Settings {
         {
             return fail("database.url", "expected sqlite://… or postgres://…");
         }
-        if self.database.max_connections == 0 {
-            return fail("database.max_connections", "must be at least 1");
-        }
-        if let Err(e) = argon2::Params::new(
-            self.password.argon2_m_kib,
-            self.password.argon2_t,
-            self.password.argon2_p,
-            None,
-        ) {
-            return fail("password", &format!("invalid argon2 parameters: {e}"));
-        }
-        if self.registration.max_batch == 0 {
-            return fail("registration.max_batch", "must be at least 1");
-        }
-        if reqwest::Url::parse(&self.email_sync.url).is_err() {
-            return fail(
-                "email_sync.url",
-                "expected a URL, e.g. https://provider.example/webhook",
-            );
-        }
-        if let Some(secret) = &self.email_sync.secret
-            && crate::email::webhook::decode_secret(secret.expose_secret()).is_err()
-        {
-            return fail("email_sync.secret", "expected whsec_<base64>");
-        }
-        if self.email_sync.max_in_flight == 0 {
-            return fail("email_sync.max_in_flight", "must be at least 1");
-        }
-        if self.email_sync.mailbox_capacity == 0 {
-            return fail("email_sync.mailbox_capacity", "must be at least 1");
-        }
+        let retry = &self.email_sync.retry;
         if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
             return fail(
                 "email_sync.retry.multiplier",
@@ -495,12 +565,6 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&retry.randomization) {
             return fail("email_sync.retry.randomization", "must be between 0 and 1");
-        }
-        if self.email_sync.circuit_breaker.failure_threshold == 0 {
-            return fail(
-                "email_sync.circuit_breaker.failure_threshold",
-                "must be at least 1",
-            );
         }
         let must_be_positive = [
             ("server.request_timeout", self.server.request_timeout),
@@ -527,20 +591,19 @@ impl Settings {
                 return fail(key, "must be longer than 0");
             }
         }
+        let breaker = &self.email_sync.circuit_breaker;
+        if breaker.max_open_for < breaker.open_for {
+            return fail(
+                "email_sync.circuit_breaker.max_open_for",
+                "must be at least email_sync.circuit_breaker.open_for",
+            );
+        }
         // A lease that ends while its delivery may still be running lets another claim (this
         // instance's next poll, or another instance) send the same row again.
         if self.email_sync.lease < self.email_sync.timeout + Duration::from_secs(1) {
             return fail(
                 "email_sync.lease",
                 "must exceed email_sync.timeout by at least 1s",
-            );
-        }
-        if let Some(url) = &self.server.public_url
-            && !matches!(reqwest::Url::parse(url), Ok(u) if matches!(u.scheme(), "http" | "https"))
-        {
-            return fail(
-                "server.public_url",
-                "expected an http(s) URL, e.g. https://signup.example.com",
             );
         }
         if let Some(token) = &self.admin.token
@@ -550,9 +613,6 @@ impl Settings {
                 "admin.token",
                 "must be at least 32 characters (e.g. `openssl rand -hex 32`); unset it to turn the admin API off",
             );
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return fail("log.level", "not a valid filter, e.g. info or signup=debug");
         }
         Ok(())
     }
@@ -566,84 +626,46 @@ impl Settings {
     }
 }
 
+/// figment's error as a [`ConfigError`] naming the key, and the environment variable that set it
+/// or else the file.
+fn invalid(error: figment::Error, path: &str, from_env: &[(String, String)]) -> ConfigError {
+    // The first error is reported; one at a time is enough to fix a file.
+    let error = error
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| figment::Error::from("unknown error".to_string()));
+    let mut segments = error.path.clone();
+    let message = match &error.kind {
+        figment::error::Kind::UnknownField(field, _) => {
+            if segments.last() != Some(field) {
+                segments.push(field.clone());
+            }
+            format!("unknown key `{field}`")
+        }
+        kind => kind.to_string(),
+    };
+    let key = segments.join(".");
+    // The variable that set this key, or one that set a key inside it (`password` is checked
+    // as a whole, from `SIGNUP_PASSWORD__ARGON2_M_KIB`, say).
+    let inside = format!("{key}.");
+    let origin = from_env
+        .iter()
+        .find(|(k, _)| *k == key)
+        .or_else(|| from_env.iter().find(|(k, _)| k.starts_with(&inside)))
+        .map(|(_, var)| format!(" (environment variable {var})"))
+        .unwrap_or_else(|| format!(" (in {path})"));
+    ConfigError::Invalid {
+        key,
+        origin,
+        message,
+    }
+}
+
 fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })
-}
-
-/// Extracts `x` from serde's "unknown field `x`, expected …".
-fn unknown_field(message: &str) -> Option<&str> {
-    message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
-}
-
-/// Stores `raw` at `segments` in `tree`, typed like the documented default at that place.
-fn set_path(
-    tree: &mut toml::Table,
-    template: &toml::Table,
-    segments: &[String],
-    raw: &str,
-) -> Result<(), String> {
-    let (last, parents) = segments.split_last().ok_or("empty key")?;
-    let mut table = tree;
-    let mut hint = Some(template);
-    for segment in parents {
-        hint = hint
-            .and_then(|t| t.get(segment))
-            .and_then(toml::Value::as_table);
-        let entry = table
-            .entry(segment.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{segment}` is a value, not a section"))?;
-    }
-    let value = typed_like(hint.and_then(|t| t.get(last)), raw);
-    table.insert(last.clone(), value);
-    Ok(())
-}
-
-/// Parses an environment value as the type of the documented default, so that `"8"` becomes an
-/// integer for an integer key but stays a string for a string key (a numeric token, say).
-/// A value that does not parse stays a string and the deserializer names the key.
-fn typed_like(template: Option<&toml::Value>, raw: &str) -> toml::Value {
-    let text = || toml::Value::String(raw.to_string());
-    match template {
-        Some(toml::Value::Integer(_)) => raw
-            .trim()
-            .parse()
-            .map_or_else(|_| text(), toml::Value::Integer),
-        Some(toml::Value::Float(_)) => raw
-            .trim()
-            .parse()
-            .map_or_else(|_| text(), toml::Value::Float),
-        Some(toml::Value::Boolean(_)) => raw
-            .trim()
-            .parse()
-            .map_or_else(|_| text(), toml::Value::Boolean),
-        Some(toml::Value::Array(_)) => {
-            let trimmed = raw.trim();
-            if trimmed.is_empty() {
-                return toml::Value::Array(Vec::new());
-            }
-            toml::from_str::<toml::Table>(&format!("v = {trimmed}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| {
-                    // Also accept the friendlier `10.0.0.1, 10.0.0.2`.
-                    toml::Value::Array(
-                        trimmed
-                            .split(',')
-                            .map(|s| toml::Value::String(s.trim().to_string()))
-                            .collect(),
-                    )
-                })
-        }
-        _ => text(),
-    }
 }
 
 #[cfg(test)]
@@ -735,6 +757,22 @@ mod tests {
             Some("0123456789abcdef0123456789abcdef")
         );
         assert_eq!(settings.server.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn an_error_from_an_environment_variable_names_the_variable_not_the_file() {
+        let err = Settings::from_sources(
+            "[server]\nworkers = 2\n",
+            "(defaults)",
+            env(&[("SIGNUP_SERVER__WORKERS", "many")]),
+        )
+        .expect_err("not a number")
+        .to_string();
+        assert!(
+            err.contains("environment variable SIGNUP_SERVER__WORKERS"),
+            "{err}"
+        );
+        assert!(!err.contains("(defaults)"), "{err}");
     }
 
     #[test]
@@ -875,6 +913,36 @@ mod tests {
                 &[],
                 "server.public_url",
                 "a public URL without a scheme",
+            ),
+            (
+                "",
+                &[("SIGNUP_EMAIL_SYNC__SECRET", "whsec_not base64!")],
+                "SIGNUP_EMAIL_SYNC__SECRET",
+                "a secret that does not decode is refused, never an empty key",
+            ),
+            (
+                "[log]\nlevel = \"signup=loud\"\n",
+                &[],
+                "log.level",
+                "a log filter that does not parse is refused, never replaced by info",
+            ),
+            (
+                "[password]\nargon2_m_kib = 1\n",
+                &[],
+                "password",
+                "argon2 parameters are checked once, when read",
+            ),
+            (
+                "[registration]\nmax_batch = 0\n",
+                &[],
+                "registration.max_batch",
+                "a zero batch is refused, not clamped",
+            ),
+            (
+                "[email_sync.circuit_breaker]\nfailure_threshold = 0\n",
+                &[],
+                "email_sync.circuit_breaker.failure_threshold",
+                "a zero threshold is refused, not clamped",
             ),
         ];
         for (file, vars, expected, why) in cases {

@@ -59,7 +59,11 @@ pub async fn connect_with(
         .map_or(SQLITE_BUSY_TIMEOUT, |t| t.min(SQLITE_BUSY_TIMEOUT));
     let mut options = ConnectOptions::new(url.to_owned());
     options
-        .max_connections(tuning.max_connections.unwrap_or(settings.max_connections))
+        .max_connections(
+            tuning
+                .max_connections
+                .unwrap_or(settings.max_connections.get()),
+        )
         .min_connections(1)
         .acquire_timeout(settings.acquire_timeout)
         .connect_timeout(settings.acquire_timeout)

@@ -17,8 +17,6 @@ use crate::domain::Password;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
-    #[error("invalid argon2 parameters: {0}")]
-    Params(argon2::Error),
     #[error("argon2 hashing failed: {0}")]
     Hash(argon2::Error),
     #[error("could not start a hashing thread: {0}")]
@@ -56,18 +54,12 @@ enum Job {
 }
 
 /// Length of the stored hash.
-const OUTPUT_LEN: usize = 32;
+const OUTPUT_LEN: usize = crate::configuration::HASH_OUTPUT_LEN;
 
 impl PasswordHasher {
     /// Starts one hashing thread per core. They stop when the last clone of the hasher is dropped.
     pub fn new(settings: &PasswordSettings) -> Result<Self, HashError> {
-        let params = Params::new(
-            settings.argon2_m_kib,
-            settings.argon2_t,
-            settings.argon2_p,
-            Some(OUTPUT_LEN),
-        )
-        .map_err(HashError::Params)?;
+        let params = &settings.params;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         // A job waits here only while every thread is busy; a full queue refuses the next one.
         let (jobs, queue) = mpsc::channel(settings.max_waiting().max(1));
@@ -207,10 +199,8 @@ mod tests {
     #[tokio::test]
     async fn hashes_are_argon2id_phc_strings_that_verify() {
         let settings = PasswordSettings {
-            argon2_m_kib: 1024,
-            argon2_t: 1,
-            argon2_p: 1,
             max_waiting: 0,
+            ..PasswordSettings::new(1024, 1, 1).expect("valid parameters")
         };
         let hasher = PasswordHasher::new(&settings).expect("valid parameters");
         let password = Password::parse("correct horse", &[]).expect("valid password");
@@ -232,10 +222,8 @@ mod tests {
     #[tokio::test]
     async fn many_concurrent_hashes_all_finish_and_verify_follows_the_stored_parameters() {
         let settings = PasswordSettings {
-            argon2_m_kib: 1024,
-            argon2_t: 1,
-            argon2_p: 1,
             max_waiting: 16,
+            ..PasswordSettings::new(1024, 1, 1).expect("valid parameters")
         };
         let hasher = PasswordHasher::new(&settings).expect("valid parameters");
         // More callers than threads, as many as may wait: every one is answered.
@@ -287,10 +275,8 @@ mod tests {
         // Slow hashes (64 MiB, 3 passes), one may wait: of many callers at once, those beyond
         // the threads and the one waiting place are refused straight away.
         let settings = PasswordSettings {
-            argon2_m_kib: 64 * 1024,
-            argon2_t: 3,
-            argon2_p: 1,
             max_waiting: 1,
+            ..PasswordSettings::new(64 * 1024, 3, 1).expect("valid parameters")
         };
         let hasher = PasswordHasher::new(&settings).expect("valid parameters");
         let callers = 40;

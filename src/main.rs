@@ -122,7 +122,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
-    let bind = settings.server.bind.clone();
+    let bind = settings.server.bind;
     let app = Application::build(settings).await?;
     tracing::info!(%bind, port = app.port(), "signup is serving; the form is at /register");
     app.run_until_stopped().await?;

@@ -28,9 +28,9 @@ pub enum StartupError {
     ReadOnly(#[source] DbErr),
     #[error("cannot apply migrations to the database (database.url): {0}")]
     Migrate(#[source] DbErr),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (server.bind): {source}")]
     Bind {
-        addr: String,
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -126,14 +126,14 @@ impl Application {
     ) -> Result<Self, StartupError> {
         install_crypto_provider();
         let listener =
-            TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
-                addr: settings.server.bind.clone(),
+            TcpListener::bind(settings.server.bind).map_err(|source| StartupError::Bind {
+                addr: settings.server.bind,
                 source,
             })?;
         let port = listener
             .local_addr()
             .map_err(|source| StartupError::Bind {
-                addr: settings.server.bind.clone(),
+                addr: settings.server.bind,
                 source,
             })?
             .port();
@@ -172,8 +172,8 @@ impl Application {
             secure: settings
                 .server
                 .public_url
-                .as_deref()
-                .is_some_and(|url| url.starts_with("https://")),
+                .as_ref()
+                .is_some_and(|url| url.scheme() == "https"),
         };
         let limiter = crate::rate_limit::ClientLimiter::new(&settings.rate_limit).map(Arc::new);
         let state = AppState {
@@ -198,7 +198,7 @@ impl Application {
             circuit,
         };
 
-        let max_body = settings.server.max_body_bytes;
+        let max_body = settings.server.max_body_bytes.get();
         let data = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
@@ -225,7 +225,7 @@ impl Application {
         .disable_signals()
         .listen(listener)
         .map_err(|source| StartupError::Bind {
-            addr: settings.server.bind.clone(),
+            addr: settings.server.bind,
             source,
         })?
         .run();
@@ -316,18 +316,14 @@ fn start_email_sync(
     hooks: Hooks,
 ) -> Result<Addr<EmailSyncActor>, StartupError> {
     let sync = settings.email_sync.clone();
-    let key = match sync.secret.as_ref() {
-        Some(secret) => {
-            use secrecy::ExposeSecret;
-            // Validated with the rest of the configuration.
-            crate::email::webhook::decode_secret(secret.expose_secret()).unwrap_or_default()
-        }
+    let key = match sync.secret.clone() {
+        Some(key) => key,
         None => {
             tracing::warn!(
                 "email_sync.secret is not set: webhooks are signed with a random key the provider cannot verify; \
                  set SIGNUP_EMAIL_SYNC__SECRET=whsec_..."
             );
-            crate::routes::random_bytes(32)
+            crate::email::webhook::WebhookKey::random()
         }
     };
     let provider = Arc::new(

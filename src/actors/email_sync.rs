@@ -91,7 +91,7 @@ impl EmailSyncActor {
         hook: Option<DeliveryHook>,
     ) -> Self {
         let cb = &settings.circuit_breaker;
-        let breaker = CircuitBreaker::new(cb.failure_threshold, cb.open_for, cb.max_open_for);
+        let breaker = CircuitBreaker::new(cb);
         Self {
             db,
             provider,
@@ -141,6 +141,7 @@ impl EmailSyncActor {
         let capacity = self
             .settings
             .max_in_flight
+            .get()
             .saturating_sub(self.in_flight.len());
         if capacity == 0 {
             // Each finished delivery pumps again.
@@ -514,7 +515,7 @@ impl Actor for EmailSyncActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
+        ctx.set_mailbox_capacity(self.settings.mailbox_capacity.get());
         self.publish_circuit(self.breaker.state());
         ctx.run_interval(self.settings.poll_interval, |act, ctx| act.pump(ctx));
         // A retention shorter than the sweep period (tests, tiny deployments) is swept as often.

@@ -132,14 +132,14 @@ pub struct RegistrationActor {
 impl RegistrationActor {
     pub fn new(
         db: DatabaseConnection,
-        max_batch: usize,
+        max_batch: std::num::NonZeroUsize,
         email_sync: Recipient<WakeUp>,
         metrics: Arc<Metrics>,
         watch: Arc<CommitWatch>,
     ) -> Self {
         Self {
             db,
-            max_batch: max_batch.max(1),
+            max_batch: max_batch.get(),
             email_sync,
             metrics,
             watch,

@@ -5,7 +5,10 @@
 //! open ──(open_for elapsed)──▶ half-open: exactly one probe may go out
 //! half-open ──probe succeeds──▶ closed;  ──probe fails──▶ open for twice as long (≤ max_open_for)
 
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
+
+use serde::Deserialize;
 
 /// The three states, as exported in readiness and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,30 @@ pub enum Admission {
     None { until: Option<Instant> },
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+/// `email_sync.circuit_breaker` (SPEC §3.3).
+pub struct CircuitBreakerSettings {
+    /// Consecutive transient failures that open the circuit.
+    pub failure_threshold: NonZeroU32,
+    /// How long it stays open before one probe; doubles after each failed probe.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    /// Longest open period.
+    #[serde(with = "humantime_serde")]
+    pub max_open_for: Duration,
+}
+
+impl Default for CircuitBreakerSettings {
+    fn default() -> Self {
+        Self {
+            failure_threshold: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
+            open_for: Duration::from_secs(30),
+            max_open_for: Duration::from_secs(600),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CircuitBreaker {
     state: CircuitState,
@@ -53,16 +80,17 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub fn new(failure_threshold: u32, open_for: Duration, max_open_for: Duration) -> Self {
+    pub fn new(settings: &CircuitBreakerSettings) -> Self {
         Self {
             state: CircuitState::Closed,
             consecutive_failures: 0,
             open_until: None,
-            open_for,
+            open_for: settings.open_for,
             probe_in_flight: false,
-            failure_threshold: failure_threshold.max(1),
-            base_open_for: open_for,
-            max_open_for: max_open_for.max(open_for),
+            failure_threshold: settings.failure_threshold.get(),
+            base_open_for: settings.open_for,
+            // A maximum below the first period would shorten it: validated at start-up.
+            max_open_for: settings.max_open_for,
         }
     }
 
@@ -139,7 +167,11 @@ mod tests {
     const MAX: Duration = Duration::from_secs(100);
 
     fn breaker() -> CircuitBreaker {
-        CircuitBreaker::new(3, OPEN_FOR, MAX)
+        CircuitBreaker::new(&CircuitBreakerSettings {
+            failure_threshold: NonZeroU32::new(3).expect("not zero"),
+            open_for: OPEN_FOR,
+            max_open_for: MAX,
+        })
     }
 
     #[test]

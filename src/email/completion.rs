@@ -7,7 +7,7 @@ use entity::email_outbox;
 
 use super::AttemptOutcome;
 use super::retry;
-use crate::configuration::RetrySettings;
+use super::retry::RetrySettings;
 use crate::outbox::Completion;
 
 /// The completion of attempt number `row.attempts + 1` of `row`, which ended with `outcome` at

@@ -9,7 +9,42 @@ use std::time::Duration;
 use backoff::backoff::Backoff;
 use chrono::{DateTime, Utc};
 
-use crate::configuration::RetrySettings;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+/// `email_sync.retry` (SPEC §3.2).
+pub struct RetrySettings {
+    /// First retry delay.
+    #[serde(with = "humantime_serde")]
+    pub initial_interval: Duration,
+    /// Each delay is this many times the one before (at least 1).
+    pub multiplier: f64,
+    /// Jitter: each delay is drawn from ± this fraction around its nominal value (0–1).
+    pub randomization: f64,
+    /// Longest delay between attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// Attempts before a row is dead.
+    pub max_attempts: u32,
+    /// Time since the schedule's start (registration, or an operator's retry) after which a
+    /// row is dead.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            initial_interval: Duration::from_secs(5),
+            multiplier: 2.0,
+            randomization: 0.5,
+            max_interval: Duration::from_secs(3600),
+            max_attempts: 30,
+            max_elapsed: Duration::from_secs(72 * 3600),
+        }
+    }
+}
 
 /// The jittered delay before attempt `attempts_made + 1`, given `attempts_made ≥ 1` failures:
 /// nominal `initial × multiplier^(attempts_made − 1)`, capped at `max_interval`, then drawn

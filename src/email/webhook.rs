@@ -39,6 +39,49 @@ pub enum SecretError {
     Format,
 }
 
+/// The webhook signing key (`email_sync.secret`), decoded once from `whsec_<base64>` when the
+/// configuration is read. Never printed.
+#[derive(Clone)]
+pub struct WebhookKey(std::sync::Arc<SecretSlice<u8>>);
+
+impl WebhookKey {
+    /// A random key: webhooks the provider cannot verify (when no secret is configured).
+    pub fn random() -> Self {
+        Self::from_bytes(crate::routes::random_bytes(32))
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(std::sync::Arc::new(SecretSlice::from(bytes)))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookKey(…)")
+    }
+}
+
+impl std::str::FromStr for WebhookKey {
+    type Err = SecretError;
+
+    fn from_str(secret: &str) -> Result<Self, SecretError> {
+        decode_secret(secret).map(Self::from_bytes)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for WebhookKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = secrecy::SecretString::deserialize(deserializer)?;
+        text.expose_secret()
+            .parse()
+            .map_err(|_| serde::de::Error::custom("expected whsec_<base64>"))
+    }
+}
+
 /// Decodes `whsec_<base64>` into the HMAC key.
 pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SecretError> {
     let encoded = secret.strip_prefix("whsec_").ok_or(SecretError::Format)?;
@@ -169,23 +212,25 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 /// Delivers outbox rows to `email_sync.url`. One `reqwest` client (one connection pool).
 pub struct WebhookProvider {
     client: reqwest::Client,
-    url: String,
-    key: SecretSlice<u8>,
+    /// `email_sync.url`.
+    url: reqwest::Url,
+    /// `email_sync.secret`, decoded.
+    key: WebhookKey,
 }
 
 impl WebhookProvider {
-    pub fn new(url: String, key: Vec<u8>, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        url: reqwest::Url,
+        key: WebhookKey,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("signup/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self {
-            client,
-            url,
-            key: SecretSlice::from(key),
-        })
+        Ok(Self { client, url, key })
     }
 
     /// One attempt for outbox row `id` with its `payload`.
@@ -202,10 +247,10 @@ impl WebhookProvider {
         };
         let id = id.to_string();
         let timestamp = now.timestamp();
-        let signature = sign(self.key.expose_secret(), &id, timestamp, &body);
+        let signature = sign(self.key.expose(), &id, timestamp, &body);
         let result = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())

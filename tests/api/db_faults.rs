@@ -181,7 +181,7 @@ async fn a_full_disk_never_acknowledges_a_registration_it_did_not_store() {
     let server_url = url.clone();
     let app = spawn_app_with(move |s| {
         s.database.url = server_url.into();
-        s.database.max_connections = 4;
+        s.database.max_connections = std::num::NonZeroU32::new(4).expect("not zero");
     })
     .await;
     let mut acknowledged = Vec::new();

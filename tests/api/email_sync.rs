@@ -222,8 +222,9 @@ async fn the_circuit_opens_after_the_threshold_lets_only_probes_through_and_clos
     answering(503).mount(&provider).await;
     let app = app_with_provider(&provider, |s| {
         // One at a time, so the count of requests is exact.
-        s.email_sync.max_in_flight = 1;
-        s.email_sync.circuit_breaker.failure_threshold = 3;
+        s.email_sync.max_in_flight = std::num::NonZeroUsize::MIN;
+        s.email_sync.circuit_breaker.failure_threshold =
+            std::num::NonZeroU32::new(3).expect("not zero");
         // Long enough that a slow, shared machine still sees it open before the probe: the
         // full suite on 2 cores once took 1.8 s to notice the opening.
         s.email_sync.circuit_breaker.open_for = Duration::from_secs(6);
@@ -449,7 +450,7 @@ async fn with_the_mailbox_full_wake_ups_are_dropped_and_counted_and_the_poll_del
     let app = spawn_app_with_hooks(
         move |s| {
             use_provider(s, &uri);
-            s.email_sync.mailbox_capacity = 1;
+            s.email_sync.mailbox_capacity = std::num::NonZeroUsize::MIN;
         },
         hooks,
     )

@@ -142,7 +142,10 @@ async fn a_failing_batch_stores_nothing() {
 
 #[actix_web::test]
 async fn every_member_of_a_failing_batch_is_answered_503() {
-    let app = spawn_app_with(|s| s.registration.max_batch = 64).await;
+    let app = spawn_app_with(|s| {
+        s.registration.max_batch = std::num::NonZeroUsize::new(64).expect("not zero")
+    })
+    .await;
     app.db
         .execute_unprepared(if app.is_postgres {
             "CREATE FUNCTION refuse_users() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$ LANGUAGE plpgsql; \
@@ -346,7 +349,10 @@ pub async fn hold_users_lock(app: &crate::helpers::TestApp) -> sea_orm::Database
 
 #[actix_web::test]
 async fn one_registration_the_database_refuses_fails_alone_not_its_whole_batch() {
-    let app = spawn_app_with(|s| s.registration.max_batch = 64).await;
+    let app = spawn_app_with(|s| {
+        s.registration.max_batch = std::num::NonZeroUsize::new(64).expect("not zero")
+    })
+    .await;
     app.db
         .execute_unprepared(if app.is_postgres {
             "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$ LANGUAGE plpgsql; \

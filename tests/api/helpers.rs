@@ -3,7 +3,7 @@ use std::sync::Once;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use signup::configuration::Settings;
+use signup::configuration::{PasswordSettings, Settings};
 use signup::startup::{Application, Hooks};
 use tempfile::TempDir;
 
@@ -61,17 +61,24 @@ pub struct TestApp {
 /// Settings every test starts from: a free port, cheap hashing, no rate limit.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
-    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.bind = ([127, 0, 0, 1], 0).into();
     settings.server.workers = 2;
-    settings.password.argon2_m_kib = 1024;
-    settings.password.argon2_t = 1;
-    // Room for the concurrency tests' 200 requests at once: they test uniqueness, not shedding.
-    settings.password.max_waiting = 1024;
+    settings.password = PasswordSettings {
+        // Room for the concurrency tests' 200 requests at once: they test uniqueness, not
+        // shedding.
+        max_waiting: 1024,
+        ..PasswordSettings::new(1024, 1, 1).expect("valid parameters")
+    };
     settings.rate_limit.per_minute = 0;
     settings.database.acquire_timeout = std::time::Duration::from_secs(2);
     // Nothing listens here: tests that watch deliveries point this at their own mock.
-    settings.email_sync.url = "http://127.0.0.1:9/webhook".into();
+    settings.email_sync.url = url("http://127.0.0.1:9/webhook");
     settings
+}
+
+/// `text` as a URL (test settings).
+pub fn url(text: &str) -> reqwest::Url {
+    reqwest::Url::parse(text).expect("a URL")
 }
 
 /// The signing secret of the tests' provider.
@@ -81,8 +88,8 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub fn use_provider(settings: &mut Settings, base: &str) {
     use std::time::Duration;
     let sync = &mut settings.email_sync;
-    sync.url = format!("{base}/webhook");
-    sync.secret = Some(SecretString::from(SECRET));
+    sync.url = url(&format!("{base}/webhook"));
+    sync.secret = Some(SECRET.parse().expect("a whsec_ secret"));
     sync.timeout = Duration::from_millis(1500);
     sync.poll_interval = Duration::from_millis(200);
     sync.retry.initial_interval = Duration::from_millis(100);

@@ -185,8 +185,10 @@ async fn cookies_are_secure_by_the_configured_public_url_never_by_a_request_head
     assert!(cookie.starts_with("signup_csrf="), "{cookie}");
     assert!(!cookie.contains("Secure"), "{cookie}");
 
-    let public =
-        spawn_app_with(|s| s.server.public_url = Some("https://signup.example".into())).await;
+    let public = spawn_app_with(|s| {
+        s.server.public_url = Some(crate::helpers::url("https://signup.example"))
+    })
+    .await;
     let response = public.get("/register").await;
     let cookie = response.headers()["set-cookie"].to_str().expect("ascii");
     assert!(cookie.starts_with("__Host-signup_csrf="), "{cookie}");
@@ -233,7 +235,7 @@ async fn a_secret_in_the_provider_url_never_reaches_the_stored_error() {
         // Nothing listens on port 9: every attempt fails with "connection refused".
         use_provider(s, "http://user:pw-in-userinfo@127.0.0.1:9");
         s.email_sync.url =
-            "http://user:pw-in-userinfo@127.0.0.1:9/hook?api_key=key-in-query".into();
+            crate::helpers::url("http://user:pw-in-userinfo@127.0.0.1:9/hook?api_key=key-in-query");
     })
     .await;
     app.register_all(1..2).await;
@@ -285,9 +287,10 @@ async fn addresses_with_markup_or_invisible_characters_are_422() {
 async fn a_flood_beyond_max_waiting_is_shed_at_once_with_503() {
     let app = spawn_app_with(|s| {
         // Slow hashes, one waiting place: most of a burst cannot even queue.
-        s.password.argon2_m_kib = 32 * 1024;
-        s.password.argon2_t = 3;
-        s.password.max_waiting = 1;
+        s.password = signup::configuration::PasswordSettings {
+            max_waiting: 1,
+            ..signup::configuration::PasswordSettings::new(32 * 1024, 3, 1).expect("valid")
+        };
     })
     .await;
     let requests = 30;
