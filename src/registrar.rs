@@ -51,6 +51,14 @@ impl From<sea_orm::DbErr> for RegistrationError {
     }
 }
 
+/// The fields as submitted, before any check.
+#[derive(Clone, Copy)]
+pub struct Fields<'a> {
+    pub username: &'a str,
+    pub email: &'a str,
+    pub password: &'a str,
+}
+
 /// What makes a submission safe to repeat.
 #[derive(Debug, Clone)]
 pub enum Submission {
@@ -81,9 +89,7 @@ impl Registrar {
     /// `request_id` follows the registration into the actor's log lines.
     pub async fn register(
         &self,
-        username: &str,
-        email: &str,
-        password: &str,
+        fields: Fields<'_>,
         submission: Submission,
         request_id: &str,
     ) -> Result<Outcome, RegistrationError> {
@@ -92,7 +98,7 @@ impl Registrar {
         // queued in the actor is then never written (see `RegisterUser`).
         let result = tokio::time::timeout(
             self.deadline,
-            self.register_unmeasured(username, email, password, submission, request_id),
+            self.register_unmeasured(fields, submission, request_id),
         )
         .await
         .unwrap_or(Err(RegistrationError::DeadlinePassed));
@@ -115,13 +121,12 @@ impl Registrar {
 
     async fn register_unmeasured(
         &self,
-        username: &str,
-        email: &str,
-        password: &str,
+        fields: Fields<'_>,
         submission: Submission,
         request_id: &str,
     ) -> Result<Outcome, RegistrationError> {
-        let new = NewRegistration::parse(username, email, password)
+        let password = fields.password;
+        let new = NewRegistration::parse(fields.username, fields.email, password)
             .map_err(RegistrationError::Invalid)?;
         let idempotency = match submission {
             Submission::Plain => None,

@@ -20,6 +20,22 @@ use crate::store;
 /// Dead rows requeued per statement by retry-dead.
 const REQUEUE_BATCH: u64 = 5000;
 
+/// An authorized operator. Taking it as a handler's first argument is the admin routes' check:
+/// 404 while `admin.token` is unset, 401 without the right bearer token.
+pub struct Admin;
+
+impl actix_web::FromRequest for Admin {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(match request.app_data::<web::Data<AppState>>() {
+            Some(state) => authorize(request, state).map(|()| Admin),
+            None => Err(ApiError::NotFound),
+        })
+    }
+}
+
 /// 404 without a configured token, 401 without the right one.
 fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
@@ -100,12 +116,12 @@ pub struct ListQuery {
     security(("bearer" = [])),
     responses((status = 200, description = "A page of jobs", body = JobPage), (status = 400, description = "Bad status, limit or before", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn list_jobs(
+    _admin: Admin,
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     // Parsed after authorizing: without a token the route does not exist (404), and a bad
     // query must not tell otherwise.
-    authorize(&request, &state)?;
     let query = web::Query::<ListQuery>::from_query(request.query_string())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let status = match query.status.as_deref() {
@@ -145,11 +161,10 @@ fn job_id(path: &str) -> Result<Uuid, ApiError> {
     params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
     responses((status = 200, description = "The job", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn get_job(
-    request: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &state)?;
     let job = outbox::find(&state.db, job_id(&path)?).await?;
     job.map(|job| HttpResponse::Ok().json(job))
         .ok_or(ApiError::NotFound)
@@ -159,11 +174,10 @@ pub async fn get_job(
     params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
     responses((status = 202, description = "Due now, attempts reset", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Delivered already", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_job(
-    request: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &state)?;
     let id = job_id(&path)?;
     let job = match outbox::requeue(&state.db, id, Utc::now()).await? {
         Requeue::Due(job) => job,
@@ -178,10 +192,9 @@ pub async fn retry_job(
 #[utoipa::path(post, path = "/admin/email-sync/retry-dead", tag = "admin", security(("bearer" = [])),
     responses((status = 202, description = "Every dead job is due now", body = Requeued), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_dead(
-    request: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &state)?;
     let requeued = outbox::requeue_all_dead(&state.db, Utc::now(), REQUEUE_BATCH).await?;
     wake(&state);
     tracing::info!(requeued, "operator requeued every dead job");
@@ -193,11 +206,10 @@ pub async fn retry_dead(
     params(("id" = String, Path, description = "The registration's id (the Location of its 201)")), security(("bearer" = [])),
     responses((status = 200, description = "The registration", body = RegistrationDetail), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn get_registration(
-    request: HttpRequest,
+    _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&request, &state)?;
     let id = job_id(&path)?;
     let user = store::find_user(&state.db, id)
         .await?

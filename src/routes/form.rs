@@ -10,7 +10,7 @@ use super::pages::{self, FormView};
 use super::{AppState, csrf};
 use crate::domain::FieldError;
 use crate::error::{ApiError, RETRY_AFTER_UNAVAILABLE};
-use crate::registrar::{RegistrationError, Submission};
+use crate::registrar::{Fields, RegistrationError, Submission};
 use crate::store::{self, Outcome};
 
 /// The posted form. Absent fields are empty strings, so they get the same field messages as
@@ -25,6 +25,16 @@ pub struct RegisterForm {
     password: String,
     #[serde(default)]
     csrf_token: String,
+}
+
+impl RegisterForm {
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            username: &self.username,
+            email: &self.email,
+            password: &self.password,
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/", tag = "form",
@@ -92,13 +102,7 @@ pub async fn submit(
     };
     let result = state
         .registrar
-        .register(
-            &form.username,
-            &form.email,
-            &form.password,
-            key,
-            &request_id.0,
-        )
+        .register(form.fields(), key, &request_id.0)
         .await;
     let again = |status: StatusCode, errors: Vec<FieldError>, notice: Option<String>| {
         let view = FormView {

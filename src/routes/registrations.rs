@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::observe::RequestId;
 use crate::error::ApiError;
-use crate::registrar::Submission;
+use crate::registrar::{Fields, Submission};
 use crate::store::{Outcome, RegisteredUser};
 
 /// The request body. Unknown members are ignored; missing ones or wrong types are 400.
@@ -33,6 +33,16 @@ pub struct RegistrationRequest {
     /// 8–128 characters, not the username or the email.
     #[schema(example = "correct horse battery", min_length = 8, max_length = 128, format = Password)]
     pub password: String,
+}
+
+impl RegistrationRequest {
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            username: &self.username,
+            email: &self.email,
+            password: &self.password,
+        }
+    }
 }
 
 /// The 201 body.
@@ -91,13 +101,7 @@ pub async fn create(
     let body = body.into_inner();
     let outcome = state
         .registrar
-        .register(
-            &body.username,
-            &body.email,
-            &body.password,
-            submission,
-            &request_id.0,
-        )
+        .register(body.fields(), submission, &request_id.0)
         .await?;
     match outcome {
         Outcome::Created(user) | Outcome::Replayed(user) => Ok(HttpResponse::Created()
