@@ -36,18 +36,33 @@ const STATES: [CircuitState; 3] = [
     CircuitState::HalfOpen,
 ];
 
+/// The SPEC §4.2 metrics of one application, in a registry of its own (several applications
+/// in one test process must not share a global recorder).
 pub struct Metrics {
+    /// What `/metrics` renders.
     registry: Registry,
+    /// `signup_registrations_total{outcome}`: counted by the registration pipeline.
     pub registrations: IntCounterVec,
+    /// `signup_registration_duration_seconds`: request received → reply, registration only.
     pub registration_duration: Histogram,
+    /// `signup_email_sync_attempts_total{result}`: one per delivery attempt's outcome.
     pub sync_attempts: IntCounterVec,
+    /// `signup_email_sync_dead_total`: rows given up on (permanent answer, or exhausted).
     pub sync_dead: IntCounter,
+    /// `signup_email_sync_delivery_lag_seconds`: registration → provider acknowledged.
     pub delivery_lag: Histogram,
+    /// `signup_email_outbox_pending`: refreshed from the database by the email sync (≤ 5 s old).
     pub outbox_pending: IntGauge,
+    /// `signup_email_outbox_dead`: as `outbox_pending`.
     pub outbox_dead: IntGauge,
+    /// `signup_email_circuit_state{state}`: 1 for the current state; set through
+    /// [`Metrics::set_circuit`] only, so exactly one state is 1.
     circuit_state: IntGaugeVec,
+    /// `signup_email_sync_wakeups_dropped_total`: the email sync's mailbox was full.
     pub wakeups_dropped: IntCounter,
+    /// `signup_http_requests_total{method,route,status}`: every request, by route pattern.
     pub http_requests: IntCounterVec,
+    /// `signup_http_request_duration_seconds{method,route}`.
     pub http_duration: HistogramVec,
 }
 

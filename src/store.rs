@@ -84,6 +84,12 @@ pub async fn register_batch(
     }
 }
 
+/// How often one registration is tried alone after losing a uniqueness race. Each try's check
+/// sees the rivals committed so far, so a second loss needs another instance to commit the
+/// same name in that very moment again; after this many the violated index itself is the
+/// answer.
+const LOST_RACE_TRIES: u32 = 4;
+
 /// Alone, a lost race can only repeat if the rival keeps winning; after a few tries the
 /// violated index itself tells which field is taken.
 async fn register_one(db: &DatabaseConnection, candidate: &Candidate) -> Result<Outcome, DbErr> {
@@ -93,7 +99,7 @@ async fn register_one(db: &DatabaseConnection, candidate: &Candidate) -> Result<
         tries += 1;
         match try_batch(db, single).await {
             Ok(mut outcomes) => return Ok(outcomes.remove(0)),
-            Err(e) if is_unique_violation(&e) && tries < 4 => continue,
+            Err(e) if is_unique_violation(&e) && tries < LOST_RACE_TRIES => continue,
             Err(e) => {
                 return match e.sql_err() {
                     Some(SqlErr::UniqueConstraintViolation(m)) if EMAIL_UNIQUE.named_in(&m) => {
