@@ -45,6 +45,9 @@ pub struct Metrics {
     pub registrations: IntCounterVec,
     /// `signup_registration_duration_seconds`: request received → reply, registration only.
     pub registration_duration: Histogram,
+    /// `signup_registration_batch_size`: registrations per transaction of the group commit
+    /// (beyond SPEC §4.2: shows whether batches form, and how large, under load).
+    pub batch_size: Histogram,
     /// `signup_email_sync_attempts_total{result}`: one per delivery attempt's outcome.
     pub sync_attempts: IntCounterVec,
     /// `signup_email_sync_dead_total`: rows given up on (permanent answer, or exhausted).
@@ -133,6 +136,14 @@ impl Metrics {
 
         registry.register(Box::new(registrations.clone()))?;
         registry.register(Box::new(registration_duration.clone()))?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "signup_registration_batch_size",
+                "Registrations committed per transaction by the RegistrationActor.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+        )?;
+        registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(sync_attempts.clone()))?;
         registry.register(Box::new(sync_dead.clone()))?;
         registry.register(Box::new(delivery_lag.clone()))?;
@@ -157,6 +168,7 @@ impl Metrics {
             registry,
             registrations,
             registration_duration,
+            batch_size,
             sync_attempts,
             sync_dead,
             delivery_lag,

@@ -161,6 +161,7 @@ impl RegistrationActor {
         }
         self.committing = true;
         let take = self.queue.len().min(self.max_batch);
+        self.metrics.batch_size.observe(take as f64);
         let batch: Vec<Queued> = self.queue.drain(..take).collect();
         let db = self.db.clone();
         let watch = Arc::clone(&self.watch);

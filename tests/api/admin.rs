@@ -193,8 +193,7 @@ async fn jobs_are_listed_newest_first_filtered_and_paged() {
             None => break,
         }
     }
-    let mut expected: Vec<String> = rows.iter().rev().map(|r| r.id.to_string()).collect();
-    expected.dedup();
+    let expected: Vec<String> = rows.iter().rev().map(|r| r.id.to_string()).collect();
     assert_eq!(seen, expected, "pages neither skip nor repeat");
 
     let (bad, _) = app
@@ -232,9 +231,11 @@ async fn a_retried_dead_job_is_delivered_once_the_provider_accepts() {
     .await;
     let id = app.outbox_rows().await[0].id;
 
-    provider.reset().await;
+    // The provider recovers: a mock that outranks the failing one (a reset would answer 404
+    // to a retry in flight).
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(204))
+        .with_priority(1)
         .mount(&provider)
         .await;
     let (status, job) = app
@@ -367,9 +368,11 @@ async fn the_command_line_lists_and_retries_jobs_of_a_running_server() {
         "{listed}"
     );
 
-    provider.reset().await;
+    // The provider recovers: a mock that outranks the failing one (a reset would answer 404
+    // to a retry in flight).
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(204))
+        .with_priority(1)
         .mount(&provider)
         .await;
     cli(&["outbox", "retry", &ids[0]]);

@@ -42,13 +42,9 @@ async fn two_hundred_concurrent_registrations_of_one_email_create_exactly_one_us
 
     let counts = race(&app, bodies).await;
 
+    // 1 + 199 answers are all 200: no other status (a 5xx) is left.
     assert_eq!(counts.get(&201), Some(&1), "{counts:?}");
     assert_eq!(counts.get(&409), Some(&199), "{counts:?}");
-    assert_eq!(
-        counts.keys().filter(|s| **s >= 500).count(),
-        0,
-        "{counts:?}"
-    );
     assert_eq!(app.user_count().await, 1);
     assert_eq!(app.outbox_rows().await.len(), 1);
 }

@@ -273,8 +273,8 @@ async fn the_circuit_opens_after_the_threshold_lets_only_probes_through_and_clos
     assert_eq!(requests_received(&provider).await, 4, "a single probe");
 
     // The provider recovers: the next probe succeeds, the circuit closes, the backlog drains.
-    provider.reset().await;
-    accepting().mount(&provider).await;
+    // A mock that outranks the 503 one (a reset would answer 404 to a retry in flight).
+    accepting().with_priority(1).mount(&provider).await;
     app.wait_all_delivered(5).await;
     assert_eq!(readiness(&app).await["email_sync"]["circuit"], "closed");
 }

@@ -140,6 +140,18 @@ async fn a_failing_batch_stores_nothing() {
     );
 }
 
+/// Asserts that at least one transaction held more than one registration (the sum of the
+/// batch sizes exceeds their count), so a test of batches cannot pass with batches of one.
+fn assert_batched(app: &crate::helpers::TestApp) {
+    let sizes = &app.metrics.batch_size;
+    assert!(
+        sizes.get_sample_sum() > sizes.get_sample_count() as f64,
+        "no batch of more than one formed: {} registrations in {} transactions",
+        sizes.get_sample_sum(),
+        sizes.get_sample_count()
+    );
+}
+
 #[actix_web::test]
 async fn every_member_of_a_failing_batch_is_answered_503() {
     let app = spawn_app_with(|s| {
@@ -156,17 +168,26 @@ async fn every_member_of_a_failing_batch_is_answered_503() {
         .await
         .expect("trigger");
 
-    let responses = futures::future::join_all((0..20).map(|n| {
-        let body = registration(n);
-        let app = &app;
-        async move { app.post_registration(&body).await }
-    }))
-    .await;
+    // Queued behind a held lock, the 20 are committed in batches.
+    let lock = hold_users_lock(&app).await;
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        drop(lock);
+    };
+    let (responses, ()) = futures::join!(
+        futures::future::join_all((0..20).map(|n| {
+            let body = registration(n);
+            let app = &app;
+            async move { app.post_registration(&body).await }
+        })),
+        release
+    );
 
     for response in responses {
         problem(response, 503, "unavailable").await;
     }
     assert_eq!(app.user_count().await, 0);
+    assert_batched(&app);
 }
 
 #[actix_web::test]
@@ -385,4 +406,5 @@ async fn one_registration_the_database_refuses_fails_alone_not_its_whole_batch()
     }
     problem(poison, 503, "unavailable").await;
     assert_eq!(app.user_count().await, 19);
+    assert_batched(&app);
 }

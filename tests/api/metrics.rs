@@ -49,13 +49,7 @@ async fn every_listed_series_is_exported_at_zero_from_start_up() {
 
     let scrape = scrape(&app).await;
 
-    for outcome in [
-        "created",
-        "username_taken",
-        "email_taken",
-        "invalid",
-        "error",
-    ] {
+    for outcome in signup::metrics::OUTCOMES {
         assert_eq!(
             value(
                 &scrape,
@@ -66,7 +60,7 @@ async fn every_listed_series_is_exported_at_zero_from_start_up() {
             "{outcome}"
         );
     }
-    for result in ["delivered", "transient", "permanent"] {
+    for result in signup::metrics::RESULTS {
         assert_eq!(
             value(
                 &scrape,

@@ -356,10 +356,11 @@ async fn a_wrong_content_type_returns_415() {
 }
 
 #[actix_web::test]
-async fn a_body_over_16_kib_returns_413() {
+async fn a_body_over_the_configured_limit_returns_413() {
     let app = spawn_app().await;
+    let limit = crate::helpers::test_settings().server.max_body_bytes.get();
     let mut body = registration(1);
-    body["padding"] = json!("x".repeat(17 * 1024));
+    body["padding"] = json!("x".repeat(limit));
 
     let response = app.post_registration(&body).await;
 
@@ -368,12 +369,13 @@ async fn a_body_over_16_kib_returns_413() {
 }
 
 #[actix_web::test]
-async fn a_body_just_under_16_kib_is_accepted() {
+async fn a_body_just_under_the_configured_limit_is_accepted() {
     let app = spawn_app().await;
+    let limit = crate::helpers::test_settings().server.max_body_bytes.get();
     let mut body = registration(1);
-    let room = 16 * 1024 - body.to_string().len() - r#","padding":"""#.len() - 1;
+    let room = limit - body.to_string().len() - r#","padding":"""#.len() - 1;
     body["padding"] = json!("x".repeat(room));
-    assert!(body.to_string().len() <= 16 * 1024);
+    assert_eq!(body.to_string().len(), limit - 1);
 
     let response = app.post_registration(&body).await;
 
