@@ -104,11 +104,17 @@ pub struct SyncSummary {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// pending, dead or delivered.
+    /// pending, dead or delivered (empty: all).
+    #[param(pattern = "^(|pending|dead|delivered)$")]
     status: Option<String>,
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u64>,
-    /// A job id: list jobs older than it.
+    /// A job id (the `next` of the previous page): list jobs older than it. Empty: from the
+    /// newest.
+    #[param(
+        pattern = "^$|^[0-9a-fA-F]{32}$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     before: Option<String>,
 }
 

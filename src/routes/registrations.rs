@@ -71,7 +71,7 @@ impl From<RegisteredUser> for RegistrationResponse {
     path = "/api/v1/registrations",
     tag = "registration",
     request_body(content = RegistrationRequest, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters; a retry with the same key and request within 24 h gets the first response")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters; a retry with the same key and request within 24 h gets the first response", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 201, description = "Created", body = RegistrationResponse, headers(("Location" = String, description = "/api/v1/registrations/{id}"))),
         (status = 400, description = "Malformed JSON, a missing field, a wrong type, a malformed Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
