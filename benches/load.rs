@@ -29,7 +29,8 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use secrecy::SecretString;
 use signup::configuration::DatabaseSettings;
 use signup::domain::{Email, Username};
-use signup::store::{Candidate, register_batch};
+use signup::internals::register_batch;
+use signup::store::Candidate;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const BIN: &str = env!("CARGO_BIN_EXE_signup");

@@ -35,5 +35,21 @@ pub mod routes;
 pub mod startup;
 /// The registration's transaction and the queries around users and the outbox.
 pub mod store;
+
+/// The registration's transaction, for the group-commit tests and the benchmark's raw loop
+/// only (feature `internals`, on in dev-dependencies): in a shipped build the RegistrationActor
+/// is its only caller.
+#[cfg(feature = "internals")]
+pub mod internals {
+    use crate::store::{Candidate, Outcome};
+
+    /// [`store::register_batch`](crate::store): the registration's transaction for `candidates`.
+    pub async fn register_batch(
+        db: &sea_orm::DatabaseConnection,
+        candidates: &[Candidate],
+    ) -> Result<Vec<Outcome>, sea_orm::DbErr> {
+        crate::store::register_batch(db, candidates).await
+    }
+}
 /// Log output.
 pub mod telemetry;

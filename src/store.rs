@@ -66,7 +66,7 @@ pub enum Outcome {
 /// an earlier one's username or email is refused exactly as it would be a moment later.
 ///
 /// Either every accepted candidate is committed or none is (`Err`).
-pub async fn register_batch(
+pub(crate) async fn register_batch(
     db: &DatabaseConnection,
     candidates: &[Candidate],
 ) -> Result<Vec<Outcome>, DbErr> {

@@ -5,7 +5,8 @@ use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
 use secrecy::SecretString;
 use signup::configuration::DatabaseSettings;
 use signup::domain::{Email, Username};
-use signup::store::{Candidate, Outcome, register_batch};
+use signup::internals::register_batch;
+use signup::store::{Candidate, Outcome};
 
 use crate::helpers::{fresh_database, problem, registration, spawn_app_with};
 
