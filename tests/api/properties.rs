@@ -49,12 +49,13 @@ fn bodies() -> impl Strategy<Value = (String, Vec<u8>)> {
 fn any_json_body_gets_a_4xx_or_201_and_never_stores_invalid_input() {
     // The server runs in an actix System of its own thread; proptest drives it from here.
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let app = spawn_app().await;
             let _ = tx.send((app.url("/api/v1/registrations"), app.database_url.clone()));
-            // Keep the app (and its database) alive until the process ends.
-            std::future::pending::<()>().await;
+            // Keep the app (and its database) alive until the test has looked at it.
+            let _ = stopped.await;
             drop(app);
         });
     });
@@ -84,6 +85,8 @@ fn any_json_body_gets_a_4xx_or_201_and_never_stores_invalid_input() {
         let db = sea_orm::Database::connect(&database_url).await.expect("db");
         entity::user::Entity::find().all(&db).await.expect("users")
     });
+    let _ = stop.send(());
+    server.join().expect("the server thread ends");
     for user in users {
         assert!(
             NewRegistration::parse(&user.username, &user.email, "a valid password").is_ok(),
