@@ -187,10 +187,14 @@ pub async fn check_writable(db: &DatabaseConnection) -> Result<(), DbErr> {
 }
 
 /// Writes a few KiB and commits (then removes them in the same transaction): succeeds only
-/// if the database can grow and commit now. Readiness runs it while registrations are failing,
-/// to see a full disk come back without waiting for someone to register.
+/// if a registration could be written now. Readiness runs it while registrations are failing,
+/// to see a full disk come back (or a lock go away) without waiting for someone to register.
+/// It takes the locks a registration takes: SQLite's write lock (IMMEDIATE), and on PostgreSQL
+/// the lock an INSERT takes on `users` and `email_outbox`, so a table locked against writers
+/// fails the probe as it fails registrations (within the pool's `lock_timeout`).
 pub async fn probe_write(db: &DatabaseConnection) -> Result<(), DbErr> {
-    let filler = if is_postgres(db) {
+    let postgres = is_postgres(db);
+    let filler = if postgres {
         "decode(repeat('00', 8192), 'hex')"
     } else {
         "zeroblob(8192)"
@@ -201,6 +205,10 @@ pub async fn probe_write(db: &DatabaseConnection) -> Result<(), DbErr> {
             ..Default::default()
         })
         .await?;
+    if postgres {
+        txn.execute_unprepared("LOCK TABLE users, email_outbox IN ROW EXCLUSIVE MODE")
+            .await?;
+    }
     txn.execute_unprepared(&format!(
         "INSERT INTO write_probe (id, filler) VALUES (1, {filler})"
     ))
