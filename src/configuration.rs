@@ -242,10 +242,64 @@ pub struct RateLimitSettings {
     pub burst: u32,
 }
 
+/// `email_sync.kind`: which provider's API deliveries speak (SPEC §5).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
+    /// Standard Webhooks to `email_sync.url`.
     Webhook,
+    /// Brevo's contacts API (`email_sync.brevo`).
+    Brevo,
+    /// Resend's contacts API (`email_sync.resend`).
+    Resend,
+}
+
+/// `email_sync.brevo`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrevoSettings {
+    /// The API key (`api-key` header); required with `kind = "brevo"`.
+    pub api_key: SecretString,
+    /// Lists every contact is added to.
+    pub list_ids: Vec<u64>,
+    /// The API's base URL; tests point it at a local fake.
+    #[serde(deserialize_with = "required_http_url")]
+    pub base_url: Url,
+    /// The contact attribute that receives the username (create it in Brevo first).
+    pub username_attribute: String,
+}
+
+impl Default for BrevoSettings {
+    fn default() -> Self {
+        Self {
+            api_key: SecretString::from(""),
+            list_ids: Vec::new(),
+            base_url: Url::parse("https://api.brevo.com")
+                .unwrap_or_else(|_| unreachable!("a valid URL")),
+            username_attribute: "USERNAME".into(),
+        }
+    }
+}
+
+/// `email_sync.resend`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResendSettings {
+    /// The API key (bearer); required with `kind = "resend"`.
+    pub api_key: SecretString,
+    /// The API's base URL; tests point it at a local fake.
+    #[serde(deserialize_with = "required_http_url")]
+    pub base_url: Url,
+}
+
+impl Default for ResendSettings {
+    fn default() -> Self {
+        Self {
+            api_key: SecretString::from(""),
+            base_url: Url::parse("https://api.resend.com")
+                .unwrap_or_else(|_| unreachable!("a valid URL")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +330,10 @@ pub struct EmailSyncSettings {
     pub retention: Duration,
     pub retry: RetrySettings,
     pub circuit_breaker: CircuitBreakerSettings,
+    /// Used with `kind = "brevo"`.
+    pub brevo: BrevoSettings,
+    /// Used with `kind = "resend"`.
+    pub resend: ResendSettings,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -471,6 +529,8 @@ impl Default for EmailSyncSettings {
             retention: Duration::from_secs(7 * 24 * 3600),
             retry: RetrySettings::default(),
             circuit_breaker: CircuitBreakerSettings::default(),
+            brevo: BrevoSettings::default(),
+            resend: ResendSettings::default(),
         }
     }
 }
@@ -604,6 +664,23 @@ impl Settings {
             return fail(
                 "email_sync.lease",
                 "must exceed email_sync.timeout by at least 1s",
+            );
+        }
+        let key_needed = match self.email_sync.kind {
+            ProviderKind::Webhook => None,
+            ProviderKind::Brevo => {
+                Some(("email_sync.brevo.api_key", &self.email_sync.brevo.api_key))
+            }
+            ProviderKind::Resend => {
+                Some(("email_sync.resend.api_key", &self.email_sync.resend.api_key))
+            }
+        };
+        if let Some((key, value)) = key_needed
+            && value.expose_secret().is_empty()
+        {
+            return fail(
+                key,
+                "is required by email_sync.kind; best given in the environment",
             );
         }
         if let Some(token) = &self.admin.token

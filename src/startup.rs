@@ -11,9 +11,11 @@ use actix_web::{App, HttpServer, web};
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::actors::{CommitWatch, DeliveryHook, Drain, EmailSyncActor, RegistrationActor};
+use crate::configuration::ProviderKind;
 use crate::configuration::Settings;
 use crate::database;
-use crate::email::{CircuitState, WebhookProvider};
+use crate::email::provider::{Brevo, Resend};
+use crate::email::{CircuitState, Provider, WebhookProvider};
 use crate::hashing::{HashError, PasswordHasher};
 use crate::metrics::Metrics;
 use crate::registrar::Registrar;
@@ -332,8 +334,14 @@ fn start_email_sync(
         }
     };
     let provider = Arc::new(
-        WebhookProvider::new(sync.url.clone(), key, sync.timeout)
-            .map_err(StartupError::Provider)?,
+        match sync.kind {
+            ProviderKind::Webhook => {
+                WebhookProvider::new(sync.url.clone(), key, sync.timeout).map(Provider::Webhook)
+            }
+            ProviderKind::Brevo => Brevo::new(&sync.brevo, sync.timeout).map(Provider::Brevo),
+            ProviderKind::Resend => Resend::new(&sync.resend, sync.timeout).map(Provider::Resend),
+        }
+        .map_err(StartupError::Provider)?,
     );
     let arbiter = Arbiter::new();
     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::configuration::EmailSyncSettings;
 use crate::email::{
-    self, Admission, AttemptOutcome, CircuitBreaker, CircuitState, WebhookProvider,
+    self, Adapter, Admission, AttemptOutcome, CircuitBreaker, CircuitState, Delivery, Provider,
 };
 use crate::metrics::Metrics;
 use crate::outbox::{self, Claimed, Completion, Finished};
@@ -54,7 +54,7 @@ pub struct EmailSyncActor {
     /// by a closed one once halted, so that an idle Arbiter holds no connection.
     db: DatabaseConnection,
     /// Sends one attempt and classifies the answer (SPEC §3.1, §3.2).
-    provider: Arc<WebhookProvider>,
+    provider: Arc<Provider>,
     /// `email_sync.*`: capacity, timers, lease, retry schedule, retention.
     settings: EmailSyncSettings,
     /// The circuit's state machine (pure, time passed in); only this actor touches it.
@@ -94,7 +94,7 @@ pub struct EmailSyncActor {
 impl EmailSyncActor {
     pub fn new(
         db: DatabaseConnection,
-        provider: Arc<WebhookProvider>,
+        provider: Arc<Provider>,
         settings: EmailSyncSettings,
         circuit: watch::Sender<CircuitState>,
         metrics: Arc<Metrics>,
@@ -268,7 +268,18 @@ impl EmailSyncActor {
             if let Some(hook) = hook {
                 hook(id);
             }
-            provider.deliver(id, &payload).await
+            let rows = [Delivery { id, payload }];
+            provider
+                .deliver(&rows)
+                .await
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| AttemptOutcome::Transient {
+                    status: None,
+                    error: "the provider adapter gave no outcome".into(),
+                    retry_after: None,
+                    misconfigured: false,
+                })
         });
         self.in_flight
             .insert(id, (claimed.clone(), task.abort_handle()));

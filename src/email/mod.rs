@@ -5,10 +5,12 @@
 pub mod circuit_breaker;
 pub mod completion;
 pub mod event;
+pub mod provider;
 pub mod retry;
 pub mod webhook;
 
 pub use circuit_breaker::{Admission, CircuitBreaker, CircuitState};
 pub use completion::completion;
 pub use event::{Event, UserRegistered, WebhookBody};
+pub use provider::{Adapter, Delivery, Provider};
 pub use webhook::{AttemptOutcome, WebhookProvider};

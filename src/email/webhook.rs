@@ -224,17 +224,12 @@ impl WebhookProvider {
         key: WebhookKey,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("signup/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = super::provider::client(timeout)?;
         Ok(Self { client, url, key })
     }
 
     /// One attempt for outbox row `id` with its `payload`.
-    pub async fn deliver(&self, id: Uuid, payload: &str) -> AttemptOutcome {
+    pub(crate) async fn deliver_one(&self, id: Uuid, payload: &str) -> AttemptOutcome {
         let now = Utc::now();
         let body = match body(payload, now) {
             Ok(body) => body,

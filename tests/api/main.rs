@@ -24,4 +24,5 @@ mod openapi;
 mod outbox;
 mod processes;
 mod properties;
+mod providers;
 mod registrations;
