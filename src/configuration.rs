@@ -252,6 +252,130 @@ pub enum ProviderKind {
     Brevo,
     /// Resend's contacts API (`email_sync.resend`).
     Resend,
+    /// Mailchimp's list members API (`email_sync.mailchimp`).
+    Mailchimp,
+    /// SendGrid's marketing contacts API (`email_sync.sendgrid`).
+    Sendgrid,
+    /// Mailgun's mailing list members API (`email_sync.mailgun`).
+    Mailgun,
+}
+
+/// Mailchimp's `status_if_new`: what a new member becomes.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusIfNew {
+    /// Subscribed at once (the person consented on the sign-up form).
+    Subscribed,
+    /// Mailchimp sends a confirmation email first (double opt-in).
+    Pending,
+}
+
+impl StatusIfNew {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusIfNew::Subscribed => "subscribed",
+            StatusIfNew::Pending => "pending",
+        }
+    }
+}
+
+/// `email_sync.mailchimp`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailchimpSettings {
+    /// The API key, `<key>-<dc>`; required with `kind = "mailchimp"`.
+    pub api_key: SecretString,
+    /// The audience (list) id; required with `kind = "mailchimp"`.
+    pub list_id: String,
+    /// The API's base URL; unset: `https://<dc>.api.mailchimp.com` from the key's suffix.
+    #[serde(deserialize_with = "http_url")]
+    pub base_url: Option<Url>,
+    /// The merge field (tag) that receives the username, e.g. `USERNAME`.
+    pub username_merge_field: String,
+    /// What a new member becomes: `pending` (double opt-in, the default) or `subscribed`.
+    pub status_if_new: StatusIfNew,
+}
+
+impl Default for MailchimpSettings {
+    fn default() -> Self {
+        Self {
+            api_key: SecretString::from(""),
+            list_id: String::new(),
+            base_url: None,
+            username_merge_field: "USERNAME".into(),
+            status_if_new: StatusIfNew::Pending,
+        }
+    }
+}
+
+impl MailchimpSettings {
+    /// `base_url`, or the data center's API host named by the key's suffix (`…-us21`).
+    pub fn api_base(&self) -> Url {
+        if let Some(url) = &self.base_url {
+            return url.clone();
+        }
+        let dc = self
+            .api_key
+            .expose_secret()
+            .rsplit_once('-')
+            .map(|(_, dc)| dc.to_owned())
+            .filter(|dc| !dc.is_empty() && dc.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .unwrap_or_else(|| "us1".into());
+        Url::parse(&format!("https://{dc}.api.mailchimp.com"))
+            .unwrap_or_else(|_| unreachable!("an alphanumeric host label"))
+    }
+}
+
+/// `email_sync.sendgrid`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendgridSettings {
+    /// The API key (bearer); required with `kind = "sendgrid"`.
+    pub api_key: SecretString,
+    /// Lists every contact is added to (SendGrid list ids).
+    pub list_ids: Vec<String>,
+    /// The API's base URL; tests point it at a local fake.
+    #[serde(deserialize_with = "required_http_url")]
+    pub base_url: Url,
+    /// The contact field that receives the username (`first_name`, or a custom field).
+    pub username_field: String,
+}
+
+impl Default for SendgridSettings {
+    fn default() -> Self {
+        Self {
+            api_key: SecretString::from(""),
+            list_ids: Vec::new(),
+            base_url: Url::parse("https://api.sendgrid.com")
+                .unwrap_or_else(|_| unreachable!("a valid URL")),
+            username_field: "first_name".into(),
+        }
+    }
+}
+
+/// `email_sync.mailgun`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailgunSettings {
+    /// The API key (Basic `api:<key>`); required with `kind = "mailgun"`.
+    pub api_key: SecretString,
+    /// The mailing list's address, e.g. `newsletter@mg.example.com`; required with
+    /// `kind = "mailgun"`.
+    pub list: String,
+    /// The API's base URL (`https://api.eu.mailgun.net` in the EU); tests point it at a fake.
+    #[serde(deserialize_with = "required_http_url")]
+    pub base_url: Url,
+}
+
+impl Default for MailgunSettings {
+    fn default() -> Self {
+        Self {
+            api_key: SecretString::from(""),
+            list: String::new(),
+            base_url: Url::parse("https://api.mailgun.net")
+                .unwrap_or_else(|_| unreachable!("a valid URL")),
+        }
+    }
 }
 
 /// `email_sync.brevo`.
@@ -334,6 +458,12 @@ pub struct EmailSyncSettings {
     pub brevo: BrevoSettings,
     /// Used with `kind = "resend"`.
     pub resend: ResendSettings,
+    /// Used with `kind = "mailchimp"`.
+    pub mailchimp: MailchimpSettings,
+    /// Used with `kind = "sendgrid"`.
+    pub sendgrid: SendgridSettings,
+    /// Used with `kind = "mailgun"`.
+    pub mailgun: MailgunSettings,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -531,6 +661,9 @@ impl Default for EmailSyncSettings {
             circuit_breaker: CircuitBreakerSettings::default(),
             brevo: BrevoSettings::default(),
             resend: ResendSettings::default(),
+            mailchimp: MailchimpSettings::default(),
+            sendgrid: SendgridSettings::default(),
+            mailgun: MailgunSettings::default(),
         }
     }
 }
@@ -674,6 +807,18 @@ impl Settings {
             ProviderKind::Resend => {
                 Some(("email_sync.resend.api_key", &self.email_sync.resend.api_key))
             }
+            ProviderKind::Mailchimp => Some((
+                "email_sync.mailchimp.api_key",
+                &self.email_sync.mailchimp.api_key,
+            )),
+            ProviderKind::Sendgrid => Some((
+                "email_sync.sendgrid.api_key",
+                &self.email_sync.sendgrid.api_key,
+            )),
+            ProviderKind::Mailgun => Some((
+                "email_sync.mailgun.api_key",
+                &self.email_sync.mailgun.api_key,
+            )),
         };
         if let Some((key, value)) = key_needed
             && value.expose_secret().is_empty()
@@ -682,6 +827,19 @@ impl Settings {
                 key,
                 "is required by email_sync.kind; best given in the environment",
             );
+        }
+        let sync = &self.email_sync;
+        let list_needed = match sync.kind {
+            ProviderKind::Mailchimp => {
+                Some(("email_sync.mailchimp.list_id", &sync.mailchimp.list_id))
+            }
+            ProviderKind::Mailgun => Some(("email_sync.mailgun.list", &sync.mailgun.list)),
+            _ => None,
+        };
+        if let Some((key, value)) = list_needed
+            && value.trim().is_empty()
+        {
+            return fail(key, "is required by email_sync.kind");
         }
         if let Some(token) = &self.admin.token
             && token.expose_secret().chars().count() < MIN_ADMIN_TOKEN_CHARS

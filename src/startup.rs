@@ -14,7 +14,7 @@ use crate::actors::{CommitWatch, DeliveryHook, Drain, EmailSyncActor, Registrati
 use crate::configuration::ProviderKind;
 use crate::configuration::Settings;
 use crate::database;
-use crate::email::provider::{Brevo, Resend};
+use crate::email::provider::{Brevo, Mailchimp, Mailgun, Resend, Sendgrid};
 use crate::email::{CircuitState, Provider, WebhookProvider};
 use crate::hashing::{HashError, PasswordHasher};
 use crate::metrics::Metrics;
@@ -340,6 +340,15 @@ fn start_email_sync(
             }
             ProviderKind::Brevo => Brevo::new(&sync.brevo, sync.timeout).map(Provider::Brevo),
             ProviderKind::Resend => Resend::new(&sync.resend, sync.timeout).map(Provider::Resend),
+            ProviderKind::Mailchimp => {
+                Mailchimp::new(&sync.mailchimp, sync.timeout).map(Provider::Mailchimp)
+            }
+            ProviderKind::Sendgrid => {
+                Sendgrid::new(&sync.sendgrid, sync.timeout).map(Provider::Sendgrid)
+            }
+            ProviderKind::Mailgun => {
+                Mailgun::new(&sync.mailgun, sync.timeout).map(Provider::Mailgun)
+            }
         }
         .map_err(StartupError::Provider)?,
     );

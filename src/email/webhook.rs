@@ -229,7 +229,7 @@ impl WebhookProvider {
     }
 
     /// One attempt for outbox row `id` with its `payload`.
-    pub(crate) async fn deliver_one(&self, id: Uuid, payload: &str) -> AttemptOutcome {
+    pub(crate) async fn deliver_payload(&self, id: Uuid, payload: &str) -> AttemptOutcome {
         let now = Utc::now();
         let body = match body(payload, now) {
             Ok(body) => body,
