@@ -441,6 +441,9 @@ pub struct EmailSyncSettings {
     pub timeout: Duration,
     /// Deliveries in flight at once.
     pub max_in_flight: NonZeroUsize,
+    /// Requests a second to the provider at most, across all deliveries; 0 = unlimited; unset =
+    /// the provider's documented limit (Brevo 10, Resend 5, others unlimited).
+    pub max_requests_per_second: Option<u32>,
     /// Wake-ups the EmailSyncActor's mailbox holds; more are dropped and counted.
     pub mailbox_capacity: NonZeroUsize,
     /// How often due rows are looked for even without a wake-up.
@@ -653,6 +656,7 @@ impl Default for EmailSyncSettings {
             secret: None,
             timeout: Duration::from_secs(10),
             max_in_flight: nonzero(16),
+            max_requests_per_second: None,
             mailbox_capacity: nonzero(1024),
             poll_interval: Duration::from_secs(5),
             lease: Duration::from_secs(60),

@@ -14,7 +14,7 @@ use crate::actors::{CommitWatch, DeliveryHook, Drain, EmailSyncActor, Registrati
 use crate::configuration::ProviderKind;
 use crate::configuration::Settings;
 use crate::database;
-use crate::email::provider::{Brevo, Mailchimp, Mailgun, Resend, Sendgrid};
+use crate::email::provider::{Brevo, Mailchimp, Mailgun, Paced, Resend, Sendgrid};
 use crate::email::{CircuitState, Provider, WebhookProvider};
 use crate::hashing::{HashError, PasswordHasher};
 use crate::metrics::Metrics;
@@ -333,7 +333,10 @@ fn start_email_sync(
             crate::email::webhook::WebhookKey::random()
         }
     };
-    let provider = Arc::new(
+    let per_second = sync
+        .max_requests_per_second
+        .unwrap_or_else(|| Provider::default_requests_per_second(sync.kind));
+    let provider = Arc::new(Paced::new(
         match sync.kind {
             ProviderKind::Webhook => {
                 WebhookProvider::new(sync.url.clone(), key, sync.timeout).map(Provider::Webhook)
@@ -351,7 +354,8 @@ fn start_email_sync(
             }
         }
         .map_err(StartupError::Provider)?,
-    );
+        per_second,
+    ));
     let arbiter = Arbiter::new();
     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
         EmailSyncActor::new(db, provider, sync, circuit, metrics, hooks.before_delivery)

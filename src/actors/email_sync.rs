@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::configuration::EmailSyncSettings;
 use crate::email::{
-    self, Adapter, Admission, AttemptOutcome, CircuitBreaker, CircuitState, Delivery, Provider,
+    self, Adapter, Admission, AttemptOutcome, CircuitBreaker, CircuitState, Delivery, Paced,
 };
 use crate::metrics::Metrics;
 use crate::outbox::{self, Claimed, Completion, Finished};
@@ -54,7 +54,7 @@ pub struct EmailSyncActor {
     /// by a closed one once halted, so that an idle Arbiter holds no connection.
     db: DatabaseConnection,
     /// Sends one attempt and classifies the answer (SPEC §3.1, §3.2).
-    provider: Arc<Provider>,
+    provider: Arc<Paced>,
     /// `email_sync.*`: capacity, timers, lease, retry schedule, retention.
     settings: EmailSyncSettings,
     /// The circuit's state machine (pure, time passed in); only this actor touches it.
@@ -94,7 +94,7 @@ pub struct EmailSyncActor {
 impl EmailSyncActor {
     pub fn new(
         db: DatabaseConnection,
-        provider: Arc<Provider>,
+        provider: Arc<Paced>,
         settings: EmailSyncSettings,
         circuit: watch::Sender<CircuitState>,
         metrics: Arc<Metrics>,

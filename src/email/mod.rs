@@ -12,5 +12,5 @@ pub mod webhook;
 pub use circuit_breaker::{Admission, CircuitBreaker, CircuitState};
 pub use completion::completion;
 pub use event::{Event, UserRegistered, WebhookBody};
-pub use provider::{Adapter, Delivery, Provider};
+pub use provider::{Adapter, Delivery, Paced, Provider};
 pub use webhook::{AttemptOutcome, WebhookProvider};

@@ -51,6 +51,54 @@ pub enum Provider {
     Mailgun(Mailgun),
 }
 
+impl Provider {
+    /// Requests that delivering `rows` takes: every kind takes one contact per request today.
+    fn requests(&self, rows: &[Delivery]) -> usize {
+        rows.len()
+    }
+
+    /// `email_sync.max_requests_per_second` unless set: the provider's documented limit
+    /// (Brevo 10/s on contacts, Resend 5/s per team), else unlimited (0).
+    pub fn default_requests_per_second(kind: crate::configuration::ProviderKind) -> u32 {
+        use crate::configuration::ProviderKind as K;
+        match kind {
+            K::Brevo => 10,
+            K::Resend => 5,
+            K::Webhook | K::Mailchimp | K::Sendgrid | K::Mailgun => 0,
+        }
+    }
+}
+
+/// A provider held to `email_sync.max_requests_per_second`, across every delivery in flight.
+pub struct Paced {
+    provider: Provider,
+    /// None: unlimited.
+    pace: Option<governor::DefaultDirectRateLimiter>,
+}
+
+impl Paced {
+    /// `provider` at most `per_second` requests a second (0: unlimited), with no burst beyond
+    /// one second's worth.
+    pub fn new(provider: Provider, per_second: u32) -> Self {
+        let pace = std::num::NonZeroU32::new(per_second)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
+        Self { provider, pace }
+    }
+}
+
+impl Adapter for Paced {
+    async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
+        if let Some(pace) = &self.pace {
+            let requests = u32::try_from(self.provider.requests(rows)).unwrap_or(u32::MAX);
+            if let Some(n) = std::num::NonZeroU32::new(requests) {
+                // More requests at once than a second allows cannot be waited for: they go.
+                let _ = pace.until_n_ready(n).await;
+            }
+        }
+        self.provider.deliver(rows).await
+    }
+}
+
 impl Adapter for Provider {
     async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
         match self {

@@ -296,3 +296,32 @@ async fn mailgun_gets_a_form_upsert_of_the_list_member_with_basic_auth() {
 
     app.wait_all_delivered(1).await;
 }
+
+#[actix_web::test]
+async fn max_requests_per_second_paces_every_delivery_in_flight_together() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(6)
+        .mount(&provider)
+        .await;
+    let base = provider.uri();
+    let app = spawn_app_with(move |s| {
+        use_provider(s, &base);
+        // Two a second, six rows, sixteen deliveries allowed in flight at once.
+        s.email_sync.max_requests_per_second = Some(2);
+    })
+    .await;
+    let started = std::time::Instant::now();
+
+    app.register_all(1..7).await;
+    app.wait_all_delivered(6).await;
+
+    // A burst of two, then one every 500 ms: the sixth no sooner than 2 s after the first.
+    // (A lower bound only: a slow machine can only take longer.)
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900),
+        "six deliveries in {took:?}"
+    );
+}
