@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use signup::configuration::Settings;
+use signup::configuration::{ProviderKind, Settings};
 use signup::startup::Application;
 use signup::{database, mock_provider, outbox_cli, telemetry};
 
@@ -45,6 +45,12 @@ enum Command {
         /// Answer every request with this status.
         #[arg(long)]
         status: Option<u16>,
+        /// The API to speak: webhook, mailchimp, sendgrid, brevo, resend or mailgun.
+        #[arg(long, default_value = "webhook", value_parser = parse_kind)]
+        kind: ProviderKind,
+        /// With a provider kind: the API key requests must carry.
+        #[arg(long)]
+        api_key: Option<String>,
     },
 }
 
@@ -79,6 +85,8 @@ async fn main() -> ExitCode {
         fail_rate,
         latency_ms,
         status,
+        kind,
+        api_key,
     }) = cli.command
     {
         let options = mock_provider::MockOptions {
@@ -88,6 +96,8 @@ async fn main() -> ExitCode {
             latency: std::time::Duration::from_millis(latency_ms),
             status,
             quiet: false,
+            kind,
+            api_key,
         };
         return match mock_provider::run(options).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -160,4 +170,10 @@ async fn migrate(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     database::migrate(&db).await?;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+/// `--kind` as `email_sync.kind` spells it.
+fn parse_kind(text: &str) -> Result<ProviderKind, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| "expected webhook, mailchimp, sendgrid, brevo, resend or mailgun".to_owned())
 }

@@ -197,3 +197,69 @@ fn an_unusable_sqlite_file_is_a_clear_start_up_error() {
         );
     }
 }
+
+#[actix_web::test]
+async fn the_mock_provider_speaks_each_providers_api_as_signups_adapters_do() {
+    use signup::configuration::ProviderKind;
+    signup::startup::install_crypto_provider();
+    let key = "mock-key-123";
+    for (name, kind) in [
+        ("mailchimp", ProviderKind::Mailchimp),
+        ("sendgrid", ProviderKind::Sendgrid),
+        ("brevo", ProviderKind::Brevo),
+        ("resend", ProviderKind::Resend),
+        ("mailgun", ProviderKind::Mailgun),
+    ] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let _mock = MockProvider(
+            signup()
+                .args(["mock-provider", "--bind", &format!("127.0.0.1:{port}")])
+                .args(["--kind", name, "--api-key", key])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("mock-provider starts"),
+        );
+        crate::helpers::wait_until(
+            "the mock listens",
+            std::time::Duration::from_secs(20),
+            || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+        )
+        .await;
+        let base = crate::helpers::url(&format!("http://127.0.0.1:{port}"));
+        let app = crate::helpers::spawn_app_with(move |s| {
+            use secrecy::SecretString;
+            s.email_sync.kind = kind;
+            s.email_sync.poll_interval = std::time::Duration::from_millis(200);
+            s.email_sync.mailchimp.api_key = SecretString::from(key);
+            s.email_sync.mailchimp.base_url = Some(base.clone());
+            s.email_sync.mailchimp.list_id = "l1".into();
+            s.email_sync.sendgrid.api_key = SecretString::from(key);
+            s.email_sync.sendgrid.base_url = base.clone();
+            s.email_sync.brevo.api_key = SecretString::from(key);
+            s.email_sync.brevo.base_url = base.clone();
+            s.email_sync.resend.api_key = SecretString::from(key);
+            s.email_sync.resend.base_url = base.clone();
+            s.email_sync.mailgun.api_key = SecretString::from(key);
+            s.email_sync.mailgun.base_url = base.clone();
+            s.email_sync.mailgun.list = "news@mg.example.com".into();
+        })
+        .await;
+
+        app.register_all(1..3).await;
+
+        crate::helpers::wait_all_delivered(&app.db, 2, std::time::Duration::from_secs(30)).await;
+        let wrong_key = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v3/contacts"))
+            .header("api-key", "not the key")
+            .json(&serde_json::json!({"email": "x@example.com"}))
+            .send()
+            .await
+            .expect("answered");
+        if kind == ProviderKind::Brevo {
+            assert_eq!(wrong_key.status().as_u16(), 401, "{name}: wrong key");
+        }
+    }
+}
