@@ -381,6 +381,17 @@ impl TestApp {
     }
 }
 
+/// A TestApp that goes away stops its email sync at once: it runs on a thread of its own and
+/// would otherwise go on delivering until the test's System ends, to a mock server port that
+/// wiremock may already have handed to another test.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.email_sync.do_send(signup::actors::Drain {
+            grace: std::time::Duration::ZERO,
+        });
+    }
+}
+
 /// A valid registration body; `n` makes the username and email unique.
 pub fn registration(n: usize) -> Value {
     json!({
