@@ -254,34 +254,7 @@ struct Report {
 
 /// `requests` registrations, `concurrency` at a time; `offset` keeps users unique.
 async fn load(base: &str, requests: usize, concurrency: usize, offset: usize) -> Report {
-    let client = reqwest::Client::new();
-    let url = format!("{base}/api/v1/registrations");
-    let started = Instant::now();
-    let results: Vec<(Duration, bool)> = futures::stream::iter(0..requests)
-        .map(|i| {
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                let n = offset + i;
-                let body = serde_json::json!({
-                    "username": format!("bench{n}"),
-                    "email": format!("bench{n}@example.com"),
-                    "password": "correct horse battery",
-                });
-                let t = Instant::now();
-                let ok = client
-                    .post(&url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().as_u16() == 201);
-                (t.elapsed(), ok)
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let elapsed = started.elapsed();
+    let (results, elapsed) = register_timed(base, requests, concurrency, offset).await;
     let mut latencies: Vec<Duration> = results.iter().map(|(d, _)| *d).collect();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
@@ -289,7 +262,7 @@ async fn load(base: &str, requests: usize, concurrency: usize, offset: usize) ->
         per_second: requests as f64 / elapsed.as_secs_f64(),
         p50: at(0.50),
         p99: at(0.99),
-        errors: results.iter().filter(|(_, ok)| !ok).count(),
+        errors: results.iter().filter(|(_, status)| *status != 201).count(),
     }
 }
 
@@ -304,38 +277,9 @@ struct Flood {
     elapsed: Duration,
 }
 
-/// `requests` registrations, `concurrency` at a time, timed per answer.
+/// `requests` registrations, `concurrency` at a time, timed per answer and split by it.
 async fn flood(base: &str, requests: usize, concurrency: usize, offset: usize) -> Flood {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .expect("client");
-    let url = format!("{base}/api/v1/registrations");
-    let started = Instant::now();
-    let results: Vec<(Duration, u16)> = futures::stream::iter(0..requests)
-        .map(|i| {
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                let n = offset + i;
-                let body = serde_json::json!({
-                    "username": format!("flood{n}"),
-                    "email": format!("flood{n}@example.com"),
-                    "password": "correct horse battery",
-                });
-                let t = Instant::now();
-                let status = client
-                    .post(&url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_or(0, |r| r.status().as_u16());
-                (t.elapsed(), status)
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let (results, elapsed) = register_timed(base, requests, concurrency, offset).await;
     let pick = |code: u16| {
         let mut v: Vec<Duration> = results
             .iter()
@@ -352,8 +296,49 @@ async fn flood(base: &str, requests: usize, concurrency: usize, offset: usize) -
             .iter()
             .filter(|(_, s)| *s != 201 && *s != 503)
             .count(),
-        elapsed: started.elapsed(),
+        elapsed,
     }
+}
+
+/// Sends `requests` registrations (users `bench<offset + i>`), `concurrency` at a time: each
+/// answer's latency and status (0: no answer), and the whole run's time.
+async fn register_timed(
+    base: &str,
+    requests: usize,
+    concurrency: usize,
+    offset: usize,
+) -> (Vec<(Duration, u16)>, Duration) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let url = format!("{base}/api/v1/registrations");
+    let started = Instant::now();
+    let results = futures::stream::iter(0..requests)
+        .map(|i| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let n = offset + i;
+                let body = serde_json::json!({
+                    "username": format!("bench{n}"),
+                    "email": format!("bench{n}@example.com"),
+                    "password": "correct horse battery",
+                });
+                let t = Instant::now();
+                let status = client
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                (t.elapsed(), status)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    (results, started.elapsed())
 }
 
 /// The `q` quantile of sorted `latencies` in ms, or NaN when there are none.

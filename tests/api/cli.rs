@@ -91,6 +91,32 @@ fn a_missing_config_file_is_a_clear_error() {
 /// `signup mock-provider`, killed on drop.
 struct MockProvider(std::process::Child);
 
+impl MockProvider {
+    /// Starts `signup mock-provider --bind 127.0.0.1:<free port> <args>` and waits until it
+    /// listens; returns it and its port.
+    async fn start(args: &[&str]) -> (Self, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mock = MockProvider(
+            signup()
+                .args(["mock-provider", "--bind", &format!("127.0.0.1:{port}")])
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("mock-provider starts"),
+        );
+        crate::helpers::wait_until(
+            "the mock listens",
+            std::time::Duration::from_secs(20),
+            || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+        )
+        .await;
+        (mock, port)
+    }
+}
+
 impl Drop for MockProvider {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -101,31 +127,9 @@ impl Drop for MockProvider {
 #[actix_web::test]
 async fn the_mock_provider_accepts_signed_deliveries_and_rejects_bad_signatures() {
     signup::startup::install_crypto_provider();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let _mock = MockProvider(
-        signup()
-            .args([
-                "mock-provider",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--secret",
-                crate::helpers::SECRET,
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("mock-provider starts"),
-    );
+    let (_mock, port) = MockProvider::start(&["--secret", crate::helpers::SECRET]).await;
     let url = format!("http://127.0.0.1:{port}/webhook");
     let client = reqwest::Client::new();
-    crate::helpers::wait_until(
-        "the mock listens",
-        std::time::Duration::from_secs(20),
-        || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
-    )
-    .await;
     let key = signup::email::webhook::decode_secret(crate::helpers::SECRET).expect("secret");
     let body = r#"{"type":"user.registered","timestamp":"2026-01-01T00:00:00Z","data":{"user_id":"00000000-0000-0000-0000-000000000000","username":"a","email":"a@example.com","registered_at":"2026-01-01T00:00:00.000000Z"}}"#;
     let timestamp = chrono::Utc::now().timestamp();
@@ -210,24 +214,7 @@ async fn the_mock_provider_speaks_each_providers_api_as_signups_adapters_do() {
         ("resend", ProviderKind::Resend),
         ("mailgun", ProviderKind::Mailgun),
     ] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let _mock = MockProvider(
-            signup()
-                .args(["mock-provider", "--bind", &format!("127.0.0.1:{port}")])
-                .args(["--kind", name, "--api-key", key])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("mock-provider starts"),
-        );
-        crate::helpers::wait_until(
-            "the mock listens",
-            std::time::Duration::from_secs(20),
-            || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
-        )
-        .await;
+        let (_mock, port) = MockProvider::start(&["--kind", name, "--api-key", key]).await;
         let base = crate::helpers::url(&format!("http://127.0.0.1:{port}"));
         let app = crate::helpers::spawn_app_with(move |s| {
             use secrecy::SecretString;

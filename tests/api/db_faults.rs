@@ -10,6 +10,23 @@ use crate::helpers::{
     fresh_postgres, postgres_admin_url, problem, registration, spawn_app_with, wait_until,
 };
 
+/// Waits (up to `limit`) until a registration succeeds again and readiness is 200, with no
+/// restart.
+async fn recovers_by_itself(app: &crate::helpers::TestApp, limit: Duration) {
+    wait_until("registrations work again", limit, || async {
+        app.post_registration(&registration(3))
+            .await
+            .status()
+            .as_u16()
+            == 201
+    })
+    .await;
+    wait_until("readiness recovers", limit, || async {
+        app.get("/health/ready").await.status().as_u16() == 200
+    })
+    .await;
+}
+
 fn pg_ctl(action: &str) {
     let command =
         std::env::var("TEST_PG_CTL").expect("TEST_PG_CTL names the cluster control command");
@@ -51,22 +68,7 @@ async fn postgresql_stopped_and_started_under_the_server_gives_503_then_recovers
     assert_eq!(ready.status().as_u16(), 503);
     assert_eq!(live.status().as_u16(), 200);
 
-    wait_until(
-        "registrations work again",
-        Duration::from_secs(60),
-        || async {
-            app.post_registration(&registration(3))
-                .await
-                .status()
-                .as_u16()
-                == 201
-        },
-    )
-    .await;
-    wait_until("readiness recovers", Duration::from_secs(30), || async {
-        app.get("/health/ready").await.status().as_u16() == 200
-    })
-    .await;
+    recovers_by_itself(&app, Duration::from_secs(60)).await;
     assert_eq!(
         app.user_count().await,
         2,
@@ -107,22 +109,7 @@ async fn a_stalled_database_gets_503_at_the_deadline_and_readiness_fails_while_i
     );
     assert_eq!(readiness["status"], "unavailable", "{readiness}");
     assert_eq!(readiness["registration"], "down", "{readiness}");
-    wait_until(
-        "registrations work again",
-        Duration::from_secs(30),
-        || async {
-            app.post_registration(&registration(3))
-                .await
-                .status()
-                .as_u16()
-                == 201
-        },
-    )
-    .await;
-    wait_until("readiness recovers", Duration::from_secs(30), || async {
-        app.get("/health/ready").await.status().as_u16() == 200
-    })
-    .await;
+    recovers_by_itself(&app, Duration::from_secs(30)).await;
 }
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop. None (with a printed

@@ -409,3 +409,62 @@ async fn one_registration_the_database_refuses_fails_alone_not_its_whole_batch()
     assert_eq!(app.user_count().await, 19);
     assert_batched(&app);
 }
+
+/// Swallows the RegistrationActor's wake-ups (no email sync in this test).
+struct NoEmailSync;
+
+impl actix::Actor for NoEmailSync {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<signup::actors::WakeUp> for NoEmailSync {
+    type Result = ();
+
+    fn handle(&mut self, _: signup::actors::WakeUp, _: &mut Self::Context) {}
+}
+
+#[actix_web::test]
+async fn a_registration_whose_caller_gave_up_before_its_batch_is_never_written() {
+    use actix::Actor;
+    use signup::actors::{CommitWatch, RegisterUser, RegistrationActor};
+    let (db, _dir) = database().await;
+    let actor = RegistrationActor::new(
+        db.clone(),
+        std::num::NonZeroUsize::new(64).expect("not zero"),
+        NoEmailSync.start().recipient(),
+        std::sync::Arc::new(signup::metrics::Metrics::new().expect("metrics")),
+        std::sync::Arc::new(CommitWatch::default()),
+    )
+    .start();
+
+    // The caller answered 503 at the deadline and dropped its end before the actor got to it.
+    let (gone, answer) = tokio::sync::oneshot::channel();
+    drop(answer);
+    actor
+        .send(RegisterUser {
+            candidate: candidate("abandoned", "abandoned@example.com"),
+            reply: gone,
+        })
+        .await
+        .expect("queued");
+    let (waiting, answer) = tokio::sync::oneshot::channel();
+    actor
+        .send(RegisterUser {
+            candidate: candidate("waiting", "waiting@example.com"),
+            reply: waiting,
+        })
+        .await
+        .expect("queued");
+
+    let outcome = answer.await.expect("answered").expect("committed");
+
+    assert_eq!(kind(&outcome), "created");
+    let names: Vec<String> = entity::user::Entity::find()
+        .all(&db)
+        .await
+        .expect("users")
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, ["waiting"], "the abandoned one was not written");
+}
