@@ -260,6 +260,38 @@ pub enum ProviderKind {
     Mailgun,
 }
 
+impl ProviderKind {
+    /// The most rows one request may carry: the API's batch limit (SPEC §5; SendGrid's own
+    /// is 30 000 contacts / 6 MB, held to 1000 so a request stays far below the size limit),
+    /// 1 where the API takes one contact per request.
+    pub fn batch_limit(self) -> usize {
+        match self {
+            ProviderKind::Mailchimp => 500,
+            ProviderKind::Sendgrid | ProviderKind::Mailgun => 1000,
+            ProviderKind::Webhook | ProviderKind::Brevo | ProviderKind::Resend => 1,
+        }
+    }
+
+    /// Requests in flight at once unless `email_sync.max_in_flight` says: Mailchimp allows 10
+    /// concurrent connections per key (more are 429); the others document no such limit.
+    pub fn default_in_flight(self) -> usize {
+        match self {
+            ProviderKind::Mailchimp => 10,
+            _ => 16,
+        }
+    }
+
+    /// `email_sync.max_requests_per_second` unless set: the provider's documented limit
+    /// (Brevo 10/s on contacts, Resend 5/s per team), else unlimited (0).
+    pub fn default_requests_per_second(self) -> u32 {
+        match self {
+            ProviderKind::Brevo => 10,
+            ProviderKind::Resend => 5,
+            _ => 0,
+        }
+    }
+}
+
 /// Mailchimp's `status_if_new`: what a new member becomes.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -439,8 +471,13 @@ pub struct EmailSyncSettings {
     /// Timeout of one delivery attempt.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Deliveries in flight at once.
-    pub max_in_flight: NonZeroUsize,
+    /// Requests to the provider in flight at once; unset = the provider's documented limit
+    /// (Mailchimp 10 connections per key), else 16. See [`EmailSyncSettings::in_flight`].
+    pub max_in_flight: Option<NonZeroUsize>,
+    /// Rows one request carries at most, where the provider's API takes a batch; unset = the
+    /// API's maximum (Mailchimp 500, SendGrid 1000, Mailgun 1000), 1 for the others. See
+    /// [`EmailSyncSettings::batch`].
+    pub max_batch: Option<NonZeroUsize>,
     /// Requests a second to the provider at most, across all deliveries; 0 = unlimited; unset =
     /// the provider's documented limit (Brevo 10, Resend 5, others unlimited).
     pub max_requests_per_second: Option<u32>,
@@ -467,6 +504,27 @@ pub struct EmailSyncSettings {
     pub sendgrid: SendgridSettings,
     /// Used with `kind = "mailgun"`.
     pub mailgun: MailgunSettings,
+}
+
+impl EmailSyncSettings {
+    /// Requests in flight at once: `max_in_flight`, or the kind's default.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight
+            .map_or_else(|| self.kind.default_in_flight(), NonZeroUsize::get)
+    }
+
+    /// Rows per request: `max_batch`, or the kind's batch limit.
+    pub fn batch(&self) -> usize {
+        self.max_batch
+            .map_or_else(|| self.kind.batch_limit(), NonZeroUsize::get)
+    }
+
+    /// Requests a second at most (0 = unlimited): `max_requests_per_second`, or the kind's
+    /// documented limit.
+    pub fn requests_per_second(&self) -> u32 {
+        self.max_requests_per_second
+            .unwrap_or_else(|| self.kind.default_requests_per_second())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -655,7 +713,8 @@ impl Default for EmailSyncSettings {
                 .unwrap_or_else(|_| unreachable!("a valid URL")),
             secret: None,
             timeout: Duration::from_secs(10),
-            max_in_flight: nonzero(16),
+            max_in_flight: None,
+            max_batch: None,
             max_requests_per_second: None,
             mailbox_capacity: nonzero(1024),
             poll_interval: Duration::from_secs(5),
@@ -844,6 +903,15 @@ impl Settings {
             && value.trim().is_empty()
         {
             return fail(key, "is required by email_sync.kind");
+        }
+        if let Some(batch) = sync.max_batch
+            && batch.get() > sync.kind.batch_limit()
+        {
+            let message = match sync.kind.batch_limit() {
+                1 => "must be 1 (or unset) for this email_sync.kind: its API takes one contact per request".to_string(),
+                limit => format!("must be at most {limit}, this email_sync.kind's batch limit"),
+            };
+            return fail("email_sync.max_batch", &message);
         }
         if let Some(token) = &self.admin.token
             && token.expose_secret().chars().count() < MIN_ADMIN_TOKEN_CHARS

@@ -333,9 +333,7 @@ fn start_email_sync(
             crate::email::webhook::WebhookKey::random()
         }
     };
-    let per_second = sync
-        .max_requests_per_second
-        .unwrap_or_else(|| Provider::default_requests_per_second(sync.kind));
+    let per_second = sync.requests_per_second();
     let provider = Arc::new(Paced::new(
         match sync.kind {
             ProviderKind::Webhook => {

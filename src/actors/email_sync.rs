@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::configuration::EmailSyncSettings;
 use crate::email::{
-    self, Adapter, Admission, AttemptOutcome, CircuitBreaker, CircuitState, Delivery, Paced,
+    self, Admission, AttemptOutcome, CircuitBreaker, CircuitState, Delivery, Paced,
 };
 use crate::metrics::Metrics;
 use crate::outbox::{self, Claimed, Completion, Finished};
@@ -67,8 +67,14 @@ pub struct EmailSyncActor {
     /// Test seam run before each attempt; None in production.
     hook: Option<DeliveryHook>,
     /// Claims whose delivery started and whose outcome is not yet stored, with a handle that
-    /// cancels the delivery's HTTP request.
+    /// cancels the delivery's HTTP request (shared by the rows of one batch).
     in_flight: HashMap<Uuid, (Claimed, AbortHandle)>,
+    /// Deliveries (requests, each of up to `batch` rows) running now: at most `max_in_flight`.
+    requests: usize,
+    /// `email_sync.max_in_flight`, or the provider kind's default.
+    max_requests: usize,
+    /// Rows per request: `email_sync.max_batch`, or the provider kind's batch limit.
+    batch: usize,
     /// Set by [`Drain`] (for good, across supervisor restarts): claim nothing more, run no
     /// timer's database work, release instead of recording what comes back.
     halted: Arc<AtomicBool>,
@@ -102,6 +108,7 @@ impl EmailSyncActor {
     ) -> Self {
         let cb = &settings.circuit_breaker;
         let breaker = CircuitBreaker::new(cb);
+        let (max_requests, batch) = (settings.in_flight(), settings.batch());
         Self {
             db,
             provider,
@@ -111,6 +118,9 @@ impl EmailSyncActor {
             metrics,
             hook,
             in_flight: HashMap::new(),
+            requests: 0,
+            max_requests,
+            batch,
             halted: Arc::new(AtomicBool::new(false)),
             draining: None,
             claiming: false,
@@ -123,13 +133,14 @@ impl EmailSyncActor {
         }
     }
 
-    /// Claims as many due rows as the circuit and `max_in_flight` allow and starts them.
+    /// Claims as many due rows as the circuit, the provider and `max_in_flight` allow and
+    /// starts them.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         self.step(Utc::now(), None, ctx);
     }
 
-    /// One step: claims the rows due at `now` (as many as the circuit and `max_in_flight`
-    /// allow) and starts their deliveries. With `report`, answers there once every claimed
+    /// One step: claims the rows due at `now` (as many as the circuit, the provider's pause
+    /// and `max_in_flight` requests of `batch` rows allow) and starts their deliveries. With `report`, answers there once every claimed
     /// row's outcome is stored (see [`DeliverDue`]).
     fn step(
         &mut self,
@@ -148,11 +159,7 @@ impl EmailSyncActor {
             }
             return;
         }
-        let capacity = self
-            .settings
-            .max_in_flight
-            .get()
-            .saturating_sub(self.in_flight.len());
+        let capacity = self.max_requests.saturating_sub(self.requests);
         if capacity == 0 {
             // Each finished delivery pumps again.
             if let Some(report) = report {
@@ -160,11 +167,23 @@ impl EmailSyncActor {
             }
             return;
         }
+        if let Some(until) = self.provider.paused_until() {
+            // The provider said when its rate limit resets: claim nothing (no attempt spent on
+            // a certain 429) until then.
+            self.schedule_pump_at(until, ctx);
+            if let Some(report) = report {
+                let _ = report.send(StepReport {
+                    provider_paused: true,
+                    ..StepReport::default()
+                });
+            }
+            return;
+        }
         let before = self.breaker.state();
         let admission = self.breaker.admit(Instant::now());
         self.note_transition(before);
         let limit = match admission {
-            Admission::Any => capacity,
+            Admission::Any => capacity.saturating_mul(self.batch),
             Admission::Probe => 1,
             Admission::None { until } => {
                 // Open: claim nothing, spend no attempts. Look again when it may half-open.
@@ -173,8 +192,8 @@ impl EmailSyncActor {
                 }
                 if let Some(report) = report {
                     let _ = report.send(StepReport {
-                        attempted: 0,
                         circuit_open: true,
+                        ..StepReport::default()
                     });
                 }
                 return;
@@ -211,13 +230,15 @@ impl EmailSyncActor {
                         act.breaker.on_abandoned();
                     }
                     let ids: HashSet<Uuid> = claims.iter().map(|c| c.row.id).collect();
-                    for claimed in claims {
-                        act.start_delivery(claimed, ctx);
+                    let mut claims = claims.into_iter().peekable();
+                    while claims.peek().is_some() {
+                        let batch: Vec<Claimed> = claims.by_ref().take(act.batch).collect();
+                        act.start_delivery(batch, ctx);
                     }
                     if let Some(report) = report {
                         let done = StepReport {
                             attempted: ids.len(),
-                            circuit_open: false,
+                            ..StepReport::default()
                         };
                         if ids.is_empty() {
                             let _ = report.send(done);
@@ -258,74 +279,134 @@ impl EmailSyncActor {
         self.halted.load(Ordering::Relaxed)
     }
 
-    fn start_delivery(&mut self, claimed: Claimed, ctx: &mut Context<Self>) {
+    /// Starts one request carrying `batch` (one row, or up to `batch` rows where the API takes
+    /// a batch).
+    fn start_delivery(&mut self, batch: Vec<Claimed>, ctx: &mut Context<Self>) {
         let provider = Arc::clone(&self.provider);
         let hook = self.hook.clone();
-        let id = claimed.row.id;
-        let payload = claimed.row.payload.clone();
+        let rows: Vec<Delivery> = batch
+            .iter()
+            .map(|claimed| Delivery {
+                id: claimed.row.id,
+                payload: claimed.row.payload.clone(),
+            })
+            .collect();
         // A task of its own: a panic in it is caught by the runtime and seen here as a JoinError.
         let task = tokio::task::spawn_local(async move {
             if let Some(hook) = hook {
-                hook(id);
+                for row in &rows {
+                    hook(row.id);
+                }
             }
-            let rows = [Delivery { id, payload }];
-            provider
-                .deliver(&rows)
-                .await
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| AttemptOutcome::Transient {
-                    status: None,
-                    error: "the provider adapter gave no outcome".into(),
-                    retry_after: None,
-                    misconfigured: false,
-                })
+            provider.deliver(&rows).await
         });
-        self.in_flight
-            .insert(id, (claimed.clone(), task.abort_handle()));
+        for claimed in &batch {
+            self.in_flight
+                .insert(claimed.row.id, (claimed.clone(), task.abort_handle()));
+        }
+        self.requests += 1;
         let attempt = async move {
             match task.await {
-                Ok(outcome) => outcome,
-                Err(e) => AttemptOutcome::Transient {
-                    status: None,
-                    error: format!("delivery task failed: {e}"),
-                    retry_after: None,
-                    misconfigured: false,
-                },
+                Ok(outcomes) => outcomes,
+                Err(e) => vec![
+                    AttemptOutcome::Transient {
+                        status: None,
+                        error: format!("delivery task failed: {e}"),
+                        retry_after: None,
+                        misconfigured: false,
+                    };
+                    1
+                ],
             }
         };
         ctx.spawn(
             attempt
                 .into_actor(self)
-                .map(move |outcome, act, ctx| act.record(claimed, outcome, ctx)),
+                .map(move |outcomes, act, ctx| act.record(batch, outcomes, ctx)),
         );
     }
 
-    /// Updates the circuit and stores the attempt's outcome on the row.
-    fn record(&mut self, claimed: Claimed, outcome: AttemptOutcome, ctx: &mut Context<Self>) {
+    /// Updates the circuit (once: this was one request) and stores each row's outcome.
+    fn record(
+        &mut self,
+        batch: Vec<Claimed>,
+        mut outcomes: Vec<AttemptOutcome>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.requests = self.requests.saturating_sub(1);
         if self.is_halted() {
-            // Shutting down: whatever came back (often a cancelled request), give the claim back
-            // without spending an attempt; the row is delivered after the restart.
+            // Shutting down: whatever came back (often a cancelled request), give the claims
+            // back without spending an attempt; the rows are delivered after the restart.
             let db = self.db.clone();
-            let id = claimed.row.id;
-            let release = async move { outbox::release(&db, std::slice::from_ref(&claimed)).await };
-            ctx.spawn(release.into_actor(self).map(move |result, act, _| {
+            let release = async move {
+                let result = outbox::release(&db, &batch).await;
+                (batch, result)
+            };
+            ctx.spawn(release.into_actor(self).map(|(batch, result), act, _| {
                 if let Err(e) = result {
-                    tracing::warn!(outbox_id = %id, error = %e, "cannot release a claim; it expires after email_sync.lease");
+                    tracing::warn!(rows = batch.len(), error = %e, "cannot release claims; they expire after email_sync.lease");
                 }
-                act.in_flight.remove(&id);
+                for claimed in &batch {
+                    act.in_flight.remove(&claimed.row.id);
+                }
                 act.finish_drain_if_idle();
             }));
             return;
         }
-        let now = Utc::now();
-        let attempts = claimed.row.attempts.saturating_add(1);
-        let id = claimed.row.id;
+        // One outcome per row; a task that failed as a whole (a panic) is every row's.
+        if outcomes.len() != batch.len() {
+            let whole = outcomes.pop().unwrap_or_else(|| AttemptOutcome::Transient {
+                status: None,
+                error: "the provider adapter gave no outcome".into(),
+                retry_after: None,
+                misconfigured: false,
+            });
+            outcomes = vec![whole; batch.len()];
+        }
         let before = self.breaker.state();
-        // The circuit, metrics and logs here; what becomes of the row is the pure policy's.
-        match &outcome {
+        let mut sent = outcomes
+            .iter()
+            .filter(|outcome| !matches!(outcome, AttemptOutcome::NotSent { .. }))
+            .peekable();
+        if sent.peek().is_none() {
+            // Held back by the provider's pause: not an answer, for the circuit either.
+            self.breaker.on_abandoned();
+        } else if sent.all(|outcome| matches!(outcome, AttemptOutcome::Transient { .. })) {
+            self.breaker.on_failure(Instant::now());
+        } else {
+            // The provider is up and answered (a permanent refusal of a member included).
+            self.breaker.on_success();
+        }
+        self.note_transition(before);
+        let now = Utc::now();
+        for (claimed, outcome) in batch.into_iter().zip(outcomes) {
+            self.note_outcome(&claimed, &outcome, now);
+            let spent = !matches!(outcome, AttemptOutcome::NotSent { .. });
+            let attempts = claimed.row.attempts.saturating_add(i32::from(spent));
+            let transient = matches!(outcome, AttemptOutcome::Transient { .. });
+            let completion = email::completion(outcome, &claimed.row, now, &self.settings.retry);
+            if let Completion::Dead { error, .. } = &completion {
+                self.metrics.sync_dead.inc();
+                if transient {
+                    tracing::error!(outbox_id = %claimed.row.id, attempts, %error, "giving up on a row after email_sync.retry.max_attempts / max_elapsed; it is dead until an operator retries it");
+                }
+            }
+            self.finished.push(Finished {
+                claimed,
+                attempts,
+                completion,
+                at: now,
+            });
+        }
+        self.store_outcomes(ctx);
+    }
+
+    /// Counts and logs one row's outcome.
+    fn note_outcome(&self, claimed: &Claimed, outcome: &AttemptOutcome, now: DateTime<Utc>) {
+        let id = claimed.row.id;
+        let attempts = claimed.row.attempts.saturating_add(1);
+        match outcome {
             AttemptOutcome::Delivered { .. } => {
-                self.breaker.on_success();
                 self.metrics
                     .sync_attempts
                     .with_label_values(&["delivered"])
@@ -335,8 +416,6 @@ impl EmailSyncActor {
                 tracing::info!(outbox_id = %id, attempts, "delivered to the email provider");
             }
             AttemptOutcome::Permanent { status, error } => {
-                // The provider is up and answered; it refused this message.
-                self.breaker.on_success();
                 self.metrics
                     .sync_attempts
                     .with_label_values(&["permanent"])
@@ -349,34 +428,20 @@ impl EmailSyncActor {
                 misconfigured,
                 ..
             } => {
-                self.breaker.on_failure(Instant::now());
                 self.metrics
                     .sync_attempts
                     .with_label_values(&["transient"])
                     .inc();
                 if *misconfigured {
-                    tracing::error!(outbox_id = %id, ?status, %error, "email provider rejects our requests: check email_sync.url and email_sync.secret");
+                    tracing::error!(outbox_id = %id, ?status, %error, "email provider rejects our requests: check email_sync.kind and its section's base_url and api_key (webhook: email_sync.url and email_sync.secret)");
                 } else {
                     tracing::warn!(outbox_id = %id, ?status, %error, attempts, "delivery failed; will retry");
                 }
             }
+            AttemptOutcome::NotSent { retry_after } => {
+                tracing::debug!(outbox_id = %id, ?retry_after, "not sent: the provider asked us to wait for its rate limit");
+            }
         }
-        let transient = matches!(outcome, AttemptOutcome::Transient { .. });
-        let completion = email::completion(outcome, &claimed.row, now, &self.settings.retry);
-        if transient && let Completion::Dead { error, .. } = &completion {
-            tracing::error!(outbox_id = %id, attempts, %error, "giving up on a row after email_sync.retry.max_attempts / max_elapsed; it is dead until an operator retries it");
-        }
-        self.note_transition(before);
-        if matches!(completion, Completion::Dead { .. }) {
-            self.metrics.sync_dead.inc();
-        }
-        self.finished.push(Finished {
-            claimed,
-            attempts,
-            completion,
-            at: now,
-        });
-        self.store_outcomes(ctx);
     }
 
     /// Stores every outcome waiting in `finished` in one transaction, one such write at a time:
@@ -561,6 +626,7 @@ impl Supervised for EmailSyncActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         tracing::warn!("email sync actor restarting");
         self.in_flight.clear();
+        self.requests = 0;
         // A write of outcomes in progress died with the old context (its transaction rolls
         // back; those rows are attempted again once their leases expire). Outcomes still
         // waiting in `finished` are stored after the restart.
@@ -590,6 +656,8 @@ pub struct StepReport {
     pub attempted: usize,
     /// The circuit was open: nothing was claimed and no attempt spent.
     pub circuit_open: bool,
+    /// The provider asked us to wait (a 429's reset): nothing was claimed.
+    pub provider_paused: bool,
 }
 
 impl Handler<DeliverDue> for EmailSyncActor {

@@ -11,7 +11,7 @@ use super::retry::RetrySettings;
 use crate::outbox::Completion;
 
 /// The completion of attempt number `row.attempts + 1` of `row`, which ended with `outcome` at
-/// `now`.
+/// `now` (or of no attempt, if the outcome is that it was not sent).
 pub fn completion(
     outcome: AttemptOutcome,
     row: &email_outbox::Model,
@@ -20,6 +20,13 @@ pub fn completion(
 ) -> Completion {
     match outcome {
         AttemptOutcome::Delivered { status } => Completion::Delivered { status },
+        // Not attempted: due again when the provider's pause ends (no later than the longest
+        // retry interval), with no attempt spent.
+        AttemptOutcome::NotSent { retry_after } => Completion::Deferred {
+            at: now
+                + chrono::Duration::from_std(retry_after.min(settings.max_interval))
+                    .unwrap_or_default(),
+        },
         AttemptOutcome::Permanent { status, error } => Completion::Dead {
             // 0: the attempt never got an answer (an unreadable stored payload).
             status: Some(status).filter(|s| *s != 0),

@@ -6,7 +6,7 @@
 //! Built from each provider's published API reference and tested against local fakes that
 //! check method, path, auth and body: no provider is reachable from where signup is built.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
@@ -28,10 +28,12 @@ pub struct Delivery {
 
 /// A provider's API as the EmailSyncActor uses it.
 pub trait Adapter {
-    /// One attempt for each of `rows`: the outcomes, one per row, in order.
+    /// One attempt for each of `rows`, each request admitted by `gate`: the outcomes, one per
+    /// row, in order.
     fn deliver(
         &self,
         rows: &[Delivery],
+        gate: &Gate,
     ) -> impl std::future::Future<Output = Vec<AttemptOutcome>> + Send;
 }
 
@@ -51,98 +53,262 @@ pub enum Provider {
     Mailgun(Mailgun),
 }
 
-impl Provider {
-    /// Requests that delivering `rows` takes: every kind takes one contact per request today.
-    fn requests(&self, rows: &[Delivery]) -> usize {
-        rows.len()
-    }
-
-    /// `email_sync.max_requests_per_second` unless set: the provider's documented limit
-    /// (Brevo 10/s on contacts, Resend 5/s per team), else unlimited (0).
-    pub fn default_requests_per_second(kind: crate::configuration::ProviderKind) -> u32 {
-        use crate::configuration::ProviderKind as K;
-        match kind {
-            K::Brevo => 10,
-            K::Resend => 5,
-            K::Webhook | K::Mailchimp | K::Sendgrid | K::Mailgun => 0,
+impl Adapter for Provider {
+    async fn deliver(&self, rows: &[Delivery], gate: &Gate) -> Vec<AttemptOutcome> {
+        match self {
+            Provider::Webhook(p) => {
+                one_by_one(rows, gate, |row| p.deliver_payload(row.id, &row.payload)).await
+            }
+            Provider::Brevo(p) => contacts_one_by_one(p, rows, gate).await,
+            Provider::Resend(p) => contacts_one_by_one(p, rows, gate).await,
+            Provider::Mailchimp(p) => bisecting(p, rows, gate).await,
+            Provider::Sendgrid(p) => bisecting(p, rows, gate).await,
+            Provider::Mailgun(p) => bisecting(p, rows, gate).await,
         }
     }
 }
 
-/// A provider held to `email_sync.max_requests_per_second`, across every delivery in flight.
-pub struct Paced {
-    provider: Provider,
+/// Admits requests to the provider: at most `email_sync.max_requests_per_second` across every
+/// delivery in flight (a `governor` token bucket, one token per request whatever the rows it
+/// carries), and none while the provider has told us to wait (a 429 with its reset header):
+/// that pause holds for every request, so no other row spends an attempt on a certain 429.
+pub struct Gate {
     /// None: unlimited.
     pace: Option<governor::DefaultDirectRateLimiter>,
+    /// Until when the provider asked every request to wait.
+    paused_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Gate {
+    /// At most `per_second` requests a second (0: unlimited), with no burst beyond one
+    /// second's worth.
+    pub fn new(per_second: u32) -> Self {
+        let pace = std::num::NonZeroU32::new(per_second)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
+        Self {
+            pace,
+            paused_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits for the next request's turn; `Err(wait)` while the provider's pause lasts.
+    pub async fn admit(&self) -> Result<(), Duration> {
+        self.check_pause()?;
+        if let Some(pace) = &self.pace {
+            pace.until_ready().await;
+        }
+        // A 429 may have come back while this request waited for its token.
+        self.check_pause()
+    }
+
+    fn check_pause(&self) -> Result<(), Duration> {
+        match self.paused_until() {
+            Some(until) => Err(until.saturating_duration_since(Instant::now())),
+            None => Ok(()),
+        }
+    }
+
+    /// Until when requests wait for the provider's rate-limit reset, if they do now.
+    pub fn paused_until(&self) -> Option<Instant> {
+        let paused = self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        paused.filter(|until| *until > Instant::now())
+    }
+
+    /// Notes what a request came to: a 429 that says when the limit resets pauses every
+    /// request until then.
+    pub fn observe<'a>(&self, outcomes: impl IntoIterator<Item = &'a AttemptOutcome>) {
+        let reset = outcomes
+            .into_iter()
+            .filter_map(|outcome| match outcome {
+                AttemptOutcome::Transient {
+                    status: Some(429),
+                    retry_after: Some(wait),
+                    ..
+                } if !wait.is_zero() => Some(*wait),
+                _ => None,
+            })
+            .max();
+        if let Some(wait) = reset {
+            let until = Instant::now() + wait;
+            let mut paused = self
+                .paused_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if paused.is_none_or(|at| at < until) {
+                *paused = Some(until);
+            }
+        }
+    }
+}
+
+/// The configured provider behind its [`Gate`].
+pub struct Paced {
+    provider: Provider,
+    gate: Gate,
 }
 
 impl Paced {
-    /// `provider` at most `per_second` requests a second (0: unlimited), with no burst beyond
-    /// one second's worth.
+    /// `provider` at most `per_second` requests a second (0: unlimited).
     pub fn new(provider: Provider, per_second: u32) -> Self {
-        let pace = std::num::NonZeroU32::new(per_second)
-            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
-        Self { provider, pace }
-    }
-}
-
-impl Adapter for Paced {
-    async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
-        if let Some(pace) = &self.pace {
-            let requests = u32::try_from(self.provider.requests(rows)).unwrap_or(u32::MAX);
-            if let Some(n) = std::num::NonZeroU32::new(requests) {
-                // More requests at once than a second allows cannot be waited for: they go.
-                let _ = pace.until_n_ready(n).await;
-            }
-        }
-        self.provider.deliver(rows).await
-    }
-}
-
-impl Adapter for Provider {
-    async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
-        match self {
-            Provider::Webhook(p) => p.deliver(rows).await,
-            Provider::Brevo(p) => p.deliver(rows).await,
-            Provider::Resend(p) => p.deliver(rows).await,
-            Provider::Mailchimp(p) => p.deliver(rows).await,
-            Provider::Sendgrid(p) => p.deliver(rows).await,
-            Provider::Mailgun(p) => p.deliver(rows).await,
+        Self {
+            provider,
+            gate: Gate::new(per_second),
         }
     }
+
+    /// One attempt for each of `rows` (one request, or several if a batch is split).
+    pub async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
+        self.provider.deliver(rows, &self.gate).await
+    }
+
+    /// Until when the provider asked us to wait, if it did: claim nothing before then.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.gate.paused_until()
+    }
 }
 
-/// A contacts API that takes one person per request: a batch is its rows one after the other,
-/// each row's payload read as the user it announces.
+/// `rows` one request each, in order, each admitted by `gate`.
+async fn one_by_one<'r, F, Fut>(rows: &'r [Delivery], gate: &Gate, send: F) -> Vec<AttemptOutcome>
+where
+    F: Fn(&'r Delivery) -> Fut,
+    Fut: std::future::Future<Output = AttemptOutcome>,
+{
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let outcome = match gate.admit().await {
+            Ok(()) => send(row).await,
+            Err(retry_after) => AttemptOutcome::NotSent { retry_after },
+        };
+        gate.observe([&outcome]);
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+/// A contacts API that takes one person per request.
 pub trait OneAtATime {
     /// One attempt to add or update `user` at the provider.
     fn send(
         &self,
-        user: UserRegistered,
+        user: &UserRegistered,
     ) -> impl std::future::Future<Output = AttemptOutcome> + Send;
 }
 
-impl<T: OneAtATime + Sync> Adapter for T {
-    async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
-        let mut outcomes = Vec::with_capacity(rows.len());
-        for row in rows {
-            outcomes.push(match event(row) {
-                Ok(user) => self.send(user).await,
-                Err(unreadable) => unreadable,
-            });
+/// Each row's payload read as the user it announces, sent one request each.
+async fn contacts_one_by_one<A: OneAtATime + Sync>(
+    api: &A,
+    rows: &[Delivery],
+    gate: &Gate,
+) -> Vec<AttemptOutcome> {
+    one_by_one(rows, gate, |row| async move {
+        match event(row) {
+            Ok(user) => api.send(&user).await,
+            Err(unreadable) => unreadable,
         }
-        outcomes
-    }
+    })
+    .await
 }
 
-impl Adapter for WebhookProvider {
-    async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
-        let mut outcomes = Vec::with_capacity(rows.len());
-        for row in rows {
-            outcomes.push(self.deliver_payload(row.id, &row.payload).await);
+/// What the answer to a batch request says.
+#[derive(Debug)]
+pub enum BatchAnswer {
+    /// One outcome per member, in order (a 200 listing per-member errors).
+    Each(Vec<AttemptOutcome>),
+    /// The request as a whole: the same outcome for every member.
+    Whole(AttemptOutcome),
+}
+
+/// A contacts API that also takes many people in one request.
+pub trait InBatches: OneAtATime {
+    /// One request adding or updating every one of `users` (at least two).
+    fn send_batch(
+        &self,
+        users: &[UserRegistered],
+    ) -> impl std::future::Future<Output = BatchAnswer> + Send;
+}
+
+/// `rows` in one batch request; a batch refused as a whole with a permanent answer (a 400 or
+/// 413 about some member, most likely) is split in halves and each half sent again, down to
+/// single rows, so that only the rows the provider refuses go dead. Any other answer to the
+/// whole batch (delivered, transient) is every row's.
+async fn bisecting<A: InBatches + Sync>(
+    api: &A,
+    rows: &[Delivery],
+    gate: &Gate,
+) -> Vec<AttemptOutcome> {
+    let mut outcomes: Vec<Option<AttemptOutcome>> = vec![None; rows.len()];
+    // The readable rows: their users, and where each one's outcome goes.
+    let mut users = Vec::with_capacity(rows.len());
+    let mut places = Vec::with_capacity(rows.len());
+    for (place, row) in rows.iter().enumerate() {
+        match event(row) {
+            Ok(user) => {
+                users.push(user);
+                places.push(place);
+            }
+            Err(unreadable) => outcomes[place] = Some(unreadable),
         }
-        outcomes
     }
+    // Parts of `users` still to send, the next one last.
+    let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+    parts.push(0..users.len());
+    while let Some(part) = parts.pop() {
+        let members = &users[part.clone()];
+        let answer = match (members, gate.admit().await) {
+            ([], _) => continue,
+            (_, Err(retry_after)) => BatchAnswer::Whole(AttemptOutcome::NotSent { retry_after }),
+            ([one], Ok(())) => BatchAnswer::Whole(api.send(one).await),
+            (_, Ok(())) => api.send_batch(members).await,
+        };
+        match answer {
+            BatchAnswer::Each(each) if each.len() == members.len() => {
+                gate.observe(&each);
+                for (place, outcome) in places[part].iter().zip(each) {
+                    outcomes[*place] = Some(outcome);
+                }
+            }
+            BatchAnswer::Each(each) => {
+                let whole = AttemptOutcome::Transient {
+                    status: None,
+                    error: format!(
+                        "the provider answered for {} of the {} members sent",
+                        each.len(),
+                        members.len()
+                    ),
+                    retry_after: None,
+                    misconfigured: false,
+                };
+                for place in &places[part] {
+                    outcomes[*place] = Some(whole.clone());
+                }
+            }
+            BatchAnswer::Whole(AttemptOutcome::Permanent { .. }) if members.len() > 1 => {
+                let middle = part.start + members.len() / 2;
+                parts.push(middle..part.end);
+                parts.push(part.start..middle);
+            }
+            BatchAnswer::Whole(whole) => {
+                gate.observe([&whole]);
+                for place in &places[part] {
+                    outcomes[*place] = Some(whole.clone());
+                }
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|| AttemptOutcome::Transient {
+                status: None,
+                error: "the provider adapter gave no outcome".into(),
+                retry_after: None,
+                misconfigured: false,
+            })
+        })
+        .collect()
 }
 
 /// Sends `request` and classifies its answer (§3.2, the provider's `reset_header` on 429).
@@ -254,11 +420,11 @@ impl Brevo {
 }
 
 impl OneAtATime for Brevo {
-    async fn send(&self, user: UserRegistered) -> AttemptOutcome {
+    async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
         let mut attributes = serde_json::Map::new();
         attributes.insert(
             self.settings.username_attribute.clone(),
-            serde_json::Value::String(user.username),
+            serde_json::Value::String(user.username.clone()),
         );
         let body = serde_json::json!({
             "email": user.email,
@@ -288,7 +454,7 @@ impl Resend {
 }
 
 impl OneAtATime for Resend {
-    async fn send(&self, user: UserRegistered) -> AttemptOutcome {
+    async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
         let body = serde_json::json!({
             "email": user.email,
             "first_name": user.username,
@@ -342,13 +508,41 @@ pub type Mailchimp = Api<MailchimpSettings>;
 
 impl Mailchimp {
     pub fn new(settings: &MailchimpSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
-        // `…/members/`: each member's hash is joined below it.
-        let mut members = join(
+        let list = join(
             &settings.api_base(),
-            &format!("3.0/lists/{}/members", settings.list_id),
+            &format!("3.0/lists/{}", settings.list_id),
         );
-        members.set_path(&format!("{}/", members.path()));
-        Self::at(members, settings, timeout)
+        Self::at(list, settings, timeout)
+    }
+
+    /// One member as Mailchimp's bodies carry it: `status_if_new` only, never `status`.
+    fn member(&self, user: &UserRegistered) -> serde_json::Value {
+        let mut merge_fields = serde_json::Map::new();
+        merge_fields.insert(
+            self.settings.username_merge_field.clone(),
+            serde_json::Value::String(user.username.clone()),
+        );
+        serde_json::json!({
+            "email_address": user.email,
+            "status_if_new": self.settings.status_if_new.as_str(),
+            "merge_fields": merge_fields,
+        })
+    }
+
+    /// Sends `request` with the key; the status, headers and body of the answer.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, HeaderMap, String), AttemptOutcome> {
+        let response = request
+            .basic_auth("signup", Some(self.settings.api_key.expose_secret()))
+            .send()
+            .await
+            .map_err(request_failed)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.map_err(request_failed)?;
+        Ok((status, headers, text))
     }
 }
 
@@ -361,27 +555,13 @@ pub fn subscriber_hash(email: &str) -> String {
         .collect()
 }
 
-/// Mailchimp's answers beyond §3.2: a 400 saying the address "signed up to a lot of lists very
-/// recently" is temporary (next attempt no sooner than an hour); every other 400 (compliance
-/// state, forgotten email, fake or invalid address, validation) is permanent, kept with the
-/// problem's title and detail.
+/// Mailchimp's answers beyond §3.2: a 400 is judged by [`mailchimp_refusal`].
 fn mailchimp_outcome(status: StatusCode, headers: &HeaderMap, body: &str) -> AttemptOutcome {
     if status == StatusCode::BAD_REQUEST {
         let problem: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
         let title = problem["title"].as_str().unwrap_or("Bad Request");
         let detail = problem["detail"].as_str().unwrap_or("");
-        if detail.contains("signed up to a lot of lists very recently") {
-            return AttemptOutcome::Transient {
-                status: Some(400),
-                error: format!("Mailchimp: {title}: {detail}"),
-                retry_after: Some(Duration::from_secs(3600)),
-                misconfigured: false,
-            };
-        }
-        return AttemptOutcome::Permanent {
-            status: 400,
-            error: format!("Mailchimp: {title}: {detail}"),
-        };
+        return mailchimp_refusal(&format!("{title}: {detail}"));
     }
     classify(
         status,
@@ -391,42 +571,93 @@ fn mailchimp_outcome(status: StatusCode, headers: &HeaderMap, body: &str) -> Att
     )
 }
 
-impl OneAtATime for Mailchimp {
-    async fn send(&self, user: UserRegistered) -> AttemptOutcome {
-        let mut merge_fields = serde_json::Map::new();
-        merge_fields.insert(
-            self.settings.username_merge_field.clone(),
-            serde_json::Value::String(user.username),
-        );
-        let body = serde_json::json!({
-            "email_address": user.email,
-            "status_if_new": self.settings.status_if_new.as_str(),
-            "merge_fields": merge_fields,
+/// What Mailchimp refusing one member means, from its words (a 400's title and detail, or a
+/// batch answer's member error): an address that "signed up to a lot of lists very recently"
+/// may be tried again, no sooner than an hour; everything else (compliance state, permanently
+/// deleted or forgotten, fake or invalid, validation) is final, kept with Mailchimp's words.
+fn mailchimp_refusal(words: &str) -> AttemptOutcome {
+    if words.contains("signed up to a lot of lists very recently") {
+        return AttemptOutcome::Transient {
+            status: Some(400),
+            error: format!("Mailchimp: {words}"),
+            retry_after: Some(Duration::from_secs(3600)),
+            misconfigured: false,
+        };
+    }
+    AttemptOutcome::Permanent {
+        status: 400,
+        error: format!("Mailchimp: {words}"),
+    }
+}
+
+/// The outcome of each of `users` in Mailchimp's 200 answer to a batch subscribe: a member
+/// its `errors[]` names (by address, in any case) is refused as [`mailchimp_refusal`] says;
+/// every other member was added or updated.
+fn mailchimp_batch_outcomes(users: &[UserRegistered], body: &str) -> BatchAnswer {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        errors: Vec<MemberError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct MemberError {
+        email_address: String,
+        #[serde(default)]
+        error: String,
+        #[serde(default)]
+        error_code: String,
+    }
+    let Ok(answer) = serde_json::from_str::<Answer>(body) else {
+        return BatchAnswer::Whole(AttemptOutcome::Transient {
+            status: Some(200),
+            error: "Mailchimp answered the batch with an unreadable body".into(),
+            retry_after: None,
+            misconfigured: false,
         });
-        let url = match self.endpoint.join(&subscriber_hash(&user.email)) {
-            Ok(url) => url,
-            Err(e) => {
-                return AttemptOutcome::Permanent {
-                    status: 0,
-                    error: format!("cannot build the member URL: {e}"),
-                };
+    };
+    let refused: std::collections::HashMap<String, MemberError> = answer
+        .errors
+        .into_iter()
+        .map(|e| (e.email_address.to_lowercase(), e))
+        .collect();
+    BatchAnswer::Each(
+        users
+            .iter()
+            .map(|user| match refused.get(&user.email.to_lowercase()) {
+                Some(e) => mailchimp_refusal(&format!("{} ({})", e.error, e.error_code)),
+                None => AttemptOutcome::Delivered { status: 200 },
+            })
+            .collect(),
+    )
+}
+
+impl OneAtATime for Mailchimp {
+    async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
+        let url = join(
+            &self.endpoint,
+            &format!("members/{}", subscriber_hash(&user.email)),
+        );
+        let request = self.client.put(url).json(&self.member(user));
+        match self.exchange(request).await {
+            Ok((status, headers, text)) => mailchimp_outcome(status, &headers, &text),
+            Err(failed) => failed,
+        }
+    }
+}
+
+impl InBatches for Mailchimp {
+    /// `POST /3.0/lists/{list_id}` `{"members": [...], "update_existing": true}`.
+    async fn send_batch(&self, users: &[UserRegistered]) -> BatchAnswer {
+        let members: Vec<_> = users.iter().map(|user| self.member(user)).collect();
+        let body = serde_json::json!({"members": members, "update_existing": true});
+        let request = self.client.post(self.endpoint.clone()).json(&body);
+        match self.exchange(request).await {
+            Ok((status, _, text)) if status.is_success() => mailchimp_batch_outcomes(users, &text),
+            Ok((status, headers, text)) => {
+                BatchAnswer::Whole(mailchimp_outcome(status, &headers, &text))
             }
-        };
-        let response = match self
-            .client
-            .put(url)
-            .basic_auth("signup", Some(self.settings.api_key.expose_secret()))
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(e) => return request_failed(e),
-        };
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        mailchimp_outcome(status, &headers, &text)
+            Err(failed) => BatchAnswer::Whole(failed),
+        }
     }
 }
 
@@ -443,17 +674,25 @@ impl Sendgrid {
             timeout,
         )
     }
-}
 
-impl OneAtATime for Sendgrid {
-    async fn send(&self, user: UserRegistered) -> AttemptOutcome {
-        let mut contact = serde_json::Map::new();
-        contact.insert("email".into(), serde_json::Value::String(user.email));
-        contact.insert(
-            self.settings.username_field.clone(),
-            serde_json::Value::String(user.username),
-        );
-        let body = serde_json::json!({"list_ids": self.settings.list_ids, "contacts": [contact]});
+    /// `PUT /v3/marketing/contacts` with `users` and the lists: one request for one or many.
+    async fn put_contacts(&self, users: &[UserRegistered]) -> AttemptOutcome {
+        let contacts: Vec<_> = users
+            .iter()
+            .map(|user| {
+                let mut contact = serde_json::Map::new();
+                contact.insert(
+                    "email".into(),
+                    serde_json::Value::String(user.email.clone()),
+                );
+                contact.insert(
+                    self.settings.username_field.clone(),
+                    serde_json::Value::String(user.username.clone()),
+                );
+                contact
+            })
+            .collect();
+        let body = serde_json::json!({"list_ids": self.settings.list_ids, "contacts": contacts});
         match self
             .client
             .put(self.endpoint.clone())
@@ -487,6 +726,20 @@ impl OneAtATime for Sendgrid {
     }
 }
 
+impl OneAtATime for Sendgrid {
+    async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
+        self.put_contacts(std::slice::from_ref(user)).await
+    }
+}
+
+impl InBatches for Sendgrid {
+    /// The same route with every contact; 202 accepts them all, a 400/413 refuses the request
+    /// (and is split by the caller).
+    async fn send_batch(&self, users: &[UserRegistered]) -> BatchAnswer {
+        BatchAnswer::Whole(self.put_contacts(users).await)
+    }
+}
+
 /// Mailgun (`email_sync.kind = "mailgun"`): `POST /v3/lists/{list}/members`, a form with
 /// `address`, `name` and `upsert=yes`; Basic auth `api:<key>`. A 404 is transient (its lists
 /// are eventually consistent), as §3.2 already has it.
@@ -494,13 +747,14 @@ pub type Mailgun = Api<MailgunSettings>;
 
 impl Mailgun {
     pub fn new(settings: &MailgunSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let members = format!("v3/lists/{}/members", settings.list);
-        Self::at(join(&settings.base_url, &members), settings, timeout)
+        let list = format!("v3/lists/{}", settings.list);
+        Self::at(join(&settings.base_url, &list), settings, timeout)
     }
 }
 
 impl OneAtATime for Mailgun {
-    async fn send(&self, user: UserRegistered) -> AttemptOutcome {
+    /// `POST /v3/lists/{list}/members`, form `address`, `name`, `upsert=yes`.
+    async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
         let form = [
             ("address", user.email.as_str()),
             ("name", user.username.as_str()),
@@ -508,10 +762,29 @@ impl OneAtATime for Mailgun {
         ];
         let request = self
             .client
-            .post(self.endpoint.clone())
+            .post(join(&self.endpoint, "members"))
             .basic_auth("api", Some(self.settings.api_key.expose_secret()))
             .form(&form);
         attempt(request, "", "email_sync.mailgun.api_key").await
+    }
+}
+
+impl InBatches for Mailgun {
+    /// `POST /v3/lists/{list}/members.json`, form `members` (a JSON array of `{address, name}`)
+    /// and `upsert=yes`: the list takes them all or refuses the request.
+    async fn send_batch(&self, users: &[UserRegistered]) -> BatchAnswer {
+        let members: Vec<_> = users
+            .iter()
+            .map(|user| serde_json::json!({"address": user.email, "name": user.username}))
+            .collect();
+        let members = serde_json::Value::Array(members).to_string();
+        let form = [("members", members.as_str()), ("upsert", "yes")];
+        let request = self
+            .client
+            .post(join(&self.endpoint, "members.json"))
+            .basic_auth("api", Some(self.settings.api_key.expose_secret()))
+            .form(&form);
+        BatchAnswer::Whole(attempt(request, "", "email_sync.mailgun.api_key").await)
     }
 }
 

@@ -31,6 +31,9 @@ pub enum AttemptOutcome {
     },
     /// Any other 4xx: the message itself is refused; retrying cannot help.
     Permanent { status: u16, error: String },
+    /// Not sent: the provider told every request to wait (a 429's reset), for `retry_after`
+    /// from now. No attempt is spent and the circuit is not touched.
+    NotSent { retry_after: Duration },
 }
 
 #[derive(Debug, thiserror::Error)]

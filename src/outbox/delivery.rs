@@ -91,10 +91,14 @@ pub enum Completion {
         status: Option<u16>,
         error: String,
     },
+    /// Not attempted (the provider asked every request to wait): due again at `at`.
+    Deferred {
+        at: DateTime<Utc>,
+    },
 }
 
 /// A delivery attempt whose outcome is to be stored: attempt number `attempts` of a claimed row,
-/// ended at `at`.
+/// ended at `at` (for a deferred row, `attempts` is the row's own: none was spent).
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub claimed: Claimed,
@@ -155,6 +159,9 @@ async fn complete<C: ConnectionTrait>(db: &C, finished: &Finished) -> Result<boo
             update.status = Set(Status::Dead);
             update.last_status = Set(status.map(i32::from));
             update.last_error = Set(Some(error));
+        }
+        Completion::Deferred { at } => {
+            update.next_attempt_at = Set(at.trunc_subsecs(6));
         }
     }
     let result = email_outbox::Entity::update_many()

@@ -244,7 +244,7 @@ async fn the_circuit_opens_after_the_threshold_lets_only_probes_through_and_clos
     answering(503).mount(&provider).await;
     let app = app_with_provider(&provider, |s| {
         // One at a time, so the count of requests is exact.
-        s.email_sync.max_in_flight = std::num::NonZeroUsize::MIN;
+        s.email_sync.max_in_flight = Some(std::num::NonZeroUsize::MIN);
         s.email_sync.circuit_breaker.failure_threshold =
             std::num::NonZeroU32::new(3).expect("not zero");
         // Long enough that a slow, shared machine still sees it open before the probe: the
@@ -260,7 +260,18 @@ async fn the_circuit_opens_after_the_threshold_lets_only_probes_through_and_clos
     })
     .await;
     assert_eq!(requests_received(&provider).await, 3, "threshold reached");
-    let attempts_when_opened: i32 = app.outbox_rows().await.iter().map(|r| r.attempts).sum();
+    // The third outcome is stored just after the circuit opens.
+    let attempts_stored = || async {
+        app.outbox_rows()
+            .await
+            .iter()
+            .map(|r| r.attempts)
+            .sum::<i32>()
+    };
+    wait_until("the three attempts are stored", PATIENCE, || async {
+        attempts_stored().await == 3
+    })
+    .await;
 
     // While open, a delivery step claims nothing: nothing reaches the provider and no attempt
     // is spent, although every row is due.
@@ -270,14 +281,7 @@ async fn the_circuit_opens_after_the_threshold_lets_only_probes_through_and_clos
     assert!(step.circuit_open, "{step:?}");
     assert_eq!(step.attempted, 0);
     assert_eq!(requests_received(&provider).await, 3);
-    assert_eq!(
-        app.outbox_rows()
-            .await
-            .iter()
-            .map(|r| r.attempts)
-            .sum::<i32>(),
-        attempts_when_opened
-    );
+    assert_eq!(attempts_stored().await, 3);
 
     // After open_for, one probe; it fails, and the circuit opens again (for twice as long).
     wait_until("a probe is sent", PATIENCE, || async {
