@@ -9,11 +9,12 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::email_outbox::{self, Status};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
-    EntityTrait, FromQueryResult, QueryFilter, Statement, TransactionTrait,
+    EntityTrait, FromQueryResult, QueryFilter, QueryTrait, Statement, TransactionTrait,
 };
+use uuid::Uuid;
 
 use crate::database::is_postgres;
 
@@ -121,12 +122,91 @@ pub async fn complete_all(
         return Ok(vec![complete(db, one).await?]);
     }
     let txn = db.begin().await?;
-    let mut stored = Vec::with_capacity(finished.len());
-    for one in finished {
-        stored.push(complete(&txn, one).await?);
+    let mut stored = vec![false; finished.len()];
+    // Rows delivered by one request share their claim, status and time: one UPDATE each such
+    // group (a batch of 500 is one statement, not 500 round trips); the rest one by one.
+    let mut groups: Vec<(DeliveredGroup, Vec<usize>)> = Vec::new();
+    for (place, one) in finished.iter().enumerate() {
+        match &one.completion {
+            Completion::Delivered { status } => {
+                let key = DeliveredGroup {
+                    lease: one.claimed.lease,
+                    status: *status,
+                    at: one.at,
+                };
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, places)) => places.push(place),
+                    None => groups.push((key, vec![place])),
+                }
+            }
+            _ => stored[place] = complete(&txn, one).await?,
+        }
+    }
+    for (group, places) in groups {
+        for chunk in places.chunks(DELIVERED_PER_STATEMENT) {
+            let ids: Vec<Uuid> = chunk.iter().map(|p| finished[*p].claimed.row.id).collect();
+            let updated = deliver_many(&txn, &group, &ids).await?;
+            for place in chunk {
+                stored[*place] = updated.contains(&finished[*place].claimed.row.id);
+            }
+        }
     }
     txn.commit().await?;
     Ok(stored)
+}
+
+/// Rows per UPDATE of delivered rows: well within SQLite's and PostgreSQL's bound parameters.
+const DELIVERED_PER_STATEMENT: usize = 500;
+
+/// What rows delivered by one request have in common.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DeliveredGroup {
+    lease: DateTime<Utc>,
+    status: u16,
+    at: DateTime<Utc>,
+}
+
+/// Marks `ids` delivered, each only if its claim (`group.lease`) still holds; answers the ids
+/// it marked.
+async fn deliver_many<C: ConnectionTrait>(
+    db: &C,
+    group: &DeliveredGroup,
+    ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Marked {
+        id: Uuid,
+    }
+    let mut update = email_outbox::Entity::update_many()
+        .col_expr(email_outbox::Column::Status, Expr::value(Status::Delivered))
+        .col_expr(
+            email_outbox::Column::DeliveredAt,
+            Expr::value(group.at.trunc_subsecs(6)),
+        )
+        .col_expr(
+            email_outbox::Column::LastStatus,
+            Expr::value(i32::from(group.status)),
+        )
+        .col_expr(
+            email_outbox::Column::Attempts,
+            Expr::col(email_outbox::Column::Attempts).add(1),
+        )
+        .col_expr(
+            email_outbox::Column::LockedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(email_outbox::Column::Id.is_in(ids.iter().copied()))
+        .filter(email_outbox::Column::Status.eq(Status::Pending))
+        .filter(email_outbox::Column::LockedUntil.eq(group.lease))
+        .into_query();
+    update.returning_col(email_outbox::Column::Id);
+    let statement = db.get_database_backend().build(&update);
+    Ok(Marked::find_by_statement(statement)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect())
 }
 
 /// Records one attempt's outcome. False if the claim was lost (the lease expired and another

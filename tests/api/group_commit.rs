@@ -225,6 +225,8 @@ async fn delivery_outcomes_are_stored_together_and_a_lost_claim_is_left_to_its_n
         .expect("updated");
 
     let retry_at = Utc::now() + chrono::Duration::minutes(1);
+    // One request's rows share their claim and time: the two delivered ones are one UPDATE.
+    let at = Utc::now();
     let finished: Vec<Finished> = claims
         .iter()
         .enumerate()
@@ -240,7 +242,7 @@ async fn delivery_outcomes_are_stored_together_and_a_lost_claim_is_left_to_its_n
                     error: "unavailable".into(),
                 }
             },
-            at: Utc::now(),
+            at,
         })
         .collect();
     let stored = complete_all(&db, &finished).await.expect("one transaction");
