@@ -133,36 +133,40 @@ async fn receive(
     HttpResponse::NoContent().finish()
 }
 
-/// A provider's contacts API, as its reference documents it: the route, the credentials (when
-/// `--api-key` is given), the body's email and name, and the documented success answer.
+/// A provider's contacts API, as its reference documents it: the route (one contact, or the
+/// batch route where the API has one), the credentials (when `--api-key` is given), the body's
+/// addresses, the batch limit, and the documented answers. An address whose local part starts
+/// with `invalid` is refused as the provider refuses a bad address: a member error in
+/// Mailchimp's batch answer, a 400 for the whole request elsewhere.
 fn provider_api(options: &MockOptions, request: &HttpRequest, body: &str) -> HttpResponse {
     use actix_web::http::Method;
     let kind = options.kind;
     let path = request.path();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let route_ok = match kind {
-        ProviderKind::Mailchimp => {
-            request.method() == Method::PUT
-                && matches!(segments.as_slice(), ["3.0", "lists", _, "members", _])
-        }
+    let method = request.method();
+    // Which route: None = not this API's; Some(true) = its batch route.
+    let batch = match kind {
+        ProviderKind::Mailchimp => match segments.as_slice() {
+            ["3.0", "lists", _, "members", _] if method == Method::PUT => Some(false),
+            ["3.0", "lists", _] if method == Method::POST => Some(true),
+            _ => None,
+        },
         ProviderKind::Sendgrid => {
-            request.method() == Method::PUT && path == "/v3/marketing/contacts"
+            (method == Method::PUT && path == "/v3/marketing/contacts").then_some(true)
         }
-        ProviderKind::Brevo => request.method() == Method::POST && path == "/v3/contacts",
-        ProviderKind::Resend => request.method() == Method::POST && path == "/contacts",
-        ProviderKind::Mailgun => {
-            request.method() == Method::POST
-                && matches!(segments.as_slice(), ["v3", "lists", _, "members"])
-        }
-        ProviderKind::Webhook => false,
+        ProviderKind::Brevo => (method == Method::POST && path == "/v3/contacts").then_some(false),
+        ProviderKind::Resend => (method == Method::POST && path == "/contacts").then_some(false),
+        ProviderKind::Mailgun => match segments.as_slice() {
+            ["v3", "lists", _, "members"] if method == Method::POST => Some(false),
+            ["v3", "lists", _, "members.json"] if method == Method::POST => Some(true),
+            _ => None,
+        },
+        ProviderKind::Webhook => None,
     };
-    if !route_ok {
-        say(
-            options,
-            format_args!("NOT FOUND {} {path}", request.method()),
-        );
+    let Some(batch) = batch else {
+        say(options, format_args!("NOT FOUND {method} {path}"));
         return HttpResponse::NotFound().finish();
-    }
+    };
     if let Some(key) = &options.api_key
         && !authorized(kind, request, key)
     {
@@ -181,28 +185,78 @@ fn provider_api(options: &MockOptions, request: &HttpRequest, body: &str) -> Htt
         say(options, format_args!("FAILED 503 {path}"));
         return HttpResponse::ServiceUnavailable().finish();
     }
-    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    let email = match kind {
-        ProviderKind::Mailchimp => json["email_address"].as_str().map(str::to_owned),
-        ProviderKind::Sendgrid => json["contacts"][0]["email"].as_str().map(str::to_owned),
-        ProviderKind::Mailgun => url::form_urlencoded::parse(body.as_bytes())
-            .find(|(k, _)| k == "address")
-            .map(|(_, v)| v.into_owned()),
-        _ => json["email"].as_str().map(str::to_owned),
+    let emails = match addresses(kind, batch, body) {
+        Ok(emails) if !emails.is_empty() => emails,
+        Ok(_) | Err(_) => {
+            say(
+                options,
+                format_args!("REFUSED 400 {path}: no email address"),
+            );
+            return HttpResponse::BadRequest().body("no email address");
+        }
     };
-    let Some(email) = email else {
+    if emails.len() > kind.batch_limit().max(1) && kind != ProviderKind::Sendgrid
+        || emails.len() > 30_000
+    {
         say(
             options,
-            format_args!("REFUSED 400 {path}: no email address"),
+            format_args!("REFUSED 400 {path}: {} members", emails.len()),
         );
-        return HttpResponse::BadRequest().body("no email address");
-    };
+        return HttpResponse::BadRequest().body("too many members in one request");
+    }
     if kind == ProviderKind::Mailchimp
-        && segments.last() != Some(&crate::email::provider::subscriber_hash(&email).as_str())
+        && !batch
+        && segments.last() != Some(&crate::email::provider::subscriber_hash(&emails[0]).as_str())
     {
         return HttpResponse::BadRequest().body("the member hash is not the email's");
     }
-    say(options, format_args!("DELIVERED {kind:?} email={email}"));
+    let refused: Vec<&String> = emails.iter().filter(|e| e.starts_with("invalid")).collect();
+    if kind == ProviderKind::Mailchimp && batch {
+        for email in &emails {
+            if !refused.contains(&email) {
+                say(options, format_args!("DELIVERED {kind:?} email={email}"));
+            }
+        }
+        let members = |list: Vec<&String>| -> Vec<serde_json::Value> {
+            list.into_iter()
+                .map(|e| serde_json::json!({"email_address": e, "status": "subscribed"}))
+                .collect()
+        };
+        let errors: Vec<_> = refused
+            .iter()
+            .map(|e| serde_json::json!({"email_address": e, "error": format!("{e} looks fake or invalid, please enter a real email address."), "error_code": "ERROR_GENERIC", "field": "email_address", "field_message": ""}))
+            .collect();
+        let created = members(emails.iter().filter(|e| !refused.contains(e)).collect());
+        return HttpResponse::Ok().json(serde_json::json!({
+            "total_created": created.len(),
+            "total_updated": 0,
+            "error_count": errors.len(),
+            "new_members": created,
+            "updated_members": [],
+            "errors": errors,
+        }));
+    }
+    if let Some(email) = refused.first() {
+        say(options, format_args!("REFUSED 400 {path}: {email}"));
+        return match kind {
+            ProviderKind::Mailchimp => HttpResponse::BadRequest()
+                .content_type("application/problem+json")
+                .json(serde_json::json!({"type": "https://mailchimp.com/developer/marketing/docs/errors/", "title": "Invalid Resource", "status": 400, "detail": format!("{email} looks fake or invalid, please enter a real email address.")})),
+            ProviderKind::Sendgrid => {
+                let place = emails.iter().position(|e| e == *email).unwrap_or(0);
+                HttpResponse::BadRequest().json(serde_json::json!({"errors": [{"field": format!("contacts[{place}].email"), "message": "invalid email"}]}))
+            }
+            ProviderKind::Brevo => HttpResponse::BadRequest()
+                .json(serde_json::json!({"code": "invalid_parameter", "message": "email is not valid"})),
+            ProviderKind::Resend => HttpResponse::UnprocessableEntity()
+                .json(serde_json::json!({"statusCode": 422, "name": "validation_error", "message": "Invalid `email` field."})),
+            _ => HttpResponse::BadRequest()
+                .json(serde_json::json!({"message": format!("'{email}' is not a valid address")})),
+        };
+    }
+    for email in &emails {
+        say(options, format_args!("DELIVERED {kind:?} email={email}"));
+    }
     match kind {
         ProviderKind::Sendgrid => {
             HttpResponse::Accepted().json(serde_json::json!({"job_id": uuid::Uuid::new_v4()}))
@@ -210,11 +264,62 @@ fn provider_api(options: &MockOptions, request: &HttpRequest, body: &str) -> Htt
         ProviderKind::Brevo => HttpResponse::Created().json(serde_json::json!({"id": 1})),
         ProviderKind::Resend => HttpResponse::Created()
             .json(serde_json::json!({"object": "contact", "id": uuid::Uuid::new_v4()})),
+        ProviderKind::Mailgun if batch => HttpResponse::Ok().json(serde_json::json!({
+            "list": {"members_count": emails.len()},
+            "message": "Mailing list has been updated",
+            "task-id": uuid::Uuid::new_v4().simple().to_string(),
+        })),
         ProviderKind::Mailgun => HttpResponse::Ok()
             .json(serde_json::json!({"message": "Mailing list member has been created"})),
         _ => HttpResponse::Ok()
-            .json(serde_json::json!({"email_address": email, "status": "pending"})),
+            .json(serde_json::json!({"email_address": emails[0], "status": "pending"})),
     }
+}
+
+/// The addresses a request to `kind`'s API carries (its batch route when `batch`; for the
+/// webhook kind, the event's).
+pub fn addresses(kind: ProviderKind, batch: bool, body: &str) -> Result<Vec<String>, String> {
+    let json = || serde_json::from_str::<serde_json::Value>(body).map_err(|e| e.to_string());
+    let form = |field: &str| {
+        url::form_urlencoded::parse(body.as_bytes())
+            .find(|(k, _)| k == field)
+            .map(|(_, v)| v.into_owned())
+    };
+    let strings = |values: Option<&Vec<serde_json::Value>>, field: &str| {
+        values
+            .map(|list| {
+                list.iter()
+                    .filter_map(|v| v[field].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(match (kind, batch) {
+        (ProviderKind::Mailchimp, true) => strings(json()?["members"].as_array(), "email_address"),
+        (ProviderKind::Mailchimp, false) => json()?["email_address"]
+            .as_str()
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+        (ProviderKind::Sendgrid, _) => strings(json()?["contacts"].as_array(), "email"),
+        (ProviderKind::Mailgun, true) => {
+            let members = form("members").ok_or("no members")?;
+            let members: serde_json::Value =
+                serde_json::from_str(&members).map_err(|e| e.to_string())?;
+            strings(members.as_array(), "address")
+        }
+        (ProviderKind::Mailgun, false) => form("address").into_iter().collect(),
+        (ProviderKind::Webhook, _) => json()?["data"]["email"]
+            .as_str()
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+        _ => json()?["email"]
+            .as_str()
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+    })
 }
 
 /// Whether `request` carries `key` the way `kind` expects it.

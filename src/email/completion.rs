@@ -184,4 +184,22 @@ mod tests {
             Completion::Retry { .. }
         ));
     }
+
+    #[test]
+    fn a_row_not_sent_is_due_when_the_pause_ends_and_spends_no_attempt() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let settings = RetrySettings::default();
+        let deferred = completion(
+            AttemptOutcome::NotSent {
+                retry_after: Duration::from_secs(30),
+            },
+            &row(29, now),
+            now,
+            &settings,
+        );
+        assert!(
+            matches!(deferred, Completion::Deferred { at } if at == now + chrono::Duration::seconds(30)),
+            "not dead at attempt 30, and not later than asked: {deferred:?}"
+        );
+    }
 }

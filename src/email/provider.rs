@@ -855,6 +855,72 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_429_with_a_reset_holds_every_request_back_until_then_and_nothing_else_does() {
+        let gate = Gate::new(0);
+        assert_eq!(gate.admit().await, Ok(()));
+        let limited = |status, retry_after| AttemptOutcome::Transient {
+            status: Some(status),
+            error: "limited".into(),
+            retry_after,
+            misconfigured: false,
+        };
+        // A 503 asking to wait, or a 429 without a reset: that row's matter, not a pause.
+        gate.observe([
+            &limited(503, Some(Duration::from_secs(60))),
+            &limited(429, None),
+        ]);
+        assert_eq!(gate.admit().await, Ok(()));
+        gate.observe([&limited(429, Some(Duration::from_secs(60)))]);
+        let held = gate.admit().await.expect_err("paused");
+        assert!(held > Duration::from_secs(58) && held <= Duration::from_secs(60));
+        // The rows a paused request would have carried are not sent, and say for how long.
+        let rows = [Delivery {
+            id: Uuid::nil(),
+            payload: "{}".into(),
+        }];
+        let outcomes = one_by_one(&rows, &gate, |_| async {
+            panic!("nothing is sent while paused")
+        })
+        .await;
+        assert!(
+            matches!(outcomes[..], [AttemptOutcome::NotSent { retry_after }] if retry_after > Duration::from_secs(58)),
+            "{outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn mailchimp_batch_member_errors_are_read_per_member_by_address_in_any_case() {
+        let user = |n: u32| UserRegistered {
+            user_id: Uuid::nil(),
+            username: format!("user{n}"),
+            email: format!("user{n}@example.com"),
+            registered_at: chrono::Utc::now(),
+        };
+        let body = serde_json::json!({
+            "new_members": [], "updated_members": [],
+            "errors": [{"email_address": "USER2@example.com", "error": "USER2@example.com was permanently deleted and cannot be re-imported", "error_code": "ERROR_CONTACT_EXISTS"}],
+        })
+        .to_string();
+        let BatchAnswer::Each(outcomes) = mailchimp_batch_outcomes(&[user(1), user(2)], &body)
+        else {
+            panic!("a 200 answer is per member")
+        };
+        assert_eq!(outcomes[0], AttemptOutcome::Delivered { status: 200 });
+        assert!(
+            matches!(&outcomes[1], AttemptOutcome::Permanent { error, .. } if error.contains("permanently deleted")),
+            "{outcomes:?}"
+        );
+        let unreadable = mailchimp_batch_outcomes(&[user(1)], "<html>");
+        assert!(
+            matches!(
+                unreadable,
+                BatchAnswer::Whole(AttemptOutcome::Transient { .. })
+            ),
+            "{unreadable:?}"
+        );
+    }
+
     fn json_body(title: &str, detail: &str) -> String {
         serde_json::json!({"type": "https://mailchimp.com/developer/marketing/docs/errors/", "title": title, "status": 400, "detail": detail}).to_string()
     }

@@ -4,21 +4,10 @@
 use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
 use secrecy::SecretString;
 use signup::configuration::DatabaseSettings;
-use signup::domain::{Email, Username};
 use signup::internals::register_batch;
-use signup::store::{Candidate, Outcome};
+use signup::store::Outcome;
 
-use crate::helpers::{fresh_database, problem, registration, spawn_app_with};
-
-fn candidate(username: &str, email: &str) -> Candidate {
-    Candidate {
-        username: Username::parse(username).expect("username"),
-        email: Email::parse(email).expect("email"),
-        password_hash: "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
-        idempotency: None,
-        request_id: "test".into(),
-    }
-}
+use crate::helpers::{candidate, fresh_database, problem, registration, spawn_app_with};
 
 async fn database() -> (sea_orm::DatabaseConnection, Option<tempfile::TempDir>) {
     let (url, dir, _) = fresh_database().await;

@@ -381,6 +381,39 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Stores users `range` (as [`registration`] names them) straight into the database, the
+    /// registration's own transaction, `chunk` per commit: each chunk's outbox rows appear at
+    /// once, so the email sync claims them together (batches), and thousands take seconds.
+    pub async fn register_directly(&self, range: std::ops::Range<usize>, chunk: usize) {
+        let all: Vec<_> = range
+            .map(|n| candidate(&format!("user{n}"), &format!("user{n}@example.com")))
+            .collect();
+        for part in all.chunks(chunk) {
+            let outcomes = signup::internals::register_batch(&self.db, part)
+                .await
+                .expect("committed");
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, signup::store::Outcome::Created(_))),
+                "every user is new"
+            );
+        }
+    }
+}
+
+/// A registration as the RegistrationActor hands it to the store (a cheap, fixed hash).
+pub fn candidate(username: &str, email: &str) -> signup::store::Candidate {
+    signup::store::Candidate {
+        username: signup::domain::Username::parse(username).expect("username"),
+        email: signup::domain::Email::parse(email).expect("email"),
+        password_hash: "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+        idempotency: None,
+        request_id: "test".into(),
+    }
+}
+
 /// A TestApp that goes away stops its email sync at once: it runs on a thread of its own and
 /// would otherwise go on delivering until the test's System ends, to a mock server port that
 /// wiremock may already have handed to another test.

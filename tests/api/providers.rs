@@ -324,3 +324,236 @@ async fn max_requests_per_second_paces_every_delivery_in_flight_together() {
         "six deliveries in {took:?}"
     );
 }
+
+/// The request bodies `provider` received, as JSON (none that is not).
+async fn json_bodies(provider: &MockServer) -> Vec<serde_json::Value> {
+    provider
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.body).ok())
+        .collect()
+}
+
+#[actix_web::test]
+async fn mailchimp_batch_answer_with_member_errors_completes_each_row_by_its_own_outcome() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/3.0/lists/list1"))
+        .and(header("authorization", basic("signup", KEY).as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "new_members": [{"email_address": "user1@example.com"}, {"email_address": "user4@example.com"}],
+            "updated_members": [],
+            "errors": [
+                {"email_address": "User2@Example.com", "error": "user2@example.com looks fake or invalid, please enter a real email address.", "error_code": "ERROR_GENERIC"},
+                {"email_address": "user3@example.com", "error": "user3@example.com has signed up to a lot of lists very recently; we're not allowing more signups for now", "error_code": "ERROR_GENERIC"},
+            ],
+            "total_created": 2, "total_updated": 0, "error_count": 2,
+        })))
+        .expect(1)
+        .mount(&provider)
+        .await;
+    let app = app_with("mailchimp", &provider, |s| {
+        s.email_sync.retry.max_interval = Duration::from_secs(7200);
+    })
+    .await;
+
+    app.register_directly(1..5, 4).await;
+
+    wait_until(
+        "every row has its outcome",
+        Duration::from_secs(30),
+        || async { app.outbox_rows().await.iter().all(|r| r.attempts == 1) },
+    )
+    .await;
+    let bodies = json_bodies(&provider).await;
+    let members = bodies[0]["members"].as_array().expect("members");
+    assert_eq!(members.len(), 4, "one request for the four rows");
+    assert_eq!(bodies[0]["update_existing"], true);
+    for member in members {
+        assert_eq!(member["status_if_new"], "pending");
+        assert!(member.get("status").is_none(), "never `status`: {member}");
+        assert!(member["merge_fields"]["USERNAME"].is_string());
+    }
+    let by_user = |n: usize| {
+        let user = app.outbox_rows();
+        async move {
+            let payload = format!("user{n}@example.com");
+            user.await
+                .into_iter()
+                .find(|r| r.payload.contains(&payload))
+                .expect("the row")
+        }
+    };
+    assert_eq!(by_user(1).await.status, Status::Delivered);
+    assert_eq!(by_user(4).await.status, Status::Delivered);
+    let fake = by_user(2).await;
+    assert_eq!(fake.status, Status::Dead);
+    assert!(
+        fake.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("looks fake or invalid")),
+        "{:?}",
+        fake.last_error
+    );
+    let busy = by_user(3).await;
+    assert_eq!(busy.status, Status::Pending);
+    assert!(busy.next_attempt_at - chrono::Utc::now() > chrono::Duration::minutes(55));
+}
+
+/// SendGrid as it refuses a request with one bad contact: 400 for the whole request.
+struct RefusesUser3;
+
+impl wiremock::Respond for RefusesUser3 {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let body = String::from_utf8_lossy(&request.body);
+        if body.contains("\"user3@example.com\"") {
+            ResponseTemplate::new(400).set_body_json(
+                json!({"errors": [{"field": "contacts[0].email", "message": "invalid email"}]}),
+            )
+        } else {
+            ResponseTemplate::new(202).set_body_json(json!({"job_id": "j"}))
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_batch_refused_as_a_whole_is_split_in_halves_down_to_the_rows_the_provider_refuses() {
+    let provider = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path("/v3/marketing/contacts"))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .respond_with(RefusesUser3)
+        .mount(&provider)
+        .await;
+    let app = app_for("sendgrid", &provider).await;
+
+    app.register_directly(1..9, 8).await;
+
+    wait_until(
+        "every row has its outcome",
+        Duration::from_secs(30),
+        || async { app.outbox_rows().await.iter().all(|r| r.attempts == 1) },
+    )
+    .await;
+    let rows = app.outbox_rows().await;
+    let dead: Vec<_> = rows.iter().filter(|r| r.status == Status::Dead).collect();
+    assert_eq!(dead.len(), 1, "only the refused row is dead");
+    assert!(dead[0].payload.contains("user3@example.com"));
+    assert_eq!(dead[0].last_status, Some(400));
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.status == Status::Delivered)
+            .count(),
+        7
+    );
+    // 8 → 4 (refused) + 4; 4 → 2 + 2 (refused); 2 → 1 (refused) + 1.
+    let sizes: Vec<usize> = json_bodies(&provider)
+        .await
+        .iter()
+        .map(|b| b["contacts"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(sizes, [8, 4, 2, 2, 1, 1, 4]);
+}
+
+#[actix_web::test]
+async fn mailgun_batch_goes_to_members_json_as_a_form_with_a_json_array() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/lists/news@mg.example.com/members.json"))
+        .and(header("authorization", basic("api", KEY).as_str()))
+        .and(header("content-type", "application/x-www-form-urlencoded"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"list": {"members_count": 3}, "message": "Mailing list has been updated", "task-id": "t1"}),
+        ))
+        .expect(1)
+        .mount(&provider)
+        .await;
+    let app = app_for("mailgun", &provider).await;
+
+    app.register_directly(1..4, 3).await;
+
+    app.wait_all_delivered(3).await;
+    let request = &provider.received_requests().await.expect("recorded")[0];
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&request.body)
+        .into_owned()
+        .collect();
+    assert!(form.contains(&("upsert".into(), "yes".into())), "{form:?}");
+    let members = &form
+        .iter()
+        .find(|(k, _)| k == "members")
+        .expect("members")
+        .1;
+    let members: serde_json::Value = serde_json::from_str(members).expect("a JSON array");
+    assert_eq!(
+        members,
+        json!([
+            {"address": "user1@example.com", "name": "user1"},
+            {"address": "user2@example.com", "name": "user2"},
+            {"address": "user3@example.com", "name": "user3"},
+        ])
+    );
+}
+
+/// Brevo while its rate limit holds: every request in the next `for` is answered 429 with the
+/// reset in seconds, as Brevo does; then 201.
+struct RateLimitedFor {
+    started: std::sync::OnceLock<std::time::Instant>,
+    window: Duration,
+}
+
+impl wiremock::Respond for RateLimitedFor {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        let started = *self.started.get_or_init(std::time::Instant::now);
+        let left = self.window.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            ResponseTemplate::new(201).set_body_json(json!({"id": 1}))
+        } else {
+            let seconds = left.as_secs() + 1;
+            ResponseTemplate::new(429)
+                .insert_header("x-sib-ratelimit-reset", seconds.to_string().as_str())
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_429_reset_pauses_the_whole_provider_without_spending_other_rows_attempts() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/contacts"))
+        .respond_with(RateLimitedFor {
+            started: std::sync::OnceLock::new(),
+            window: Duration::from_secs(2),
+        })
+        .mount(&provider)
+        .await;
+    let app = app_with("brevo", &provider, |s| {
+        // One request at a time, unpaced: whatever holds the other rows back is the pause.
+        s.email_sync.max_in_flight = Some(std::num::NonZeroUsize::MIN);
+        s.email_sync.max_requests_per_second = Some(0);
+    })
+    .await;
+
+    app.register_directly(1..5, 4).await;
+
+    wait_until("the 429 is recorded", Duration::from_secs(30), || async {
+        app.outbox_rows()
+            .await
+            .iter()
+            .any(|r| r.last_status == Some(429))
+    })
+    .await;
+    // While the provider's reset is ahead, a step claims nothing.
+    let step = app.deliver_due_at(chrono::Utc::now()).await;
+    assert!(step.provider_paused, "{step:?}");
+    assert_eq!(step.attempted, 0);
+    app.wait_all_delivered(4).await;
+    let attempts: Vec<i32> = app.outbox_rows().await.iter().map(|r| r.attempts).collect();
+    assert_eq!(
+        attempts.iter().sum::<i32>(),
+        5,
+        "one 429, then each row once: {attempts:?}"
+    );
+    assert_eq!(provider.received_requests().await.map_or(0, |r| r.len()), 5);
+}
