@@ -9,7 +9,9 @@
 //! - p99 with the provider answering 503, refusing connections, and taking 2 s;
 //! - end to end with OWASP hashing (m=19456 KiB, t=2, p=1) against the hash bound
 //!   (cores ÷ one hash's time, measured in this run);
-//! - the drain after an outage against `max_in_flight ÷ provider latency`;
+//! - the database's outcome-write limit (claim + mark delivered, no HTTP), and the drain after
+//!   an outage, webhook (one row per request) and Mailchimp (500 per request), each against
+//!   min(in flight × batch ÷ provider latency, that limit);
 //! - the server's resident memory idle, under load, and with 1 000 000 pending outbox rows.
 //!
 //! The server and the provider (`signup mock-provider`) run as processes of their own, the
@@ -17,7 +19,8 @@
 //! BENCH_CONCURRENCY (64), BENCH_PENDING_ROWS (1000000), BENCH_ONLY=owasp (the hashing line) or
 //! BENCH_ONLY=cheap (the raw limit and the first end-to-end line) or BENCH_ONLY=overload (OWASP
 //! hashing offered 4 × the hash capacity, shedding against queueing; BENCH_FLOOD_REQUESTS 3000,
-//! BENCH_FLOOD_CONCURRENCY 2 × 64 × cores).
+//! BENCH_FLOOD_CONCURRENCY 2 × 64 × cores), BENCH_ONLY=drain (the drain lines; BENCH_DRAIN_ROWS
+//! 100000 for the batched one).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -518,6 +521,154 @@ async fn seed_pending(url: &str, rows: usize) {
     let _ = db.close().await;
 }
 
+/// Registrations straight into the database (the registration's own transaction), 1000 per
+/// commit: a backlog of pending outbox rows with real payloads, stored while no provider
+/// answered.
+async fn seed_registrations(url: &str, rows: usize) {
+    let db = connect(url).await;
+    let hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".to_string();
+    let all: Vec<Candidate> = (0..rows)
+        .map(|i| Candidate {
+            username: Username::parse(&format!("drain{i}")).expect("username"),
+            email: Email::parse(&format!("drain{i}@example.com")).expect("email"),
+            password_hash: hash.clone(),
+            idempotency: None,
+            request_id: String::new(),
+        })
+        .collect();
+    for chunk in all.chunks(1000) {
+        register_batch(&db, chunk).await.expect("committed");
+    }
+    let _ = db.close().await;
+}
+
+/// What the database can take of the email sync's own writes: claim 5000 due rows, mark them
+/// delivered as requests of 500 would be (one transaction per claim), until `rows` are done,
+/// with no HTTP in between. Rows a second.
+async fn outcome_write_limit(postgres: Option<&str>, rows: usize) -> f64 {
+    use signup::outbox::{Completion, Finished, claim, complete_all};
+    let url = fresh_database(postgres).await;
+    seed_registrations(&url, rows).await;
+    let db = connect(&url).await;
+    let started = Instant::now();
+    let mut done = 0;
+    loop {
+        let now = chrono::Utc::now();
+        let claims = claim(&db, 5000, Duration::from_secs(60), now)
+            .await
+            .expect("claims");
+        if claims.is_empty() {
+            break;
+        }
+        done += claims.len();
+        let finished: Vec<Finished> = claims
+            .into_iter()
+            .map(|claimed| Finished {
+                attempts: claimed.row.attempts + 1,
+                claimed,
+                completion: Completion::Delivered { status: 200 },
+                at: now,
+            })
+            .collect();
+        complete_all(&db, &finished).await.expect("stored");
+    }
+    let _ = db.close().await;
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The outcome-write limit, then the drain after an outage: `webhook_rows` one per request,
+/// `BENCH_DRAIN_ROWS` (100 000) batched.
+async fn drain_lines(postgres: Option<&str>, webhook_rows: usize) {
+    let rows = env_or("BENCH_DRAIN_ROWS", 100_000);
+    let limit = outcome_write_limit(postgres, rows).await;
+    println!(
+        "  {:<34} {limit:>7.0} rows/s  (claim 5000 + mark delivered, no HTTP)",
+        "outcome-write limit"
+    );
+    drain(postgres, Drain::Webhook, webhook_rows, limit).await;
+    drain(postgres, Drain::Mailchimp, rows, limit).await;
+}
+
+/// The provider of a drain line.
+#[derive(Clone, Copy)]
+enum Drain {
+    /// Standard Webhooks: one row per request, 16 in flight.
+    Webhook,
+    /// Mailchimp's batch subscribe: up to 500 rows per request, 10 in flight.
+    Mailchimp,
+}
+
+/// Drain after an outage: `rows` registrations pending, then the provider (`signup
+/// mock-provider`, 50 ms per answer) and the server start; deliveries a second between 10 % and
+/// 90 % of the backlog, against min(in flight × batch ÷ latency, the outcome-write limit).
+async fn drain(postgres: Option<&str>, kind: Drain, rows: usize, outcome_limit: f64) {
+    let latency = Duration::from_millis(50);
+    let url = fresh_database(postgres).await;
+    seed_registrations(&url, rows).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let (name, in_flight, batch, settings) = match kind {
+        Drain::Webhook => ("drain after outage, webhook", 16, 1, vec![]),
+        Drain::Mailchimp => (
+            "drain after outage, mailchimp",
+            10,
+            500,
+            vec![
+                ("SIGNUP_EMAIL_SYNC__KIND", "mailchimp"),
+                ("SIGNUP_EMAIL_SYNC__MAILCHIMP__API_KEY", "bench-us1"),
+                ("SIGNUP_EMAIL_SYNC__MAILCHIMP__LIST_ID", "list1"),
+                ("SIGNUP_EMAIL_SYNC__MAILCHIMP__BASE_URL", base.as_str()),
+            ],
+        ),
+    };
+    let mut command = Command::new(BIN);
+    command.args([
+        "mock-provider",
+        "--quiet",
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    command.args(["--latency-ms", &latency.as_millis().to_string()]);
+    match kind {
+        Drain::Webhook => command.args(["--secret", SECRET]),
+        Drain::Mailchimp => command.args(["--kind", "mailchimp"]),
+    };
+    let _provider = Process(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mock-provider"),
+    );
+    wait_listening(port).await;
+    let (_server, _) = server_with(&url, port, Hashing::Cheap, &settings).await;
+    let backlog = rows as u64;
+    let (low, high) = (backlog / 10, backlog * 9 / 10);
+    let mut window_start = None;
+    let mut delivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline && delivered < high {
+        delivered = count_delivered(&url).await;
+        if window_start.is_none() && delivered >= low {
+            window_start = Some((Instant::now(), delivered));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let api_bound = (in_flight * batch) as f64 / latency.as_secs_f64();
+    let bound = api_bound.min(outcome_limit);
+    match window_start {
+        Some((t, from)) if delivered >= high => {
+            let rate = (delivered - from) as f64 / t.elapsed().as_secs_f64();
+            println!(
+                "  {name:<34} {rate:>7.0} deliveries/s  bound min({in_flight} × {batch} / 50 ms = \
+                 {api_bound:.0}/s, outcome writes {outcome_limit:.0}/s), ratio {:.2}",
+                rate / bound
+            );
+        }
+        _ => println!("  {name}: {delivered} of {backlog} delivered in 300 s"),
+    }
+}
+
 async fn run(label: &str, postgres: Option<&str>) {
     // Enough that p99 rests on ~100 samples and a run outlasts a WAL checkpoint or two.
     let requests = env_or("BENCH_REQUESTS", 10_000);
@@ -529,6 +680,10 @@ async fn run(label: &str, postgres: Option<&str>) {
     // first end-to-end line (for quick experiments on one path).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let (only_owasp, only_cheap) = (only == "owasp", only == "cheap");
+    if only == "drain" {
+        drain_lines(postgres, requests).await;
+        return;
+    }
     if only == "overload" {
         let port = free_port();
         let _up = provider(port, 0, None).await;
@@ -626,38 +781,7 @@ async fn run(label: &str, postgres: Option<&str>) {
     if only == "overload" {
         return;
     }
-    // Drain after an outage: register while nothing listens, then start a provider with 50 ms
-    // latency on that port and time deliveries between 10 % and 90 % of the backlog.
-    let latency = Duration::from_millis(50);
-    let port = free_port();
-    let url = fresh_database(postgres).await;
-    let (_server, base) = server(&url, port, Hashing::Cheap).await;
-    load(&base, requests, concurrency, 0).await;
-    let _provider = provider(port, latency.as_millis() as u64, None).await;
-    let backlog = requests as u64;
-    let (low, high) = (backlog / 10, backlog * 9 / 10);
-    let mut window_start = None;
-    let mut delivered = 0;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while Instant::now() < deadline && delivered < high {
-        delivered = count_delivered(&url).await;
-        if window_start.is_none() && delivered >= low {
-            window_start = Some((Instant::now(), delivered));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let bound = 16.0 / latency.as_secs_f64();
-    match window_start {
-        Some((t, from)) if delivered >= high => {
-            let rate = (delivered - from) as f64 / t.elapsed().as_secs_f64();
-            println!(
-                "  {:<34} {rate:>7.0} deliveries/s  bound 16 / 50 ms = {bound:.0}/s, ratio {:.2}",
-                "drain after outage",
-                rate / bound
-            );
-        }
-        _ => println!("  drain after outage: {delivered} of {backlog} delivered in 300 s"),
-    }
+    drain_lines(postgres, requests).await;
 
     // Memory with a big backlog: the server must not load it.
     let url = fresh_database(postgres).await;

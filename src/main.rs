@@ -51,6 +51,9 @@ enum Command {
         /// With a provider kind: the API key requests must carry.
         #[arg(long)]
         api_key: Option<String>,
+        /// Print nothing per request (for benchmarks).
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -87,6 +90,7 @@ async fn main() -> ExitCode {
         status,
         kind,
         api_key,
+        quiet,
     }) = cli.command
     {
         let options = mock_provider::MockOptions {
@@ -95,7 +99,7 @@ async fn main() -> ExitCode {
             fail_rate,
             latency: std::time::Duration::from_millis(latency_ms),
             status,
-            quiet: false,
+            quiet,
             kind,
             api_key,
         };
