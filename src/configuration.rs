@@ -1114,6 +1114,36 @@ mod tests {
     }
 
     #[test]
+    fn unset_pacing_and_batch_sizes_follow_the_providers_documented_limits() {
+        let mut sync = EmailSyncSettings::default();
+        // (kind, requests in flight, rows per request, requests a second; 0 = unlimited)
+        let cases = [
+            (ProviderKind::Webhook, 16, 1, 0),
+            (ProviderKind::Mailchimp, 10, 500, 0),
+            (ProviderKind::Sendgrid, 16, 1000, 0),
+            (ProviderKind::Mailgun, 16, 1000, 0),
+            (ProviderKind::Brevo, 16, 1, 10),
+            (ProviderKind::Resend, 16, 1, 5),
+        ];
+        for (kind, in_flight, batch, per_second) in cases {
+            sync.kind = kind;
+            assert_eq!(
+                (sync.in_flight(), sync.batch(), sync.requests_per_second()),
+                (in_flight, batch, per_second),
+                "{kind:?}"
+            );
+        }
+        sync.max_in_flight = NonZeroUsize::new(3);
+        sync.max_batch = NonZeroUsize::new(50);
+        sync.max_requests_per_second = Some(0);
+        assert_eq!(
+            (sync.in_flight(), sync.batch(), sync.requests_per_second()),
+            (3, 50, 0),
+            "what is set wins"
+        );
+    }
+
+    #[test]
     fn bad_configuration_is_rejected_naming_the_key() {
         // (file, environment, the key the message must name, what the case shows)
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
@@ -1208,6 +1238,18 @@ mod tests {
                 &[],
                 "email_sync.lease",
                 "a lease no longer than the timeout allows duplicate deliveries",
+            ),
+            (
+                "[email_sync]\nkind = \"brevo\"\nmax_batch = 2\n[email_sync.brevo]\napi_key = \"k\"\n",
+                &[],
+                "email_sync.max_batch",
+                "a batch for an API that takes one contact per request",
+            ),
+            (
+                "[email_sync]\nkind = \"mailchimp\"\nmax_batch = 501\n[email_sync.mailchimp]\napi_key = \"k-us1\"\nlist_id = \"l\"\n",
+                &[],
+                "email_sync.max_batch",
+                "a batch over Mailchimp's 500 members",
             ),
             (
                 "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",

@@ -11,7 +11,7 @@
 //! handler would take the whole Arbiter down); the panic is recorded as a failed attempt and the
 //! row is retried on its schedule.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -69,6 +69,12 @@ pub struct EmailSyncActor {
     /// Claims whose delivery started and whose outcome is not yet stored, with a handle that
     /// cancels the delivery's HTTP request (shared by the rows of one batch).
     in_flight: HashMap<Uuid, (Claimed, AbortHandle)>,
+    /// Rows claimed ahead, oldest due first, not yet sent: the next requests start from here
+    /// as soon as a place frees, with no claim in between (and claims stay large: one claim of
+    /// thousands of rows is one write transaction, not one per request).
+    ready: VecDeque<Claimed>,
+    /// Releases of claims given back (see [`Self::give_back`]) still running.
+    releasing: usize,
     /// Deliveries (requests, each of up to `batch` rows) running now: at most `max_in_flight`.
     requests: usize,
     /// `email_sync.max_in_flight`, or the provider kind's default.
@@ -118,6 +124,8 @@ impl EmailSyncActor {
             metrics,
             hook,
             in_flight: HashMap::new(),
+            ready: VecDeque::new(),
+            releasing: 0,
             requests: 0,
             max_requests,
             batch,
@@ -152,7 +160,10 @@ impl EmailSyncActor {
             self.finish_drain_if_idle();
             return;
         }
-        if self.claiming {
+        self.start_ready(ctx);
+        // One write of the email sync's at a time: on SQLite a second writer does not queue for
+        // the lock, it sleeps in the busy handler and polls (up to tens of milliseconds a time).
+        if self.claiming || self.storing {
             match report {
                 Some(report) => self.steps_waiting.push((now, report)),
                 None => self.pump_again = true,
@@ -160,7 +171,16 @@ impl EmailSyncActor {
             return;
         }
         let capacity = self.max_requests.saturating_sub(self.requests);
-        if capacity == 0 {
+        // Claim a round ahead (up to twice what `max_in_flight` requests carry), once less than
+        // half a round is ready: claims stay large, and a freed place starts at once.
+        let round = self.max_requests.saturating_mul(self.batch);
+        let outstanding = self.ready.len() + self.in_flight.len();
+        let wanted = if self.ready.len() > round / 2 {
+            0
+        } else {
+            (2 * round).saturating_sub(outstanding)
+        };
+        if capacity == 0 || wanted == 0 {
             // Each finished delivery pumps again.
             if let Some(report) = report {
                 let _ = report.send(StepReport::default());
@@ -183,7 +203,7 @@ impl EmailSyncActor {
         let admission = self.breaker.admit(Instant::now());
         self.note_transition(before);
         let limit = match admission {
-            Admission::Any => capacity.saturating_mul(self.batch),
+            Admission::Any => wanted,
             Admission::Probe => 1,
             Admission::None { until } => {
                 // Open: claim nothing, spend no attempts. Look again when it may half-open.
@@ -230,10 +250,13 @@ impl EmailSyncActor {
                         act.breaker.on_abandoned();
                     }
                     let ids: HashSet<Uuid> = claims.iter().map(|c| c.row.id).collect();
-                    let mut claims = claims.into_iter().peekable();
-                    while claims.peek().is_some() {
-                        let batch: Vec<Claimed> = claims.by_ref().take(act.batch).collect();
-                        act.start_delivery(batch, ctx);
+                    if probe {
+                        // The one request a half-open circuit lets through.
+                        if !claims.is_empty() {
+                            act.start_delivery(claims, ctx);
+                        }
+                    } else {
+                        act.ready.extend(claims);
                     }
                     if let Some(report) = report {
                         let done = StepReport {
@@ -254,7 +277,10 @@ impl EmailSyncActor {
                     tracing::warn!(error = %e, "cannot claim outbox rows; retrying at the next poll");
                 }
             }
+            act.start_ready(ctx);
             act.finish_drain_if_idle();
+            // Outcomes that finished while claiming are written before the next claim.
+            act.store_outcomes(ctx);
             if !act.steps_waiting.is_empty() {
                 let (now, report) = act.steps_waiting.remove(0);
                 act.step(now, Some(report), ctx);
@@ -262,6 +288,80 @@ impl EmailSyncActor {
                 act.pump(ctx);
             }
         }));
+    }
+
+    /// Starts requests from the rows claimed ahead, as many as `max_in_flight` has room for.
+    /// Rows that may not go now (an open circuit, the provider's pause, shutdown) are given
+    /// back, due as they were, no attempt spent; so is a row whose lease would end before its
+    /// request could (another instance could then send it too).
+    fn start_ready(&mut self, ctx: &mut Context<Self>) {
+        if self.ready.is_empty() {
+            return;
+        }
+        if self.is_halted()
+            || self.breaker.state() != CircuitState::Closed
+            || self.provider.paused_until().is_some()
+        {
+            let held = self.ready.drain(..).collect();
+            self.give_back(held, ctx);
+            return;
+        }
+        let margin = chrono::Duration::from_std(self.settings.timeout + Duration::from_secs(1))
+            .unwrap_or(chrono::Duration::MAX);
+        let sendable_until = Utc::now() + margin;
+        let mut stale = Vec::new();
+        while self.requests < self.max_requests && !self.ready.is_empty() {
+            let mut batch = Vec::with_capacity(self.batch.min(self.ready.len()));
+            while batch.len() < self.batch
+                && let Some(claimed) = self.ready.pop_front()
+            {
+                if claimed.lease < sendable_until {
+                    stale.push(claimed);
+                } else {
+                    batch.push(claimed);
+                }
+            }
+            if !batch.is_empty() {
+                self.start_delivery(batch, ctx);
+            }
+        }
+        if !stale.is_empty() {
+            self.give_back(stale, ctx);
+        }
+    }
+
+    /// Releases `claims` that were never sent: due again as they were, no attempt spent. A
+    /// [`DeliverDue`] step waiting for them stops waiting (they were not attempted).
+    fn give_back(&mut self, claims: Vec<Claimed>, ctx: &mut Context<Self>) {
+        for claimed in &claims {
+            for (waiting_for, done, _) in &mut self.step_reports {
+                if waiting_for.remove(&claimed.row.id) {
+                    done.attempted = done.attempted.saturating_sub(1);
+                }
+            }
+        }
+        self.answer_finished_steps();
+        self.releasing += 1;
+        let db = self.db.clone();
+        let release = async move {
+            if let Err(e) = outbox::release(&db, &claims).await {
+                tracing::warn!(rows = claims.len(), error = %e, "cannot release claims; they expire after email_sync.lease");
+            }
+        };
+        ctx.spawn(release.into_actor(self).map(|(), act, _| {
+            act.releasing -= 1;
+            act.finish_drain_if_idle();
+        }));
+    }
+
+    /// Answers the [`DeliverDue`] steps whose rows are all stored (or given back).
+    fn answer_finished_steps(&mut self) {
+        for (_, done, report) in self
+            .step_reports
+            .extract_if(.., |(waiting_for, _, _)| waiting_for.is_empty())
+        {
+            let _ = report.send(done);
+        }
     }
 
     fn schedule_pump_at(&mut self, at: Instant, ctx: &mut Context<Self>) {
@@ -399,6 +499,9 @@ impl EmailSyncActor {
             });
         }
         self.store_outcomes(ctx);
+        // The request's place is free: claim its successor while the outcomes are stored (its
+        // rows stay leased, so none of them is claimed again meanwhile).
+        self.pump(ctx);
     }
 
     /// Counts and logs one row's outcome.
@@ -448,7 +551,7 @@ impl EmailSyncActor {
     /// outcomes that arrive meanwhile go into the next one (a group commit, as registrations).
     /// A row leaves `in_flight` once its outcome is stored, so it is not claimed again before.
     fn store_outcomes(&mut self, ctx: &mut Context<Self>) {
-        if self.storing || self.finished.is_empty() {
+        if self.storing || self.claiming || self.finished.is_empty() {
             return;
         }
         self.storing = true;
@@ -480,14 +583,15 @@ impl EmailSyncActor {
                     waiting_for.remove(&id);
                 }
             }
-            for (_, done, report) in act
-                .step_reports
-                .extract_if(.., |(waiting_for, _, _)| waiting_for.is_empty())
-            {
-                let _ = report.send(done);
+            act.answer_finished_steps();
+            // A claim waiting for this write goes first, then the outcomes that came meanwhile.
+            if act.steps_waiting.is_empty() {
+                act.pump(ctx);
+            } else {
+                let (now, report) = act.steps_waiting.remove(0);
+                act.step(now, Some(report), ctx);
             }
             act.store_outcomes(ctx);
-            act.pump(ctx);
         }));
     }
 
@@ -547,7 +651,12 @@ impl EmailSyncActor {
     /// Once halted and idle: answers a pending [`Drain`] and lets go of the database pool, so
     /// that a halted actor holds no connection (its Arbiter may outlive it, as in tests).
     fn finish_drain_if_idle(&mut self) {
-        if !self.is_halted() || !self.in_flight.is_empty() || self.claiming {
+        if !self.is_halted()
+            || !self.in_flight.is_empty()
+            || !self.ready.is_empty()
+            || self.releasing > 0
+            || self.claiming
+        {
             return;
         }
         if let Some(done) = self.draining.take() {
@@ -626,6 +735,9 @@ impl Supervised for EmailSyncActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         tracing::warn!("email sync actor restarting");
         self.in_flight.clear();
+        // Rows claimed ahead: their leases expire and they are claimed again.
+        self.ready.clear();
+        self.releasing = 0;
         self.requests = 0;
         // A write of outcomes in progress died with the old context (its transaction rolls
         // back; those rows are attempted again once their leases expire). Outcomes still
@@ -719,6 +831,8 @@ impl Handler<Drain> for EmailSyncActor {
             tracing::info!(in_flight = self.in_flight.len(), "email sync draining");
         }
         self.draining = Some(done);
+        // Rows claimed ahead and not sent go back at once.
+        self.start_ready(ctx);
         self.finish_drain_if_idle();
         ctx.run_later(drain.grace, |act, _| {
             if !act.in_flight.is_empty() {
