@@ -549,9 +549,14 @@ async fn outcome_write_limit(postgres: Option<&str>, rows: usize) -> f64 {
     let mut done = 0;
     loop {
         let now = chrono::Utc::now();
-        let claims = claim(&db, env_or("BENCH_CLAIM", 5000), Duration::from_secs(60), now)
-            .await
-            .expect("claims");
+        let claims = claim(
+            &db,
+            env_or("BENCH_CLAIM", 5000),
+            Duration::from_secs(60),
+            now,
+        )
+        .await
+        .expect("claims");
         if claims.is_empty() {
             break;
         }
@@ -575,13 +580,45 @@ async fn outcome_write_limit(postgres: Option<&str>, rows: usize) -> f64 {
 /// `BENCH_DRAIN_ROWS` (100 000) batched.
 async fn drain_lines(postgres: Option<&str>, webhook_rows: usize) {
     let rows = env_or("BENCH_DRAIN_ROWS", 100_000);
-    let limit = outcome_write_limit(postgres, rows).await;
+    // This VM's speed drifts by tens of percent within a minute: the limit and the batched
+    // drain are measured in turns, three times each, and their medians compared.
+    let (mut limits, mut rates) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        limits.push(outcome_write_limit(postgres, rows).await);
+        rates.push(drain(postgres, Drain::Mailchimp, rows).await);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let limit = median(limits.clone());
     println!(
-        "  {:<34} {limit:>7.0} rows/s  (claim 5000 + mark delivered, no HTTP)",
-        "outcome-write limit"
+        "  {:<34} {limit:>7.0} rows/s  (claim 5000 + mark delivered, no HTTP; median of {:.0?})",
+        "outcome-write limit", limits
     );
-    drain(postgres, Drain::Webhook, webhook_rows, limit).await;
-    drain(postgres, Drain::Mailchimp, rows, limit).await;
+    drain_line(
+        Drain::Webhook,
+        drain(postgres, Drain::Webhook, webhook_rows).await,
+        limit,
+    );
+    let rate = median(rates.clone());
+    drain_line(Drain::Mailchimp, rate, limit);
+    println!("      mailchimp drain runs {rates:.0?}");
+}
+
+/// A drain line: `rate` against min(in flight × batch ÷ 50 ms, the outcome-write `limit`).
+fn drain_line(kind: Drain, rate: f64, limit: f64) {
+    let (name, in_flight, batch) = match kind {
+        Drain::Webhook => ("drain after outage, webhook", 16, 1),
+        Drain::Mailchimp => ("drain after outage, mailchimp", 10, 500),
+    };
+    let api_bound = (in_flight * batch) as f64 / 0.05;
+    let bound = api_bound.min(limit);
+    println!(
+        "  {name:<34} {rate:>7.0} deliveries/s  bound min({in_flight} × {batch} / 50 ms = \
+         {api_bound:.0}/s, outcome writes {limit:.0}/s), ratio {:.2}",
+        rate / bound
+    );
 }
 
 /// The provider of a drain line.
@@ -596,25 +633,20 @@ enum Drain {
 /// Drain after an outage: `rows` registrations pending, then the provider (`signup
 /// mock-provider`, 50 ms per answer) and the server start; deliveries a second between 10 % and
 /// 90 % of the backlog, against min(in flight × batch ÷ latency, the outcome-write limit).
-async fn drain(postgres: Option<&str>, kind: Drain, rows: usize, outcome_limit: f64) {
+async fn drain(postgres: Option<&str>, kind: Drain, rows: usize) -> f64 {
     let latency = Duration::from_millis(50);
     let url = fresh_database(postgres).await;
     seed_registrations(&url, rows).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let (name, in_flight, batch, settings) = match kind {
-        Drain::Webhook => ("drain after outage, webhook", 16, 1, vec![]),
-        Drain::Mailchimp => (
-            "drain after outage, mailchimp",
-            10,
-            500,
-            vec![
-                ("SIGNUP_EMAIL_SYNC__KIND", "mailchimp"),
-                ("SIGNUP_EMAIL_SYNC__MAILCHIMP__API_KEY", "bench-us1"),
-                ("SIGNUP_EMAIL_SYNC__MAILCHIMP__LIST_ID", "list1"),
-                ("SIGNUP_EMAIL_SYNC__MAILCHIMP__BASE_URL", base.as_str()),
-            ],
-        ),
+    let settings = match kind {
+        Drain::Webhook => vec![],
+        Drain::Mailchimp => vec![
+            ("SIGNUP_EMAIL_SYNC__KIND", "mailchimp"),
+            ("SIGNUP_EMAIL_SYNC__MAILCHIMP__API_KEY", "bench-us1"),
+            ("SIGNUP_EMAIL_SYNC__MAILCHIMP__LIST_ID", "list1"),
+            ("SIGNUP_EMAIL_SYNC__MAILCHIMP__BASE_URL", base.as_str()),
+        ],
     };
     let mut command = Command::new(BIN);
     command.args([
@@ -653,18 +685,14 @@ async fn drain(postgres: Option<&str>, kind: Drain, rows: usize, outcome_limit: 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _ = db.close().await;
-    let api_bound = (in_flight * batch) as f64 / latency.as_secs_f64();
-    let bound = api_bound.min(outcome_limit);
     match window_start {
         Some((t, from)) if delivered >= high => {
-            let rate = (delivered - from) as f64 / t.elapsed().as_secs_f64();
-            println!(
-                "  {name:<34} {rate:>7.0} deliveries/s  bound min({in_flight} × {batch} / 50 ms = \
-                 {api_bound:.0}/s, outcome writes {outcome_limit:.0}/s), ratio {:.2}",
-                rate / bound
-            );
+            (delivered - from) as f64 / t.elapsed().as_secs_f64()
         }
-        _ => println!("  {name}: {delivered} of {backlog} delivered in 300 s"),
+        _ => {
+            println!("  drain: {delivered} of {backlog} delivered in 300 s");
+            f64::NAN
+        }
     }
 }
 

@@ -77,6 +77,10 @@ pub struct EmailSyncActor {
     releasing: usize,
     /// Deliveries (requests, each of up to `batch` rows) running now: at most `max_in_flight`.
     requests: usize,
+    /// SQLite: a claim and a write of outcomes take turns, never overlap. A second writer does
+    /// not queue for SQLite's lock, it sleeps in the busy handler and polls (up to tens of
+    /// milliseconds a time); PostgreSQL lets both run at once.
+    one_writer: bool,
     /// `email_sync.max_in_flight`, or the provider kind's default.
     max_requests: usize,
     /// Rows per request: `email_sync.max_batch`, or the provider kind's batch limit.
@@ -115,6 +119,7 @@ impl EmailSyncActor {
         let cb = &settings.circuit_breaker;
         let breaker = CircuitBreaker::new(cb);
         let (max_requests, batch) = (settings.in_flight(), settings.batch());
+        let one_writer = !crate::database::is_postgres(&db);
         Self {
             db,
             provider,
@@ -127,6 +132,7 @@ impl EmailSyncActor {
             ready: VecDeque::new(),
             releasing: 0,
             requests: 0,
+            one_writer,
             max_requests,
             batch,
             halted: Arc::new(AtomicBool::new(false)),
@@ -161,9 +167,7 @@ impl EmailSyncActor {
             return;
         }
         self.start_ready(ctx);
-        // One write of the email sync's at a time: on SQLite a second writer does not queue for
-        // the lock, it sleeps in the busy handler and polls (up to tens of milliseconds a time).
-        if self.claiming || self.storing {
+        if self.claiming || (self.storing && self.one_writer) {
             match report {
                 Some(report) => self.steps_waiting.push((now, report)),
                 None => self.pump_again = true,
@@ -551,7 +555,7 @@ impl EmailSyncActor {
     /// outcomes that arrive meanwhile go into the next one (a group commit, as registrations).
     /// A row leaves `in_flight` once its outcome is stored, so it is not claimed again before.
     fn store_outcomes(&mut self, ctx: &mut Context<Self>) {
-        if self.storing || self.claiming || self.finished.is_empty() {
+        if self.storing || (self.claiming && self.one_writer) || self.finished.is_empty() {
             return;
         }
         self.storing = true;
