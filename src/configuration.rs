@@ -326,6 +326,20 @@ pub struct MailchimpSettings {
     pub username_merge_field: String,
     /// What a new member becomes: `pending` (double opt-in, the default) or `subscribed`.
     pub status_if_new: StatusIfNew,
+    /// How an erased user leaves the audience: `permanent` (delete-permanent, the default: the
+    /// address cannot be re-imported, and a later sign-up with it is refused by Mailchimp as
+    /// "Forgotten Email Not Subscribed") or `archive` (DELETE: kept archived, may come back).
+    pub erase: MailchimpErase,
+}
+
+/// `email_sync.mailchimp.erase`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MailchimpErase {
+    /// `POST …/members/{hash}/actions/delete-permanent`.
+    Permanent,
+    /// `DELETE …/members/{hash}` (archive).
+    Archive,
 }
 
 impl Default for MailchimpSettings {
@@ -336,6 +350,7 @@ impl Default for MailchimpSettings {
             base_url: None,
             username_merge_field: "USERNAME".into(),
             status_if_new: StatusIfNew::Pending,
+            erase: MailchimpErase::Permanent,
         }
     }
 }

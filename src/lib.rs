@@ -11,6 +11,8 @@ pub mod database;
 pub mod domain;
 /// The email provider: webhook signing and classification, retry schedule, circuit breaker.
 pub mod email;
+
+pub mod erasure;
 /// The JSON API's error type and its problem+json responses.
 pub mod error;
 /// argon2id hashing on threads of its own, one per core.

@@ -23,6 +23,11 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Manage users.
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
     /// Inspect and replay email sync jobs.
     Outbox {
         #[command(subcommand)]
@@ -54,6 +59,15 @@ enum Command {
         /// Print nothing per request (for benchmarks).
         #[arg(long)]
         quiet: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Erase a user here and (queued, in order) at the email provider: GDPR art. 17.
+    Delete {
+        /// The user's id, or the email address they registered with.
+        who: signup::erasure::Who,
     },
 }
 
@@ -123,6 +137,9 @@ async fn main() -> ExitCode {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
         Command::Outbox { action } => outbox(settings, action).await,
+        Command::Users {
+            action: UsersAction::Delete { who },
+        } => erase(settings, who).await,
         Command::MockProvider { .. } => unreachable!("handled before loading settings"),
     };
     match result {
@@ -167,6 +184,30 @@ async fn outbox(
         println!();
     }
     Ok(())
+}
+
+async fn erase(
+    settings: Settings,
+    who: signup::erasure::Who,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let db = database::connect(&settings.database).await?;
+    database::migrate(&db).await?;
+    match signup::erasure::erase(&db, &who, chrono::Utc::now()).await {
+        Ok(erased) => {
+            tracing::info!(user_id = %erased.user_id, deletion_job = %erased.deletion_job, "erased a user from the command line");
+            println!(
+                "erased user {}: {} undelivered job(s) cancelled, {} job(s) scrubbed of username and email; \
+                 user.deleted job {} queued (it removes them at the email provider; \
+                 `signup outbox list` shows it)",
+                erased.user_id, erased.cancelled, erased.scrubbed, erased.deletion_job
+            );
+            Ok(())
+        }
+        Err(signup::erasure::EraseError::NotFound) => {
+            Err("no such user (never registered, or erased already)".into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn migrate(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub sync_attempts: IntCounterVec,
     /// `signup_email_sync_dead_total`: rows given up on (permanent answer, or exhausted).
     pub sync_dead: IntCounter,
+    /// `signup_erasures_total`: users erased (SPEC §6), by the admin API or the command line
+    /// of this process.
+    pub erasures: IntCounter,
     /// `signup_email_sync_delivery_lag_seconds`: registration → provider acknowledged.
     pub delivery_lag: Histogram,
     /// `signup_email_outbox_pending`: refreshed from the database by the email sync (≤ 5 s old).
@@ -92,6 +95,10 @@ impl Metrics {
         )?;
         let sync_dead =
             IntCounter::new("signup_email_sync_dead_total", "Outbox rows given up on.")?;
+        let erasures = IntCounter::new(
+            "signup_erasures_total",
+            "Users erased, here and (queued) at the provider.",
+        )?;
         let delivery_lag = Histogram::with_opts(
             HistogramOpts::new(
                 "signup_email_sync_delivery_lag_seconds",
@@ -146,6 +153,7 @@ impl Metrics {
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(sync_attempts.clone()))?;
         registry.register(Box::new(sync_dead.clone()))?;
+        registry.register(Box::new(erasures.clone()))?;
         registry.register(Box::new(delivery_lag.clone()))?;
         registry.register(Box::new(outbox_pending.clone()))?;
         registry.register(Box::new(outbox_dead.clone()))?;
@@ -171,6 +179,7 @@ impl Metrics {
             batch_size,
             sync_attempts,
             sync_dead,
+            erasures,
             delivery_lag,
             outbox_pending,
             outbox_dead,

@@ -129,6 +129,13 @@ async fn receive(
                 user.username, user.email
             ),
         ),
+        Event::UserDeleted(user) => say(
+            options,
+            format_args!(
+                "DELIVERED webhook-id={id} type=user.deleted user_id={} email={}{repeat}",
+                user.user_id, user.email
+            ),
+        ),
     }
     HttpResponse::NoContent().finish()
 }
@@ -144,6 +151,9 @@ fn provider_api(options: &MockOptions, request: &HttpRequest, body: &str) -> Htt
     let path = request.path();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method();
+    if let Some(answer) = erasure_api(options, request, &segments, body) {
+        return answer;
+    }
     // Which route: None = not this API's; Some(true) = its batch route.
     let batch = match kind {
         ProviderKind::Mailchimp => match segments.as_slice() {
@@ -274,6 +284,78 @@ fn provider_api(options: &MockOptions, request: &HttpRequest, body: &str) -> Htt
         _ => HttpResponse::Ok()
             .json(serde_json::json!({"email_address": emails[0], "status": "pending"})),
     }
+}
+
+/// A provider's erasure routes (SPEC §6), as its reference documents them, with the key
+/// checked as for every route: None when the request is not one.
+fn erasure_api(
+    options: &MockOptions,
+    request: &HttpRequest,
+    segments: &[&str],
+    body: &str,
+) -> Option<HttpResponse> {
+    use actix_web::http::Method;
+    let kind = options.kind;
+    let method = request.method();
+    let found = match (kind, segments) {
+        (
+            ProviderKind::Mailchimp,
+            [
+                "3.0",
+                "lists",
+                _,
+                "members",
+                _,
+                "actions",
+                "delete-permanent",
+            ],
+        ) => method == Method::POST,
+        (ProviderKind::Mailchimp, ["3.0", "lists", _, "members", _]) => method == Method::DELETE,
+        (ProviderKind::Sendgrid, ["v3", "marketing", "contacts", "search", "emails"]) => {
+            method == Method::POST
+        }
+        (ProviderKind::Sendgrid, ["v3", "marketing", "contacts"]) => method == Method::DELETE,
+        (ProviderKind::Brevo, ["v3", "contacts", _])
+        | (ProviderKind::Resend, ["contacts", _])
+        | (ProviderKind::Mailgun, ["v3", "lists", _, "members", _]) => method == Method::DELETE,
+        _ => false,
+    };
+    if !found {
+        return None;
+    }
+    if let Some(key) = &options.api_key
+        && !authorized(kind, request, key)
+    {
+        return Some(HttpResponse::Unauthorized().finish());
+    }
+    let path = request.path();
+    say(options, format_args!("ERASED {kind:?} {method} {path}"));
+    Some(match (kind, method == Method::POST) {
+        // The search finds every address asked for (this mock keeps no contacts).
+        (ProviderKind::Sendgrid, true) => {
+            let asked: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let result: serde_json::Map<String, serde_json::Value> = asked["emails"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|email| email.as_str())
+                .map(|email| {
+                    let contact = serde_json::json!({"contact": {"id": uuid::Uuid::new_v4(), "email": email}});
+                    (email.to_owned(), contact)
+                })
+                .collect();
+            HttpResponse::Ok().json(serde_json::json!({ "result": result }))
+        }
+        (ProviderKind::Sendgrid, false) => {
+            HttpResponse::Accepted().json(serde_json::json!({"job_id": uuid::Uuid::new_v4()}))
+        }
+        (ProviderKind::Resend, _) => {
+            HttpResponse::Ok().json(serde_json::json!({"object": "contact", "deleted": true}))
+        }
+        (ProviderKind::Mailgun, _) => HttpResponse::Ok()
+            .json(serde_json::json!({"message": "Mailing list member has been deleted"})),
+        _ => HttpResponse::NoContent().finish(),
+    })
 }
 
 /// The addresses a request to `kind`'s API carries (its batch route when `batch`; for the

@@ -18,7 +18,7 @@ pub enum OutboxCliError {
     NoSuchJob(Uuid),
     #[error("job {0} was delivered; there is nothing to retry")]
     Delivered(Uuid),
-    #[error("unknown status {0:?}: expected pending, dead or delivered")]
+    #[error("unknown status {0:?}: expected pending, dead, delivered or cancelled")]
     Status(String),
 }
 
@@ -27,6 +27,7 @@ pub fn parse_status(status: &str) -> Result<Status, OutboxCliError> {
         "pending" => Ok(Status::Pending),
         "dead" => Ok(Status::Dead),
         "delivered" => Ok(Status::Delivered),
+        "cancelled" => Ok(Status::Cancelled),
         other => Err(OutboxCliError::Status(other.to_owned())),
     }
 }
@@ -45,14 +46,15 @@ fn table(jobs: &[Job], more: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<36}  {:<9}  {:>8}  {:>6}  {:<20}  {:<20}  {:<30}  LAST ERROR",
-        "ID", "STATUS", "ATTEMPTS", "HTTP", "CREATED", "NEXT ATTEMPT", "EMAIL"
+        "{:<36}  {:<15}  {:<9}  {:>8}  {:>6}  {:<20}  {:<20}  {:<30}  LAST ERROR",
+        "ID", "EVENT", "STATUS", "ATTEMPTS", "HTTP", "CREATED", "NEXT ATTEMPT", "EMAIL"
     );
     for job in jobs {
         let _ = writeln!(
             out,
-            "{:<36}  {:<9}  {:>8}  {:>6}  {:<20}  {:<20}  {:<30}  {}",
+            "{:<36}  {:<15}  {:<9}  {:>8}  {:>6}  {:<20}  {:<20}  {:<30}  {}",
             job.id,
+            job.event,
             job.status,
             job.attempts,
             job.last_status.map_or("-".to_string(), |s| s.to_string()),
@@ -62,7 +64,11 @@ fn table(jobs: &[Job], more: bool) -> String {
             } else {
                 "-".into()
             },
-            job.email,
+            if job.email.is_empty() {
+                "-"
+            } else {
+                &job.email
+            },
             job.last_error.as_deref().unwrap_or("-"),
         );
     }

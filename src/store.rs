@@ -279,6 +279,10 @@ fn new_outbox_row(id: Uuid, user: &RegisteredUser) -> email_outbox::ActiveModel 
         created_at: Set(user.created_at),
         delivered_at: Set(None),
         retry_from: Set(None),
+        event: Set(email_outbox::EventType::UserRegistered),
+        // A new user's first row (an erased user's name or address registering again is a
+        // new user, with a new id).
+        seq: Set(1),
     }
 }
 

@@ -16,6 +16,31 @@ pub enum Status {
     /// Given up on (permanent answer, or attempts/time exhausted); waits for an operator.
     #[sea_orm(string_value = "dead")]
     Dead,
+    /// Not to be delivered: its user was erased before it was.
+    #[sea_orm(string_value = "cancelled")]
+    Cancelled,
+}
+
+/// Which event a row announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+pub enum EventType {
+    /// The user's account exists: add them at the provider.
+    #[sea_orm(string_value = "user.registered")]
+    UserRegistered,
+    /// The user was erased: remove them at the provider.
+    #[sea_orm(string_value = "user.deleted")]
+    UserDeleted,
+}
+
+impl EventType {
+    /// The event's name, as the webhook body's `type` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::UserRegistered => "user.registered",
+            EventType::UserDeleted => "user.deleted",
+        }
+    }
 }
 
 impl Status {
@@ -25,6 +50,7 @@ impl Status {
             Status::Pending => "pending",
             Status::Delivered => "delivered",
             Status::Dead => "dead",
+            Status::Cancelled => "cancelled",
         }
     }
 }
@@ -35,12 +61,13 @@ pub struct Model {
     /// Stable across attempts: sent as `webhook-id`, the delivery's idempotency key.
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
-    /// The registered user this row announces.
+    /// The user this row is about (who may since have been erased: no foreign key).
     pub user_id: Uuid,
-    /// The `data` object of the webhook body, fixed at registration time (JSON text).
+    /// The `data` object of the webhook body, fixed when the row is written (JSON text);
+    /// scrubbed of username and email once the user is erased.
     #[sea_orm(column_type = "Text")]
     pub payload: String,
-    /// pending | delivered | dead.
+    /// pending | delivered | dead | cancelled.
     pub status: Status,
     /// Attempts made so far (reset by an operator's retry).
     pub attempts: i32,
@@ -59,6 +86,11 @@ pub struct Model {
     pub delivered_at: Option<DateTimeUtc>,
     /// Start of the retry schedule (`max_elapsed`): NULL = `created_at`; set by an operator's retry.
     pub retry_from: Option<DateTimeUtc>,
+    /// The event this row announces.
+    pub event: EventType,
+    /// The row's place among its user's rows (1, 2, …): it is claimed only once every earlier
+    /// row of its user is settled (SPEC §6).
+    pub seq: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

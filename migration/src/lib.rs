@@ -8,6 +8,7 @@ mod m20261126_000002_create_email_outbox;
 mod m20261126_000003_create_idempotency_keys;
 mod m20261126_000004_add_outbox_retry_from;
 mod m20261130_000005_create_server_keys_and_write_probe;
+mod m20261130_000006_outbox_events_in_order;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000003_create_idempotency_keys::Migration),
             Box::new(m20261126_000004_add_outbox_retry_from::Migration),
             Box::new(m20261130_000005_create_server_keys_and_write_probe::Migration),
+            Box::new(m20261130_000006_outbox_events_in_order::Migration),
         ]
     }
 }

@@ -392,6 +392,7 @@ impl EmailSyncActor {
             .iter()
             .map(|claimed| Delivery {
                 id: claimed.row.id,
+                event: claimed.row.event,
                 payload: claimed.row.payload.clone(),
             })
             .collect();

@@ -74,6 +74,8 @@ mod tests {
             created_at,
             delivered_at: None,
             retry_from: None,
+            event: email_outbox::EventType::UserRegistered,
+            seq: 1,
         }
     }
 

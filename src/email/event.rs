@@ -20,13 +20,57 @@ pub struct UserRegistered {
     pub registered_at: DateTime<Utc>,
 }
 
+/// `user.deleted`: the user was erased here; remove them at the provider (SPEC §6). Stored as
+/// the erasure's outbox row's payload until delivered, then scrubbed of the address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDeleted {
+    pub user_id: Uuid,
+    /// The address the provider knows them by.
+    pub email: String,
+}
+
+impl UserDeleted {
+    /// The outbox row's payload.
+    pub fn to_payload(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What is left of a payload once its user is erased: the id only (SPEC §6).
+pub fn scrubbed_payload(user_id: Uuid) -> String {
+    serde_json::json!({ "user_id": user_id, "erased": true }).to_string()
+}
+
 /// An event by its type, the way the Standard Webhooks body names it (`type` and `data`).
-/// New kinds of event (an erasure, say) are new variants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum Event {
     #[serde(rename = "user.registered")]
     UserRegistered(UserRegistered),
+    #[serde(rename = "user.deleted")]
+    UserDeleted(UserDeleted),
+}
+
+impl Event {
+    /// The event an outbox row of `event` type carries in `payload`.
+    pub fn from_row(
+        event: entity::email_outbox::EventType,
+        payload: &str,
+    ) -> Result<Self, serde_json::Error> {
+        use entity::email_outbox::EventType as T;
+        Ok(match event {
+            T::UserRegistered => Event::UserRegistered(serde_json::from_str(payload)?),
+            T::UserDeleted => Event::UserDeleted(serde_json::from_str(payload)?),
+        })
+    }
+
+    /// The address the event is about.
+    pub fn email(&self) -> &str {
+        match self {
+            Event::UserRegistered(user) => &user.email,
+            Event::UserDeleted(user) => &user.email,
+        }
+    }
 }
 
 /// The webhook body (SPEC §3.1): the event, and when this attempt was made.

@@ -13,16 +13,19 @@ use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-use super::event::UserRegistered;
+use super::event::{Event, UserDeleted, UserRegistered};
 use super::webhook::{self, AttemptOutcome, WebhookProvider, parse_retry_after};
 use crate::configuration::{
-    BrevoSettings, MailchimpSettings, MailgunSettings, ResendSettings, SendgridSettings,
+    BrevoSettings, MailchimpErase, MailchimpSettings, MailgunSettings, ResendSettings,
+    SendgridSettings,
 };
+use entity::email_outbox::EventType;
 
-/// One due row: its outbox id (the delivery's idempotency key) and its stored payload.
+/// One due row: its outbox id (the delivery's idempotency key), its event and stored payload.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: Uuid,
+    pub event: EventType,
     pub payload: String,
 }
 
@@ -57,7 +60,10 @@ impl Adapter for Provider {
     async fn deliver(&self, rows: &[Delivery], gate: &Gate) -> Vec<AttemptOutcome> {
         match self {
             Provider::Webhook(p) => {
-                one_by_one(rows, gate, |row| p.deliver_payload(row.id, &row.payload)).await
+                one_by_one(rows, gate, |row| {
+                    p.deliver_payload(row.id, row.event, &row.payload)
+                })
+                .await
             }
             Provider::Brevo(p) => contacts_one_by_one(p, rows, gate).await,
             Provider::Resend(p) => contacts_one_by_one(p, rows, gate).await,
@@ -195,6 +201,11 @@ pub trait OneAtATime {
         &self,
         user: &UserRegistered,
     ) -> impl std::future::Future<Output = AttemptOutcome> + Send;
+
+    /// One attempt to remove an erased user from the provider (SPEC §6); "not found" there is
+    /// already gone: delivered.
+    fn erase(&self, user: &UserDeleted)
+    -> impl std::future::Future<Output = AttemptOutcome> + Send;
 }
 
 /// Each row's payload read as the user it announces, sent one request each.
@@ -205,7 +216,8 @@ async fn contacts_one_by_one<A: OneAtATime + Sync>(
 ) -> Vec<AttemptOutcome> {
     one_by_one(rows, gate, |row| async move {
         match event(row) {
-            Ok(user) => api.send(&user).await,
+            Ok(Event::UserRegistered(user)) => api.send(&user).await,
+            Ok(Event::UserDeleted(user)) => api.erase(&user).await,
             Err(unreadable) => unreadable,
         }
     })
@@ -243,12 +255,15 @@ async fn bisecting<A: InBatches + Sync>(
     // The readable rows: their users, and where each one's outcome goes.
     let mut users = Vec::with_capacity(rows.len());
     let mut places = Vec::with_capacity(rows.len());
+    // Erasures go one request each (no provider batches them), after the batch.
+    let mut erasures = Vec::new();
     for (place, row) in rows.iter().enumerate() {
         match event(row) {
-            Ok(user) => {
+            Ok(Event::UserRegistered(user)) => {
                 users.push(user);
                 places.push(place);
             }
+            Ok(Event::UserDeleted(user)) => erasures.push((place, user)),
             Err(unreadable) => outcomes[place] = Some(unreadable),
         }
     }
@@ -298,6 +313,14 @@ async fn bisecting<A: InBatches + Sync>(
             }
         }
     }
+    for (place, user) in erasures {
+        let outcome = match gate.admit().await {
+            Ok(()) => api.erase(&user).await,
+            Err(retry_after) => AttemptOutcome::NotSent { retry_after },
+        };
+        gate.observe([&outcome]);
+        outcomes[place] = Some(outcome);
+    }
     outcomes
         .into_iter()
         .map(|outcome| {
@@ -323,12 +346,38 @@ async fn attempt(
     }
 }
 
-/// The user a row announces, or the permanent outcome of a payload nobody can read.
-fn event(row: &Delivery) -> Result<UserRegistered, AttemptOutcome> {
-    UserRegistered::from_payload(&row.payload).map_err(|e| AttemptOutcome::Permanent {
+/// The event a row announces, or the permanent outcome of a payload nobody can read.
+fn event(row: &Delivery) -> Result<Event, AttemptOutcome> {
+    Event::from_row(row.event, &row.payload).map_err(|e| AttemptOutcome::Permanent {
         status: 0,
-        error: format!("stored payload is not an event: {e}"),
+        error: format!("stored payload is not a {} event: {e}", row.event.as_str()),
     })
+}
+
+/// Sends an erasure's `request`: a 404 means the provider does not know the person (any
+/// more): already gone, delivered. Anything else as §3.2 and the provider's reset header say.
+async fn erase_request(
+    request: reqwest::RequestBuilder,
+    reset_header: &str,
+    setting: &str,
+) -> AttemptOutcome {
+    match request.send().await {
+        Ok(response) if response.status() == StatusCode::NOT_FOUND => {
+            AttemptOutcome::Delivered { status: 404 }
+        }
+        Ok(response) => classify(response.status(), response.headers(), reset_header, setting),
+        Err(e) => request_failed(e),
+    }
+}
+
+/// `base` with `segments` appended as path segments, each percent-encoded (an address in a
+/// path: `/v3/contacts/a%40b.co`).
+fn with_segments(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
 }
 
 /// The HTTP client every adapter uses: the attempt timeout, no redirects.
@@ -440,6 +489,16 @@ impl OneAtATime for Brevo {
             .json(&body);
         attempt(request, "x-sib-ratelimit-reset", "email_sync.brevo.api_key").await
     }
+
+    /// `DELETE /v3/contacts/{email}`.
+    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
+        let request = self
+            .client
+            .delete(with_segments(&self.endpoint, &[&user.email]))
+            .header("api-key", self.settings.api_key.expose_secret())
+            .header("accept", "application/json");
+        erase_request(request, "x-sib-ratelimit-reset", "email_sync.brevo.api_key").await
+    }
 }
 
 /// Resend (`email_sync.kind = "resend"`): `POST /contacts` `{"email", "first_name", "unsubscribed":
@@ -497,6 +556,15 @@ impl OneAtATime for Resend {
             *retry_after = Some(asked);
         }
         outcome
+    }
+
+    /// `DELETE /contacts/{email}`.
+    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
+        let request = self
+            .client
+            .delete(with_segments(&self.endpoint, &[&user.email]))
+            .bearer_auth(self.settings.api_key.expose_secret());
+        erase_request(request, "ratelimit-reset", "email_sync.resend.api_key").await
     }
 }
 
@@ -643,6 +711,23 @@ impl OneAtATime for Mailchimp {
             Err(failed) => failed,
         }
     }
+
+    /// `POST …/members/{hash}/actions/delete-permanent` (`erase = "permanent"`) or
+    /// `DELETE …/members/{hash}` (`erase = "archive"`).
+    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
+        let hash = subscriber_hash(&user.email);
+        let request = match self.settings.erase {
+            MailchimpErase::Permanent => self.client.post(with_segments(
+                &self.endpoint,
+                &["members", &hash, "actions", "delete-permanent"],
+            )),
+            MailchimpErase::Archive => self
+                .client
+                .delete(with_segments(&self.endpoint, &["members", &hash])),
+        };
+        let request = request.basic_auth("signup", Some(self.settings.api_key.expose_secret()));
+        erase_request(request, "x-ratelimit-reset", "email_sync.mailchimp.api_key").await
+    }
 }
 
 impl InBatches for Mailchimp {
@@ -730,6 +815,50 @@ impl OneAtATime for Sendgrid {
     async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
         self.put_contacts(std::slice::from_ref(user)).await
     }
+
+    /// Looks the contact's id up (`POST /v3/marketing/contacts/search/emails`; 404: no such
+    /// contact, already gone), then `DELETE /v3/marketing/contacts?ids=<id>` (202: accepted).
+    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
+        let setting = "email_sync.sendgrid.api_key";
+        let search = self
+            .client
+            .post(with_segments(&self.endpoint, &["search", "emails"]))
+            .bearer_auth(self.settings.api_key.expose_secret())
+            .json(&serde_json::json!({ "emails": [user.email] }));
+        let response = match search.send().await {
+            Ok(response) => response,
+            Err(e) => return request_failed(e),
+        };
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return AttemptOutcome::Delivered { status: 404 };
+        }
+        if !status.is_success() {
+            return classify(status, response.headers(), "", setting);
+        }
+        let found: serde_json::Value = response.json().await.unwrap_or_default();
+        let id = found["result"]
+            .as_object()
+            .and_then(|result| {
+                result
+                    .iter()
+                    .find(|(email, _)| email.eq_ignore_ascii_case(&user.email))
+            })
+            .and_then(|(_, entry)| entry["contact"]["id"].as_str().map(str::to_owned));
+        let Some(id) = id else {
+            // Searched, and SendGrid has no contact with the address.
+            return AttemptOutcome::Delivered {
+                status: status.as_u16(),
+            };
+        };
+        let mut delete = self.endpoint.clone();
+        delete.query_pairs_mut().append_pair("ids", &id);
+        let request = self
+            .client
+            .delete(delete)
+            .bearer_auth(self.settings.api_key.expose_secret());
+        erase_request(request, "", setting).await
+    }
 }
 
 impl InBatches for Sendgrid {
@@ -766,6 +895,15 @@ impl OneAtATime for Mailgun {
             .basic_auth("api", Some(self.settings.api_key.expose_secret()))
             .form(&form);
         attempt(request, "", "email_sync.mailgun.api_key").await
+    }
+
+    /// `DELETE /v3/lists/{list}/members/{address}`.
+    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
+        let request = self
+            .client
+            .delete(with_segments(&self.endpoint, &["members", &user.email]))
+            .basic_auth("api", Some(self.settings.api_key.expose_secret()));
+        erase_request(request, "", "email_sync.mailgun.api_key").await
     }
 }
 
@@ -877,6 +1015,7 @@ mod tests {
         // The rows a paused request would have carried are not sent, and say for how long.
         let rows = [Delivery {
             id: Uuid::nil(),
+            event: EventType::UserRegistered,
             payload: "{}".into(),
         }];
         let outcomes = one_by_one(&rows, &gate, |_| async {

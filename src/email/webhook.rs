@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use super::event::{Event, UserRegistered, WebhookBody};
+use super::event::{Event, WebhookBody};
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,10 +107,13 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// The webhook body for the outbox `payload` (a [`UserRegistered`]), at attempt time `now`.
-pub fn body(payload: &str, now: DateTime<Utc>) -> Result<String, serde_json::Error> {
-    let data = UserRegistered::from_payload(payload)?;
-    serde_json::to_string(&WebhookBody::new(Event::UserRegistered(data), now))
+/// The webhook body for an outbox row's `event` and `payload`, at attempt time `now`.
+pub fn body(
+    event: entity::email_outbox::EventType,
+    payload: &str,
+    now: DateTime<Utc>,
+) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&WebhookBody::new(Event::from_row(event, payload)?, now))
 }
 
 /// Why a webhook's signature was not accepted.
@@ -232,9 +235,14 @@ impl WebhookProvider {
     }
 
     /// One attempt for outbox row `id` with its `payload`.
-    pub(crate) async fn deliver_payload(&self, id: Uuid, payload: &str) -> AttemptOutcome {
+    pub(crate) async fn deliver_payload(
+        &self,
+        id: Uuid,
+        event: entity::email_outbox::EventType,
+        payload: &str,
+    ) -> AttemptOutcome {
         let now = Utc::now();
-        let body = match body(payload, now) {
+        let body = match body(event, payload, now) {
             Ok(body) => body,
             Err(e) => {
                 return AttemptOutcome::Permanent {
@@ -442,6 +450,7 @@ mod tests {
     fn the_body_wraps_the_payload_as_user_registered() {
         let now = Utc::now();
         let body = body(
+            entity::email_outbox::EventType::UserRegistered,
             r#"{"user_id":"00000000-0000-0000-0000-000000000000","username":"a","email":"a@b.co","registered_at":"2026-11-30T12:00:00.000000Z"}"#,
             now,
         )

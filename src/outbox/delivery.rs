@@ -8,7 +8,7 @@
 //! instance took over) cannot overwrite the newer claim.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use entity::email_outbox::{self, Status};
+use entity::email_outbox::{self, EventType, Status};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
@@ -44,27 +44,36 @@ pub async fn claim(
     let until = (now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60)))
         .trunc_subsecs(6);
     let limit = limit as i64;
+    // Per-user order (SPEC §6): a row is due only once no earlier row of its user is pending
+    // or still leased by anyone (a cancelled row whose delivery is in flight included), so a
+    // deletion never overtakes the registration it undoes.
     let statement = if is_postgres(db) {
         Statement::from_sql_and_values(
             DatabaseBackend::Postgres,
             "UPDATE email_outbox SET locked_until = $1 WHERE id IN (\
-               SELECT id FROM email_outbox \
-               WHERE status = 'pending' AND next_attempt_at <= $2 \
-                 AND (locked_until IS NULL OR locked_until <= $2) \
-               ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+               SELECT o.id FROM email_outbox o \
+               WHERE o.status = 'pending' AND o.next_attempt_at <= $2 \
+                 AND (o.locked_until IS NULL OR o.locked_until <= $2) \
+                 AND NOT EXISTS (SELECT 1 FROM email_outbox e \
+                   WHERE e.user_id = o.user_id AND e.seq < o.seq \
+                     AND (e.status = 'pending' OR e.locked_until > $2)) \
+               ORDER BY o.next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING *",
             [until.into(), now.into(), limit.into()],
         )
     } else {
         Statement::from_sql_and_values(
             DatabaseBackend::Sqlite,
-            "UPDATE email_outbox SET locked_until = ? WHERE id IN (\
-               SELECT id FROM email_outbox \
-               WHERE status = 'pending' AND next_attempt_at <= ? \
-                 AND (locked_until IS NULL OR locked_until <= ?) \
-               ORDER BY next_attempt_at LIMIT ?) \
+            "UPDATE email_outbox SET locked_until = ?1 WHERE id IN (\
+               SELECT o.id FROM email_outbox o \
+               WHERE o.status = 'pending' AND o.next_attempt_at <= ?2 \
+                 AND (o.locked_until IS NULL OR o.locked_until <= ?2) \
+                 AND NOT EXISTS (SELECT 1 FROM email_outbox e \
+                   WHERE e.user_id = o.user_id AND e.seq < o.seq \
+                     AND (e.status = 'pending' OR e.locked_until > ?2)) \
+               ORDER BY o.next_attempt_at LIMIT ?3) \
              RETURNING *",
-            [until.into(), now.into(), now.into(), limit.into()],
+            [until.into(), now.into(), limit.into()],
         )
     };
     let mut rows = email_outbox::Model::find_by_statement(statement)
@@ -128,7 +137,9 @@ pub async fn complete_all(
     let mut groups: Vec<(DeliveredGroup, Vec<usize>)> = Vec::new();
     for (place, one) in finished.iter().enumerate() {
         match &one.completion {
-            Completion::Delivered { status } => {
+            Completion::Delivered { status }
+                if one.claimed.row.event == EventType::UserRegistered =>
+            {
                 let key = DeliveredGroup {
                     lease: one.claimed.lease,
                     status: *status,
@@ -148,6 +159,10 @@ pub async fn complete_all(
             let updated = deliver_many(&txn, &group, &ids).await?;
             for place in chunk {
                 stored[*place] = updated.contains(&finished[*place].claimed.row.id);
+            }
+            if updated.len() < ids.len() {
+                let lost: Vec<Uuid> = ids.into_iter().filter(|id| !updated.contains(id)).collect();
+                let_go_of_cancelled(&txn, &lost, group.lease).await?;
             }
         }
     }
@@ -229,6 +244,10 @@ async fn complete<C: ConnectionTrait>(db: &C, finished: &Finished) -> Result<boo
             update.status = Set(Status::Delivered);
             update.delivered_at = Set(Some(now.trunc_subsecs(6)));
             update.last_status = Set(Some(i32::from(status)));
+            if claimed.row.event == EventType::UserDeleted {
+                // The provider has forgotten the person: so does the announcement (SPEC §6).
+                update.payload = Set(crate::email::event::scrubbed_payload(claimed.row.user_id));
+            }
         }
         Completion::Retry { at, status, error } => {
             update.next_attempt_at = Set(at.trunc_subsecs(6));
@@ -251,7 +270,32 @@ async fn complete<C: ConnectionTrait>(db: &C, finished: &Finished) -> Result<boo
         .filter(email_outbox::Column::LockedUntil.eq(claimed.lease))
         .exec(db)
         .await?;
-    Ok(result.rows_affected == 1)
+    if result.rows_affected == 1 {
+        return Ok(true);
+    }
+    let_go_of_cancelled(db, &[claimed.row.id], claimed.lease).await?;
+    Ok(false)
+}
+
+/// Clears this claim's lease on rows cancelled while their delivery was in flight (their user
+/// was erased): nothing is stored for them, and the user's later rows (the deletion) wait only
+/// for the lease to go.
+async fn let_go_of_cancelled<C: ConnectionTrait>(
+    db: &C,
+    ids: &[Uuid],
+    lease: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    email_outbox::Entity::update_many()
+        .col_expr(
+            email_outbox::Column::LockedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(email_outbox::Column::Id.is_in(ids.iter().copied()))
+        .filter(email_outbox::Column::Status.eq(Status::Cancelled))
+        .filter(email_outbox::Column::LockedUntil.eq(lease))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// Gives claims back without spending an attempt (shutdown, an abandoned delivery).

@@ -17,7 +17,7 @@ use crate::database::is_postgres;
 pub enum Requeue {
     /// The row is due now with its attempts reset: as it is now.
     Due(Job),
-    /// The row was delivered already; it is left alone.
+    /// The row was delivered already, or cancelled by an erasure; it is left alone.
     Delivered,
     NotFound,
 }
@@ -45,7 +45,7 @@ pub async fn requeue(
     if let Some(row) = updated.into_iter().next() {
         return Ok(Requeue::Due(row.into()));
     }
-    // Not pending nor dead: delivered, or no such row.
+    // Not pending nor dead: delivered, cancelled (its user was erased), or no such row.
     Ok(match find(db, id).await? {
         Some(_) => Requeue::Delivered,
         None => Requeue::NotFound,
@@ -57,6 +57,9 @@ pub async fn requeue(
 pub struct Job {
     pub id: Uuid,
     pub user_id: Uuid,
+    /// `user.registered` or `user.deleted`.
+    pub event: &'static str,
+    /// Empty once the user is erased (and, for `user.deleted`, once delivered).
     pub email: String,
     pub status: &'static str,
     pub attempts: i32,
@@ -69,12 +72,14 @@ pub struct Job {
 
 impl From<email_outbox::Model> for Job {
     fn from(row: email_outbox::Model) -> Self {
-        let email = crate::email::UserRegistered::from_payload(&row.payload)
-            .map(|event| event.email)
+        let email = serde_json::from_str::<serde_json::Value>(&row.payload)
+            .ok()
+            .and_then(|payload| payload["email"].as_str().map(str::to_owned))
             .unwrap_or_default();
         Self {
             id: row.id,
             user_id: row.user_id,
+            event: row.event.as_str(),
             email,
             status: row.status.as_str(),
             attempts: row.attempts,

@@ -104,8 +104,8 @@ pub struct SyncSummary {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// pending, dead or delivered (empty: all).
-    #[param(pattern = "^(|pending|dead|delivered)$")]
+    /// pending, dead, delivered or cancelled (empty: all).
+    #[param(pattern = "^(|pending|dead|delivered|cancelled)$")]
     status: Option<String>,
     /// 1–500, default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -134,10 +134,11 @@ pub async fn list_jobs(
         None | Some("") => None,
         Some("pending") => Some(Status::Pending),
         Some("dead") => Some(Status::Dead),
+        Some("cancelled") => Some(Status::Cancelled),
         Some("delivered") => Some(Status::Delivered),
         Some(_) => {
             return Err(ApiError::BadRequest(
-                "status must be pending, dead or delivered".into(),
+                "status must be pending, dead, delivered or cancelled".into(),
             ));
         }
     };
@@ -205,6 +206,28 @@ pub async fn retry_dead(
     wake(&state);
     tracing::info!(requeued, "operator requeued every dead job");
     Ok(HttpResponse::Accepted().json(Requeued { requeued }))
+}
+
+#[utoipa::path(delete, path = "/admin/users/{id}", tag = "admin",
+    params(("id" = String, Path, description = "The user's id (the registration's id)")), security(("bearer" = [])),
+    responses((status = 202, description = "Erased here; the user.deleted job removes them at the provider", body = crate::erasure::Erased), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such user (or erased already), or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
+/// `DELETE /admin/users/{id}`: erases the user (SPEC §6).
+pub async fn erase_user(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = job_id(&path)?;
+    let erased =
+        match crate::erasure::erase(&state.db, &crate::erasure::Who::Id(id), Utc::now()).await {
+            Ok(erased) => erased,
+            Err(crate::erasure::EraseError::NotFound) => return Err(ApiError::NotFound),
+            Err(crate::erasure::EraseError::Database(e)) => return Err(e.into()),
+        };
+    state.metrics.erasures.inc();
+    wake(&state);
+    tracing::info!(user_id = %erased.user_id, deletion_job = %erased.deletion_job, cancelled = erased.cancelled, "operator erased a user");
+    Ok(HttpResponse::Accepted().json(erased))
 }
 
 /// `GET /api/v1/registrations/{id}`: the registration and its email sync job.

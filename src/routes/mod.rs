@@ -97,6 +97,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         "/api/v1/registrations/{id}",
         web::get().to(admin::get_registration),
     )
+    .route("/admin/users/{id}", web::delete().to(admin::erase_user))
     .route("/admin/email-sync/jobs", web::get().to(admin::list_jobs))
     .route("/admin/email-sync/jobs/{id}", web::get().to(admin::get_job))
     .route(

@@ -28,6 +28,7 @@ use super::{admin, form, health, registrations};
         admin::get_job,
         admin::retry_job,
         admin::retry_dead,
+        admin::erase_user,
         document,
     ),
     modifiers(&BearerAuth),
@@ -35,7 +36,7 @@ use super::{admin, form, health, registrations};
         (name = "registration", description = "The JSON API"),
         (name = "form", description = "The HTML form"),
         (name = "operations", description = "Health and metrics"),
-        (name = "admin", description = "Failed syncs; only with admin.token set"),
+        (name = "admin", description = "Failed syncs and erasure; only with admin.token set"),
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,163 @@
+//! Erasure (SPEC §6): one transaction removes a person from signup and queues their removal at
+//! the provider. The user row and its idempotency keys are deleted; every undelivered outbox
+//! row of theirs is cancelled (one whose delivery is in flight keeps its lease, so what follows
+//! still waits for it); every remaining row of theirs is scrubbed of username and email; and a
+//! `user.deleted` row is written, after all of them in the user's order. The username and email
+//! are free again at once.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use entity::email_outbox::{self, EventType, Status};
+use entity::{idempotency_key, user};
+use sea_orm::{AccessMode, IsolationLevel, SqliteTransactionMode, TransactionOptions};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::email::event::{UserDeleted, scrubbed_payload};
+
+/// Whom to erase: the user's id, or the address they registered with (in any case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Who {
+    Id(Uuid),
+    Email(String),
+}
+
+impl std::str::FromStr for Who {
+    type Err = std::convert::Infallible;
+
+    /// A UUID is an id; anything else is an address.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match Uuid::parse_str(text.trim()) {
+            Ok(id) => Who::Id(id),
+            Err(_) => Who::Email(text.trim().to_owned()),
+        })
+    }
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Erased {
+    /// The erased user.
+    pub user_id: Uuid,
+    /// The `user.deleted` job that removes them at the provider.
+    pub deletion_job: Uuid,
+    /// Undelivered rows of theirs that will now never be sent.
+    pub cancelled: u64,
+    /// Rows of theirs scrubbed of username and email (the cancelled ones included).
+    pub scrubbed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    /// No such user (never registered, or erased already).
+    #[error("no such user")]
+    NotFound,
+    #[error(transparent)]
+    Database(#[from] DbErr),
+}
+
+/// Erases `who` as of `now`, in one transaction.
+pub async fn erase(
+    db: &DatabaseConnection,
+    who: &Who,
+    now: DateTime<Utc>,
+) -> Result<Erased, EraseError> {
+    let now = now.trunc_subsecs(6);
+    // IMMEDIATE on SQLite: this transaction reads, then writes (see `store`).
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            isolation_level: None::<IsolationLevel>,
+            access_mode: None::<AccessMode>,
+        })
+        .await?;
+    let found = match who {
+        Who::Id(id) => user::Entity::find_by_id(*id).one(&txn).await?,
+        Who::Email(email) => {
+            let normalized = crate::domain::Email::parse(email)
+                .map(|e| e.normalized().to_owned())
+                .unwrap_or_else(|_| email.to_lowercase());
+            user::Entity::find()
+                .filter(user::Column::EmailNormalized.eq(normalized))
+                .one(&txn)
+                .await?
+        }
+    };
+    let Some(person) = found else {
+        return Err(EraseError::NotFound);
+    };
+    let rows = email_outbox::Entity::find()
+        .filter(email_outbox::Column::UserId.eq(person.id))
+        .order_by_asc(email_outbox::Column::Seq)
+        .all(&txn)
+        .await?;
+    let (mut cancelled, mut scrubbed) = (0, 0);
+    let mut last_seq = 0;
+    for row in rows {
+        last_seq = last_seq.max(row.seq);
+        let mut update = email_outbox::ActiveModel {
+            id: Set(row.id),
+            payload: Set(scrubbed_payload(person.id)),
+            ..Default::default()
+        };
+        if matches!(row.status, Status::Pending | Status::Dead) {
+            // Its lease (if its delivery is in flight) stays: the deletion waits for it.
+            update.status = Set(Status::Cancelled);
+            cancelled += 1;
+        }
+        if let Some(error) = &row.last_error
+            && names(error, &person)
+        {
+            update.last_error = Set(Some(
+                "(the provider's message named the erased user; removed)".into(),
+            ));
+        }
+        update.update(&txn).await?;
+        scrubbed += 1;
+    }
+    idempotency_key::Entity::delete_many()
+        .filter(idempotency_key::Column::UserId.eq(person.id))
+        .exec(&txn)
+        .await?;
+    user::Entity::delete_by_id(person.id).exec(&txn).await?;
+    let deletion_job = Uuid::new_v4();
+    let deleted = UserDeleted {
+        user_id: person.id,
+        email: person.email.clone(),
+    };
+    email_outbox::ActiveModel {
+        id: Set(deletion_job),
+        user_id: Set(person.id),
+        payload: Set(deleted.to_payload()),
+        status: Set(Status::Pending),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        locked_until: Set(None),
+        last_error: Set(None),
+        last_status: Set(None),
+        created_at: Set(now),
+        delivered_at: Set(None),
+        retry_from: Set(None),
+        event: Set(EventType::UserDeleted),
+        seq: Set(last_seq + 1),
+    }
+    .insert(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(Erased {
+        user_id: person.id,
+        deletion_job,
+        cancelled,
+        scrubbed,
+    })
+}
+
+/// Whether `text` names the person: their address or username, in any case.
+fn names(text: &str, person: &user::Model) -> bool {
+    let text = text.to_lowercase();
+    text.contains(&person.email.to_lowercase())
+        || text.contains(&person.email_normalized)
+        || text.contains(&person.username_normalized)
+}
