@@ -13,6 +13,7 @@ mod concurrency;
 mod db_faults;
 mod deploy;
 mod email_sync;
+mod erasure;
 mod exactly_once;
 mod form;
 mod group_commit;
