@@ -11,14 +11,14 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::helpers::{TestApp, spawn_app_with, url, use_provider, wait_until};
 
-const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
+pub const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A webhook receiver that notes each event's type as it arrives, and holds its answer to a
 /// `user.registered` for `hold` (a delivery in flight).
-struct Recording {
-    arrivals: Arc<Mutex<Vec<(String, Instant)>>>,
-    hold: Duration,
+pub struct Recording {
+    pub arrivals: Arc<Mutex<Vec<(String, Instant)>>>,
+    pub hold: Duration,
 }
 
 impl Respond for Recording {

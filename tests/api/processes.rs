@@ -235,6 +235,68 @@ async fn two_instances_on_one_postgresql_deliver_every_user_exactly_once() {
 }
 
 #[actix_web::test]
+async fn with_two_instances_a_deletion_waits_for_the_registration_the_other_one_is_delivering() {
+    use crate::erasure::{Recording, TOKEN};
+    use entity::email_outbox::EventType;
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let url = fresh_postgres(&admin).await;
+    let provider = MockServer::start().await;
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Under the instances' 2 s attempt timeout.
+    let hold = Duration::from_millis(1500);
+    Mock::given(method("POST"))
+        .respond_with(Recording {
+            arrivals: std::sync::Arc::clone(&arrivals),
+            hold,
+        })
+        .mount(&provider)
+        .await;
+    let admin_token = [("SIGNUP_ADMIN__TOKEN", TOKEN)];
+    let first = ServerProcess::start_with(&url, &provider.uri(), &admin_token).await;
+    let second = ServerProcess::start_with(&url, &provider.uri(), &admin_token).await;
+    first.register(7).await;
+    wait_until(
+        "the registration's delivery is in flight",
+        Duration::from_secs(30),
+        || async { !arrivals.lock().expect("not poisoned").is_empty() },
+    )
+    .await;
+    let db = Database::connect(&url).await.expect("the test connects");
+    let user = outbox_rows(&db).await[0].user_id;
+
+    // Erased through the other instance, which is free to claim the deletion at once.
+    let response = reqwest::Client::new()
+        .delete(format!("{}/admin/users/{user}", second.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 202);
+    wait_until(
+        "the deletion is delivered",
+        Duration::from_secs(30),
+        || async {
+            outbox_rows(&db)
+                .await
+                .iter()
+                .any(|r| r.event == EventType::UserDeleted && r.status == Status::Delivered)
+        },
+    )
+    .await;
+
+    let arrivals = arrivals.lock().expect("not poisoned").clone();
+    let kinds: Vec<&str> = arrivals.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["user.registered", "user.deleted"]);
+    let waited = arrivals[1].1 - arrivals[0].1;
+    assert!(
+        waited >= hold - Duration::from_millis(50),
+        "the deletion went {waited:?} after the registration, before its answer"
+    );
+}
+
+#[actix_web::test]
 async fn sigterm_during_concurrent_registrations_exits_0_and_every_answered_one_is_stored() {
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
