@@ -528,6 +528,8 @@ impl EmailSyncActor {
                     .sync_attempts
                     .with_label_values(&["permanent"])
                     .inc();
+                // Providers quote the address in their messages: masked here, whole in the row.
+                let error = crate::domain::mask_addresses_in(error);
                 tracing::error!(outbox_id = %id, status, %error, "the provider refused a row permanently; it is dead until an operator retries it");
             }
             AttemptOutcome::Transient {
@@ -540,6 +542,7 @@ impl EmailSyncActor {
                     .sync_attempts
                     .with_label_values(&["transient"])
                     .inc();
+                let error = crate::domain::mask_addresses_in(error);
                 if *misconfigured {
                     tracing::error!(outbox_id = %id, ?status, %error, "email provider rejects our requests: check email_sync.kind and its section's base_url and api_key (webhook: email_sync.url and email_sync.secret)");
                 } else {

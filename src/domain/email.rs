@@ -113,9 +113,34 @@ pub fn mask(address: &str) -> String {
     }
 }
 
+/// `text` (a provider's error message, say) with every address in it masked, for logs.
+pub fn mask_addresses_in(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            let trimmed = word.trim_matches(|c: char| "()[]<>\"',;:".contains(c));
+            if trimmed.contains('@') {
+                word.replace(trimmed, &mask(trimmed))
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_in_a_providers_message_are_masked_for_logs() {
+        assert_eq!(
+            mask_addresses_in(
+                "Mailchimp: Invalid Resource: jane.doe@example.com looks fake (\"jd@x.io\")"
+            ),
+            "Mailchimp: Invalid Resource: j***@example.com looks fake (\"j***@x.io\")"
+        );
+    }
 
     #[test]
     fn valid_addresses_are_trimmed_and_lower_cased_whole() {

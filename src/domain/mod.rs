@@ -7,7 +7,7 @@ mod new_registration;
 mod password;
 mod username;
 
-pub use email::Email;
+pub use email::{Email, mask_addresses_in};
 pub use new_registration::NewRegistration;
 pub use password::Password;
 pub use username::Username;
