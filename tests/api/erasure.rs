@@ -39,6 +39,28 @@ impl Respond for Recording {
     }
 }
 
+/// From now on `provider` answers every request with `status`.
+async fn answer_all(provider: &MockServer, status: u16) {
+    provider.reset().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(status))
+        .mount(provider)
+        .await;
+}
+
+/// The provider saw a registration, then a deletion, and the deletion no sooner than `hold`
+/// after the registration (that is, after the registration's answer).
+pub fn assert_the_deletion_came_second(arrivals: &Mutex<Vec<(String, Instant)>>, hold: Duration) {
+    let arrivals = arrivals.lock().expect("not poisoned").clone();
+    let kinds: Vec<&str> = arrivals.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["user.registered", "user.deleted"]);
+    let waited = arrivals[1].1 - arrivals[0].1;
+    assert!(
+        waited >= hold - Duration::from_millis(50),
+        "the deletion went {waited:?} after the registration, before its answer"
+    );
+}
+
 async fn erasing_app(provider: &MockServer) -> TestApp {
     let base = provider.uri();
     spawn_app_with(move |s| {
@@ -154,21 +176,14 @@ async fn holding(app: &TestApp, needle: &str) -> Vec<(String, String)> {
 #[actix_web::test]
 async fn after_an_erasure_no_table_holds_the_person_and_they_may_register_again_at_once() {
     let provider = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&provider)
-        .await;
+    answer_all(&provider, 204).await;
     let app = erasing_app(&provider).await;
     let (username, email) = ("Erasable_Person", "Erasable.Person@Example.com");
     let id = register(&app, username, email).await;
     app.wait_all_delivered(1).await;
     assert!(!holding(&app, email).await.is_empty(), "stored before");
     // The provider is down: the deletion stays pending, as the only holder of the address.
-    provider.reset().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&provider)
-        .await;
+    answer_all(&provider, 503).await;
 
     let (status, erased) = erase(&app, id).await;
 
@@ -188,11 +203,7 @@ async fn after_an_erasure_no_table_holds_the_person_and_they_may_register_again_
     assert_eq!(erase(&app, id).await.0, 404, "erased already");
     assert_eq!(erase(&app, again).await.0, 202);
 
-    provider.reset().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&provider)
-        .await;
+    answer_all(&provider, 204).await;
     wait_until("both deletions are delivered", PATIENCE, || async {
         rows_of(&app, EventType::UserDeleted)
             .await
@@ -257,14 +268,7 @@ async fn a_deletion_waits_for_the_registration_in_flight_and_arrives_second() {
     })
     .await;
 
-    let arrivals = arrivals.lock().expect("not poisoned").clone();
-    let kinds: Vec<&str> = arrivals.iter().map(|(kind, _)| kind.as_str()).collect();
-    assert_eq!(kinds, ["user.registered", "user.deleted"]);
-    let waited = arrivals[1].1 - arrivals[0].1;
-    assert!(
-        waited >= hold - Duration::from_millis(50),
-        "the deletion went {waited:?} after the registration, before its answer"
-    );
+    assert_the_deletion_came_second(&arrivals, hold);
     let registration = &rows_of(&app, EventType::UserRegistered).await[0];
     assert_eq!(registration.status, Status::Cancelled);
     assert_eq!(registration.locked_until, None, "its lease was let go");
@@ -438,10 +442,7 @@ async fn each_provider_kind_removes_an_erased_user_with_its_own_call_and_404_is_
 #[actix_web::test]
 async fn signup_users_delete_erases_by_address_and_says_what_it_did() {
     let provider = MockServer::start().await;
-    Mock::given(wiremock::matchers::any())
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&provider)
-        .await;
+    answer_all(&provider, 204).await;
     let app = erasing_app(&provider).await;
     let id = register(&app, "cli_erased", "CLI.Erased@example.com").await;
     let run = |who: &str| {

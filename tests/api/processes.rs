@@ -286,14 +286,7 @@ async fn with_two_instances_a_deletion_waits_for_the_registration_the_other_one_
     )
     .await;
 
-    let arrivals = arrivals.lock().expect("not poisoned").clone();
-    let kinds: Vec<&str> = arrivals.iter().map(|(kind, _)| kind.as_str()).collect();
-    assert_eq!(kinds, ["user.registered", "user.deleted"]);
-    let waited = arrivals[1].1 - arrivals[0].1;
-    assert!(
-        waited >= hold - Duration::from_millis(50),
-        "the deletion went {waited:?} after the registration, before its answer"
-    );
+    crate::erasure::assert_the_deletion_came_second(&arrivals, hold);
 }
 
 #[actix_web::test]
