@@ -5,7 +5,7 @@
 //! first event and `rate()` and alerts work from the first scrape.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -61,6 +61,12 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     /// `signup_email_outbox_dead`: as `outbox_pending`.
     pub outbox_dead: IntGauge,
+    /// `signup_email_outbox_oldest_pending_age_seconds`: how long the oldest pending row has
+    /// waited (0 with none); refreshed as `outbox_pending`.
+    pub oldest_pending: Gauge,
+    /// `signup_ready`: 1 while readiness holds (database and registrations up), else 0; set
+    /// by every readiness probe and every scrape.
+    pub ready: IntGauge,
     /// `signup_email_circuit_state{state}`: 1 for the current state; set through
     /// [`Metrics::set_circuit`] only, so exactly one state is 1.
     circuit_state: IntGaugeVec,
@@ -114,6 +120,14 @@ impl Metrics {
             "signup_email_outbox_dead",
             "Dead outbox rows waiting for an operator.",
         )?;
+        let oldest_pending = Gauge::new(
+            "signup_email_outbox_oldest_pending_age_seconds",
+            "How long the oldest pending outbox row has waited (0 with none).",
+        )?;
+        let ready = IntGauge::new(
+            "signup_ready",
+            "1 while readiness holds (database and registrations up), else 0.",
+        )?;
         let circuit_state = IntGaugeVec::new(
             Opts::new(
                 "signup_email_circuit_state",
@@ -157,6 +171,8 @@ impl Metrics {
         registry.register(Box::new(delivery_lag.clone()))?;
         registry.register(Box::new(outbox_pending.clone()))?;
         registry.register(Box::new(outbox_dead.clone()))?;
+        registry.register(Box::new(oldest_pending.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(wakeups_dropped.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
@@ -183,6 +199,8 @@ impl Metrics {
             delivery_lag,
             outbox_pending,
             outbox_dead,
+            oldest_pending,
+            ready,
             circuit_state,
             wakeups_dropped,
             http_requests,

@@ -642,13 +642,17 @@ impl EmailSyncActor {
         let metrics = Arc::clone(&self.metrics);
         let refresh = async move {
             match outbox::outbox_counts(&db).await {
-                Ok((pending, dead)) => {
+                Ok(counts) => {
                     metrics
                         .outbox_pending
-                        .set(i64::try_from(pending).unwrap_or(i64::MAX));
+                        .set(i64::try_from(counts.pending).unwrap_or(i64::MAX));
                     metrics
                         .outbox_dead
-                        .set(i64::try_from(dead).unwrap_or(i64::MAX));
+                        .set(i64::try_from(counts.dead).unwrap_or(i64::MAX));
+                    let age = counts
+                        .oldest_pending
+                        .map_or(0.0, |at| (Utc::now() - at).as_seconds_f64().max(0.0));
+                    metrics.oldest_pending.set(age);
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot refresh the outbox gauges"),
             }

@@ -341,16 +341,35 @@ pub async fn delete_delivered_before(
     }
 }
 
-/// Pending and dead rows: readiness and the outbox gauges.
-pub async fn outbox_counts(db: &DatabaseConnection) -> Result<(u64, u64), DbErr> {
-    use sea_orm::PaginatorTrait;
+/// The outbox as the gauges show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub pending: u64,
+    pub dead: u64,
+    /// When the oldest pending row was written, if any is pending.
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+/// Pending and dead rows, and the oldest pending one: readiness and the outbox gauges.
+pub async fn outbox_counts(db: &DatabaseConnection) -> Result<OutboxCounts, DbErr> {
+    use sea_orm::{PaginatorTrait, QueryOrder, QuerySelect};
     let count = |status| {
         email_outbox::Entity::find()
             .filter(email_outbox::Column::Status.eq(status))
             .count(db)
     };
-    Ok((
-        count(email_outbox::Status::Pending).await?,
-        count(email_outbox::Status::Dead).await?,
-    ))
+    let oldest_pending = email_outbox::Entity::find()
+        .select_only()
+        .column(email_outbox::Column::CreatedAt)
+        .filter(email_outbox::Column::Status.eq(Status::Pending))
+        .order_by_asc(email_outbox::Column::CreatedAt)
+        .limit(1)
+        .into_tuple::<DateTime<Utc>>()
+        .one(db)
+        .await?;
+    Ok(OutboxCounts {
+        pending: count(email_outbox::Status::Pending).await?,
+        dead: count(email_outbox::Status::Dead).await?,
+        oldest_pending,
+    })
 }

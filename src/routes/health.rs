@@ -16,6 +16,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    // `signup_ready` as of this scrape: an alert on readiness needs no blackbox prober.
+    let (database_up, registration_up) = probe(&state).await;
+    state
+        .metrics
+        .ready
+        .set(i64::from(database_up && registration_up));
     match state.metrics.render() {
         Ok(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
@@ -25,6 +31,15 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             HttpResponse::InternalServerError().finish()
         }
     }
+}
+
+/// Readiness's two questions: does the database answer, and can registrations be stored?
+async fn probe(state: &AppState) -> (bool, bool) {
+    let database = tokio::time::timeout(PROBE_TIMEOUT, state.db.ping()).await;
+    let database_up = matches!(database, Ok(Ok(())));
+    let actor = tokio::time::timeout(PROBE_TIMEOUT, state.registrar.actor.send(Ping)).await;
+    let registration_up = matches!(actor, Ok(Ok(()))) && storing(state).await;
+    (database_up, registration_up)
 }
 
 /// Liveness body.
@@ -101,10 +116,11 @@ async fn storing(state: &AppState) -> bool {
         (status = 503, description = "Not ready: database or RegistrationActor down", body = Readiness),
     ))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let database = tokio::time::timeout(PROBE_TIMEOUT, state.db.ping()).await;
-    let database_up = matches!(database, Ok(Ok(())));
-    let actor = tokio::time::timeout(PROBE_TIMEOUT, state.registrar.actor.send(Ping)).await;
-    let registration_up = matches!(actor, Ok(Ok(()))) && storing(&state).await;
+    let (database_up, registration_up) = probe(&state).await;
+    state
+        .metrics
+        .ready
+        .set(i64::from(database_up && registration_up));
     // The counts are the outbox gauges, which the email sync refreshes from its own pool (at
     // least every 5 s), not a COUNT per probe: with a backlog of a million rows a COUNT takes
     // ~50 ms on PostgreSQL, and monitors probe often, from every instance.

@@ -219,3 +219,116 @@ async fn responses_carry_the_request_id_given_or_a_new_one() {
     let id = generated.headers()["x-request-id"].to_str().expect("ascii");
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
 }
+
+/// Every `expr` in a Grafana dashboard, however deep.
+fn queries(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("expr", serde_json::Value::String(expr)) => found.push(expr.clone()),
+                    _ => queries(inner, found),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| queries(i, found)),
+        _ => {}
+    }
+}
+
+/// The metric names a PromQL expression uses (signup's and the process collector's).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("signup_") || word.starts_with("process_"))
+        .map(|word| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word)
+                .to_owned()
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn every_dashboard_query_names_an_exported_metric_and_every_signup_metric_is_charted() {
+    let app = spawn_app().await;
+    // The per-route HTTP series exist once a request has been served.
+    app.get("/health/live").await;
+    let text = app.get("/metrics").await.text().await.expect("text");
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/signup.json"
+        ))
+        .expect("the dashboard file"),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    queries(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+
+    let mut charted = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "a query that names no metric: {expr}");
+        for name in names {
+            assert!(
+                exported.contains(name.as_str()),
+                "{expr} names {name}, which the server does not export"
+            );
+            charted.insert(name);
+        }
+    }
+    let uncharted: Vec<&&str> = exported
+        .iter()
+        .filter(|name| name.starts_with("signup_") && !charted.contains(**name))
+        .collect();
+    assert!(uncharted.is_empty(), "not on the dashboard: {uncharted:?}");
+}
+
+#[actix_web::test]
+async fn readiness_and_the_oldest_pending_rows_age_are_exported_for_alerts() {
+    // A provider that never answers in time: rows stay pending.
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&provider)
+        .await;
+    let base = provider.uri();
+    let app = spawn_app_with(move |s| use_provider(s, &base)).await;
+    let scrape_now = scrape(&app).await;
+    assert_eq!(value(&scrape_now, "signup_ready", &[]), Some(1.0));
+    assert_eq!(
+        value(
+            &scrape_now,
+            "signup_email_outbox_oldest_pending_age_seconds",
+            &[]
+        ),
+        Some(0.0)
+    );
+
+    let response = app.post_registration(&registration(1)).await;
+    assert_eq!(response.status().as_u16(), 201);
+    crate::helpers::wait_until(
+        "the oldest pending row's age is exported",
+        std::time::Duration::from_secs(30),
+        || async {
+            value(
+                &scrape(&app).await,
+                "signup_email_outbox_oldest_pending_age_seconds",
+                &[],
+            )
+            .is_some_and(|age| age > 0.0)
+        },
+    )
+    .await;
+    // The database closed under the server: not ready, as the scrape says.
+    app.server_db.clone().close().await.expect("closed");
+    assert_eq!(value(&scrape(&app).await, "signup_ready", &[]), Some(0.0));
+}
