@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, Statement};
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::helpers::{TestApp, spawn_app_with, url, use_provider, wait_until};
+use crate::helpers::{TestApp, spawn_app_with, use_provider, use_provider_kind, wait_until};
 
 pub const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -395,22 +395,8 @@ async fn each_provider_kind_removes_an_erased_user_with_its_own_call_and_404_is_
             .mount(&provider)
             .await;
         let app = spawn_app_with(move |s| {
-            use_provider(s, &base);
-            let sync = &mut s.email_sync;
-            sync.kind = kind;
-            sync.mailchimp.api_key = key.into();
-            sync.mailchimp.base_url = Some(url(&base));
-            sync.mailchimp.list_id = "list1".into();
-            sync.mailchimp.erase = mode;
-            sync.sendgrid.api_key = key.into();
-            sync.sendgrid.base_url = url(&base);
-            sync.mailgun.api_key = key.into();
-            sync.mailgun.base_url = url(&base);
-            sync.mailgun.list = "news@mg.example.com".into();
-            sync.brevo.api_key = key.into();
-            sync.brevo.base_url = url(&base);
-            sync.resend.api_key = key.into();
-            sync.resend.base_url = url(&base);
+            use_provider_kind(s, kind, &base, key);
+            s.email_sync.mailchimp.erase = mode;
         })
         .await;
         app.register_all(1..2).await;

@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use entity::email_outbox::{self, Status};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
-use secrecy::SecretString;
 use serde_json::json;
 use signup::configuration::ProviderKind;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::helpers::{spawn_app_with, url, use_provider, wait_until};
+use crate::helpers::{spawn_app_with, use_provider_kind, wait_until};
 
 const USERS: usize = 10_000;
 /// Every this many requests, the fake answers 503 (a transient failure: retried, not counted).
@@ -83,24 +82,9 @@ async fn every_row_reaches_the_provider_exactly_once(kind: ProviderKind) {
         .await;
     let base = provider.uri();
     let app = spawn_app_with(move |s| {
-        use_provider(s, &base);
-        let sync = &mut s.email_sync;
-        sync.kind = kind;
+        use_provider_kind(s, kind, &base, "test-key");
         // Unpaced: Brevo's and Resend's 10/s and 5/s would make this a half-hour test.
-        sync.max_requests_per_second = Some(0);
-        let key = || SecretString::from("test-key");
-        sync.mailchimp.api_key = key();
-        sync.mailchimp.base_url = Some(url(&base));
-        sync.mailchimp.list_id = "list1".into();
-        sync.sendgrid.api_key = key();
-        sync.sendgrid.base_url = url(&base);
-        sync.mailgun.api_key = key();
-        sync.mailgun.base_url = url(&base);
-        sync.mailgun.list = "news@mg.example.com".into();
-        sync.brevo.api_key = key();
-        sync.brevo.base_url = url(&base);
-        sync.resend.api_key = key();
-        sync.resend.base_url = url(&base);
+        s.email_sync.max_requests_per_second = Some(0);
     })
     .await;
 

@@ -81,6 +81,31 @@ pub fn url(text: &str) -> reqwest::Url {
     reqwest::Url::parse(text).expect("a URL")
 }
 
+/// Points `settings` at a fake provider of `kind` at `base`: every kind's section gets that
+/// base URL and `key` (Mailchimp's list `list1`, Mailgun's `news@mg.example.com`).
+pub fn use_provider_kind(
+    settings: &mut Settings,
+    kind: signup::configuration::ProviderKind,
+    base: &str,
+    key: &str,
+) {
+    use_provider(settings, base);
+    let sync = &mut settings.email_sync;
+    sync.kind = kind;
+    sync.mailchimp.api_key = key.into();
+    sync.mailchimp.base_url = Some(url(base));
+    sync.mailchimp.list_id = "list1".into();
+    sync.sendgrid.api_key = key.into();
+    sync.sendgrid.base_url = url(base);
+    sync.mailgun.api_key = key.into();
+    sync.mailgun.base_url = url(base);
+    sync.mailgun.list = "news@mg.example.com".into();
+    sync.brevo.api_key = key.into();
+    sync.brevo.base_url = url(base);
+    sync.resend.api_key = key.into();
+    sync.resend.base_url = url(base);
+}
+
 /// The signing secret of the tests' provider.
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

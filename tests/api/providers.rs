@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use entity::email_outbox::Status;
-use secrecy::SecretString;
 use serde_json::json;
 use wiremock::matchers::{body_json, body_string, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{TestApp, spawn_app_with, url, use_provider, wait_until};
+use crate::helpers::{TestApp, spawn_app_with, use_provider, use_provider_kind, wait_until};
 
 const KEY: &str = "xkeysib-test-key";
 
@@ -25,29 +24,17 @@ async fn app_with(
     let base = provider.uri();
     let kind = kind.to_owned();
     spawn_app_with(move |s| {
-        use_provider(s, &base);
         use signup::configuration::ProviderKind;
-        s.email_sync.kind = match kind.as_str() {
+        let kind = match kind.as_str() {
             "brevo" => ProviderKind::Brevo,
             "mailchimp" => ProviderKind::Mailchimp,
             "sendgrid" => ProviderKind::Sendgrid,
             "mailgun" => ProviderKind::Mailgun,
             _ => ProviderKind::Resend,
         };
-        s.email_sync.mailchimp.api_key = SecretString::from(KEY);
-        s.email_sync.mailchimp.base_url = Some(url(&base));
-        s.email_sync.mailchimp.list_id = "list1".into();
-        s.email_sync.sendgrid.api_key = SecretString::from(KEY);
-        s.email_sync.sendgrid.base_url = url(&base);
+        use_provider_kind(s, kind, &base, KEY);
         s.email_sync.sendgrid.list_ids = vec!["l-1".into()];
-        s.email_sync.mailgun.api_key = SecretString::from(KEY);
-        s.email_sync.mailgun.base_url = url(&base);
-        s.email_sync.mailgun.list = "news@mg.example.com".into();
-        s.email_sync.brevo.api_key = SecretString::from(KEY);
-        s.email_sync.brevo.base_url = url(&base);
         s.email_sync.brevo.list_ids = vec![3, 7];
-        s.email_sync.resend.api_key = SecretString::from(KEY);
-        s.email_sync.resend.base_url = url(&base);
         adjust(s);
     })
     .await
