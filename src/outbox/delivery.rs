@@ -314,31 +314,49 @@ pub async fn release(db: &DatabaseConnection, claims: &[Claimed]) -> Result<(), 
     Ok(())
 }
 
-/// Deletes delivered rows delivered before `cutoff`, `batch` at a time so that no statement
-/// holds the write lock for long. Returns how many were deleted.
+/// Deletes delivered rows delivered before `cutoff`, and cancelled rows (their user erased)
+/// written before it, `batch` at a time so that no statement holds the write lock for long.
+/// Returns how many were deleted. One statement per status, so each walks the status index.
 pub async fn delete_delivered_before(
     db: &DatabaseConnection,
     cutoff: DateTime<Utc>,
     batch: u64,
 ) -> Result<u64, DbErr> {
     let backend = db.get_database_backend();
-    let sql = if is_postgres(db) {
-        "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
-         WHERE status = 'delivered' AND delivered_at < $1 LIMIT $2)"
+    let statements: [&str; 2] = if is_postgres(db) {
+        [
+            "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
+             WHERE status = 'delivered' AND delivered_at < $1 LIMIT $2)",
+            // A cancelled row's lease (a delivery in flight at the erasure) is long over by then.
+            "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
+             WHERE status = 'cancelled' AND created_at < $1 \
+               AND (locked_until IS NULL OR locked_until < $1) LIMIT $2)",
+        ]
     } else {
-        "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
-         WHERE status = 'delivered' AND delivered_at < ? LIMIT ?)"
+        [
+            "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
+             WHERE status = 'delivered' AND delivered_at < ?1 LIMIT ?2)",
+            "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox \
+             WHERE status = 'cancelled' AND created_at < ?1 \
+               AND (locked_until IS NULL OR locked_until < ?1) LIMIT ?2)",
+        ]
     };
     let mut total = 0;
-    loop {
-        let statement =
-            Statement::from_sql_and_values(backend, sql, [cutoff.into(), (batch as i64).into()]);
-        let deleted = db.execute_raw(statement).await?.rows_affected();
-        total += deleted;
-        if deleted < batch {
-            return Ok(total);
+    for sql in statements {
+        loop {
+            let statement = Statement::from_sql_and_values(
+                backend,
+                sql,
+                [cutoff.into(), (batch as i64).into()],
+            );
+            let deleted = db.execute_raw(statement).await?.rows_affected();
+            total += deleted;
+            if deleted < batch {
+                break;
+            }
         }
     }
+    Ok(total)
 }
 
 /// The outbox as the gauges show it.

@@ -471,3 +471,29 @@ async fn signup_users_delete_erases_by_address_and_says_what_it_did() {
             )
     );
 }
+
+#[actix_web::test]
+async fn cancelled_rows_are_swept_after_the_retention_period_like_delivered_ones() {
+    let provider = MockServer::start().await;
+    // The provider is down: the registration stays undelivered, and the erasure cancels it.
+    answer_all(&provider, 503).await;
+    let app = erasing_app(&provider).await;
+    let id = register(&app, "swept", "swept@example.com").await;
+    assert_eq!(erase(&app, id).await.0, 202);
+    wait_until("the registration is cancelled", PATIENCE, || async {
+        rows_of(&app, EventType::UserRegistered)
+            .await
+            .iter()
+            .all(|r| r.status == Status::Cancelled && r.locked_until.is_none())
+    })
+    .await;
+
+    // Retention is 7 days by default: a week and a day later, the sweep takes it.
+    let deleted = app
+        .sweep_delivered_at(chrono::Utc::now() + chrono::Duration::days(8))
+        .await;
+
+    assert_eq!(deleted, 1, "the cancelled row, not the pending deletion");
+    assert!(rows_of(&app, EventType::UserRegistered).await.is_empty());
+    assert_eq!(rows_of(&app, EventType::UserDeleted).await.len(), 1);
+}
