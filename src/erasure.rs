@@ -8,11 +8,11 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::email_outbox::{self, EventType, Status};
 use entity::{idempotency_key, user};
-use sea_orm::{AccessMode, IsolationLevel, SqliteTransactionMode, TransactionOptions};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
     QueryFilter, QueryOrder, TransactionTrait,
 };
+use sea_orm::{SqliteTransactionMode, TransactionOptions};
 use uuid::Uuid;
 
 use crate::email::event::{UserDeleted, scrubbed_payload};
@@ -69,8 +69,7 @@ pub async fn erase(
     let txn = db
         .begin_with_options(TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            isolation_level: None::<IsolationLevel>,
-            access_mode: None::<AccessMode>,
+            ..Default::default()
         })
         .await?;
     let found = match who {

@@ -22,8 +22,10 @@ pub enum ApiError {
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
-    /// 409 `not_retryable`: the job was delivered already.
-    #[error("this job was delivered; there is nothing to retry")]
+    /// 409 `not_retryable`: the job was delivered already, or cancelled by an erasure.
+    #[error(
+        "this job was delivered, or cancelled when its user was erased; there is nothing to retry"
+    )]
     NotRetryable,
     /// 409 `username_taken`.
     #[error("this username is already taken")]

@@ -96,17 +96,8 @@ async fn receive(
             return HttpResponse::Unauthorized().body(format!("signature: {e}"));
         }
     }
-    if let Some(status) = options.status {
-        say(options, format_args!("ANSWERED {status} webhook-id={id}"));
-        return HttpResponse::build(
-            actix_web::http::StatusCode::from_u16(status)
-                .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
-        )
-        .finish();
-    }
-    if options.fail_rate > 0.0 && rand::rng().random::<f64>() < options.fail_rate {
-        say(options, format_args!("FAILED 503 webhook-id={id}"));
-        return HttpResponse::ServiceUnavailable().finish();
+    if let Some(forced) = forced_answer(options, &format!("webhook-id={id}")) {
+        return forced;
     }
     // A body that is not an event signup sends is refused, as a provider would (permanent).
     let event = match serde_json::from_str::<WebhookBody>(&text) {
@@ -183,17 +174,8 @@ fn provider_api(options: &MockOptions, request: &HttpRequest, body: &str) -> Htt
         say(options, format_args!("REJECTED {path}: wrong credentials"));
         return HttpResponse::Unauthorized().finish();
     }
-    if let Some(status) = options.status {
-        say(options, format_args!("ANSWERED {status} {path}"));
-        return HttpResponse::build(
-            actix_web::http::StatusCode::from_u16(status)
-                .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
-        )
-        .finish();
-    }
-    if options.fail_rate > 0.0 && rand::rng().random::<f64>() < options.fail_rate {
-        say(options, format_args!("FAILED 503 {path}"));
-        return HttpResponse::ServiceUnavailable().finish();
+    if let Some(forced) = forced_answer(options, path) {
+        return forced;
     }
     let emails = match addresses(kind, batch, body) {
         Ok(emails) if !emails.is_empty() => emails,
@@ -329,6 +311,9 @@ fn erasure_api(
         return Some(HttpResponse::Unauthorized().finish());
     }
     let path = request.path();
+    if let Some(forced) = forced_answer(options, path) {
+        return Some(forced);
+    }
     say(options, format_args!("ERASED {kind:?} {method} {path}"));
     Some(match (kind, method == Method::POST) {
         // The search finds every address asked for (this mock keeps no contacts).
@@ -402,6 +387,26 @@ pub fn addresses(kind: ProviderKind, batch: bool, body: &str) -> Result<Vec<Stri
             .into_iter()
             .collect(),
     })
+}
+
+/// `--status` (every request answered so) or `--fail-rate` (this one answered 503), for the
+/// request `what` names in the output; None: answer it as the API does.
+fn forced_answer(options: &MockOptions, what: &str) -> Option<HttpResponse> {
+    if let Some(status) = options.status {
+        say(options, format_args!("ANSWERED {status} {what}"));
+        return Some(
+            HttpResponse::build(
+                actix_web::http::StatusCode::from_u16(status)
+                    .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
+            )
+            .finish(),
+        );
+    }
+    if options.fail_rate > 0.0 && rand::rng().random::<f64>() < options.fail_rate {
+        say(options, format_args!("FAILED 503 {what}"));
+        return Some(HttpResponse::ServiceUnavailable().finish());
+    }
+    None
 }
 
 /// Whether `request` carries `key` the way `kind` expects it.

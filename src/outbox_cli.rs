@@ -18,6 +18,8 @@ pub enum OutboxCliError {
     NoSuchJob(Uuid),
     #[error("job {0} was delivered; there is nothing to retry")]
     Delivered(Uuid),
+    #[error("job {0} was cancelled when its user was erased; it is never sent")]
+    Cancelled(Uuid),
     #[error("unknown status {0:?}: expected pending, dead, delivered or cancelled")]
     Status(String),
 }
@@ -86,6 +88,7 @@ pub async fn retry(db: &DatabaseConnection, id: Uuid) -> Result<String, OutboxCl
     match outbox::requeue(db, id, Utc::now()).await? {
         Requeue::Due(_) => {}
         Requeue::Delivered => return Err(OutboxCliError::Delivered(id)),
+        Requeue::Cancelled => return Err(OutboxCliError::Cancelled(id)),
         Requeue::NotFound => return Err(OutboxCliError::NoSuchJob(id)),
     }
     Ok(format!(

@@ -979,6 +979,20 @@ mod tests {
             matches!(&permanent, AttemptOutcome::Permanent { status: 400, error } if error.contains("Member In Compliance State")),
             "{permanent:?}"
         );
+        // After a permanent delete (erasure), the same address signing up again: final, so the
+        // operator sees it dead instead of a retry loop.
+        let forgotten = mailchimp_outcome(
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            &body(
+                "Forgotten Email Not Subscribed",
+                "x@example.com was permanently deleted and cannot be re-imported. The contact must re-subscribe to get back on the list.",
+            ),
+        );
+        assert!(
+            matches!(&forgotten, AttemptOutcome::Permanent { status: 400, error } if error.contains("Forgotten Email Not Subscribed")),
+            "{forgotten:?}"
+        );
         let recent = mailchimp_outcome(
             StatusCode::BAD_REQUEST,
             &HeaderMap::new(),

@@ -17,8 +17,10 @@ use crate::database::is_postgres;
 pub enum Requeue {
     /// The row is due now with its attempts reset: as it is now.
     Due(Job),
-    /// The row was delivered already, or cancelled by an erasure; it is left alone.
+    /// The row was delivered already; it is left alone.
     Delivered,
+    /// The row was cancelled by its user's erasure; it is never sent.
+    Cancelled,
     NotFound,
 }
 
@@ -47,6 +49,7 @@ pub async fn requeue(
     }
     // Not pending nor dead: delivered, cancelled (its user was erased), or no such row.
     Ok(match find(db, id).await? {
+        Some(job) if job.status == Status::Cancelled.as_str() => Requeue::Cancelled,
         Some(_) => Requeue::Delivered,
         None => Requeue::NotFound,
     })

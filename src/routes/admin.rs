@@ -179,7 +179,7 @@ pub async fn get_job(
 
 #[utoipa::path(post, path = "/admin/email-sync/jobs/{id}/retry", tag = "admin",
     params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
-    responses((status = 202, description = "Due now, attempts reset", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Delivered already", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Due now, attempts reset", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Delivered already, or cancelled by an erasure", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_job(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -188,7 +188,7 @@ pub async fn retry_job(
     let id = job_id(&path)?;
     let job = match outbox::requeue(&state.db, id, Utc::now()).await? {
         Requeue::Due(job) => job,
-        Requeue::Delivered => return Err(ApiError::NotRetryable),
+        Requeue::Delivered | Requeue::Cancelled => return Err(ApiError::NotRetryable),
         Requeue::NotFound => return Err(ApiError::NotFound),
     };
     wake(&state);

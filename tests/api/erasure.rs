@@ -428,7 +428,8 @@ async fn each_provider_kind_removes_an_erased_user_with_its_own_call_and_404_is_
 #[actix_web::test]
 async fn signup_users_delete_erases_by_address_and_says_what_it_did() {
     let provider = MockServer::start().await;
-    answer_all(&provider, 204).await;
+    // Down: the registration's job is still undelivered when the person is erased.
+    answer_all(&provider, 503).await;
     let app = erasing_app(&provider).await;
     let id = register(&app, "cli_erased", "CLI.Erased@example.com").await;
     let run = |who: &str| {
@@ -451,6 +452,21 @@ async fn signup_users_delete_erases_by_address_and_says_what_it_did() {
     );
     assert!(stdout.contains(&format!("erased user {id}")), "{stdout}");
     assert!(stdout.contains("user.deleted job"), "{stdout}");
+    // The registration's job is cancelled: an operator's retry must not bring it back, and says why.
+    let cancelled = rows_of(&app, EventType::UserRegistered).await[0].id;
+    let retry = std::process::Command::new(env!("CARGO_BIN_EXE_signup"))
+        .args(["outbox", "retry", &cancelled.to_string()])
+        .env("SIGNUP_DATABASE__URL", &app.database_url)
+        .env("SIGNUP_LOG__LEVEL", "error")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("signup runs");
+    assert!(!retry.status.success());
+    assert!(
+        String::from_utf8_lossy(&retry.stderr).contains("cancelled"),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
     let again = run(&id.to_string());
     assert!(!again.status.success(), "erased already");
     assert!(
