@@ -86,7 +86,8 @@ pub struct EmailSyncActor {
     /// Rows per request: `email_sync.max_batch`, or the provider kind's batch limit.
     batch: usize,
     /// Set by [`Drain`] (for good, across supervisor restarts): claim nothing more, run no
-    /// timer's database work, release instead of recording what comes back.
+    /// timer's database work; answers still coming back are stored, cancelled requests'
+    /// claims released.
     halted: Arc<AtomicBool>,
     /// The pending [`Drain`]'s answer, sent once `in_flight` is empty.
     draining: Option<oneshot::Sender<()>>,
@@ -241,8 +242,11 @@ impl EmailSyncActor {
                         tracing::warn!(error = %e, "cannot release claims; they expire after email_sync.lease");
                     }
                 };
-                ctx.spawn(release.into_actor(act).map(|(), act, _| {
+                ctx.spawn(release.into_actor(act).map(|(), act, ctx| {
                     act.claiming = false;
+                    // Outcomes that finished during the claim waited for it (SQLite): their
+                    // rows are still `in_flight`, and the drain waits for them to be stored.
+                    act.store_outcomes(ctx);
                     act.finish_drain_if_idle();
                 }));
                 return;
@@ -412,8 +416,10 @@ impl EmailSyncActor {
         self.requests += 1;
         let attempt = async move {
             match task.await {
-                Ok(outcomes) => outcomes,
-                Err(e) => vec![
+                Ok(outcomes) => Some(outcomes),
+                // Cancelled by the drain: not an attempt.
+                Err(e) if e.is_cancelled() => None,
+                Err(e) => Some(vec![
                     AttemptOutcome::Transient {
                         status: None,
                         error: format!("delivery task failed: {e}"),
@@ -421,7 +427,7 @@ impl EmailSyncActor {
                         misconfigured: false,
                     };
                     1
-                ],
+                ]),
             }
         };
         ctx.spawn(
@@ -431,17 +437,19 @@ impl EmailSyncActor {
         );
     }
 
-    /// Updates the circuit (once: this was one request) and stores each row's outcome.
+    /// Updates the circuit (once: this was one request) and stores each row's outcome; `None`
+    /// is a request the drain cancelled.
     fn record(
         &mut self,
         batch: Vec<Claimed>,
-        mut outcomes: Vec<AttemptOutcome>,
+        outcomes: Option<Vec<AttemptOutcome>>,
         ctx: &mut Context<Self>,
     ) {
         self.requests = self.requests.saturating_sub(1);
-        if self.is_halted() {
-            // Shutting down: whatever came back (often a cancelled request), give the claims
-            // back without spending an attempt; the rows are delivered after the restart.
+        let Some(mut outcomes) = outcomes else {
+            // Cancelled at the end of the shutdown grace: give the claims back without spending
+            // an attempt; the rows are delivered after the restart (or by another instance).
+            // An answer that did come back, even during shutdown, is stored as usual.
             let db = self.db.clone();
             let release = async move {
                 let result = outbox::release(&db, &batch).await;
@@ -457,7 +465,7 @@ impl EmailSyncActor {
                 act.finish_drain_if_idle();
             }));
             return;
-        }
+        };
         // One outcome per row; a task that failed as a whole (a panic) is every row's.
         if outcomes.len() != batch.len() {
             let whole = outcomes.pop().unwrap_or_else(|| AttemptOutcome::Transient {

@@ -582,3 +582,59 @@ async fn a_delivery_step_attempts_what_is_due_then_and_returns_once_its_outcomes
     );
     assert_eq!(row.attempts, 2);
 }
+
+/// A delivery that finishes while a claim waits for SQLite's write lock has its outcome stored
+/// after the claim; a shutdown then must still store it. It used to wait for a store that
+/// never came: the drain hung until the process's own deadline and the row stayed claimed.
+#[actix_web::test]
+async fn a_drain_during_a_claim_stores_the_outcome_that_finished_meanwhile() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use signup::actors::{Drain, WakeUp};
+
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/webhook"))
+        .respond_with(ResponseTemplate::new(204).set_delay(Duration::from_millis(1000)))
+        .mount(&provider)
+        .await;
+    let app = app_with_provider(&provider, |_| {}).await;
+    if app.is_postgres {
+        println!("skipped: SQLite only (PostgreSQL lets a claim and a write run at once)");
+        return;
+    }
+    assert_eq!(
+        app.post_registration(&crate::helpers::registration(0))
+            .await
+            .status(),
+        201
+    );
+    wait_until("the delivery started", PATIENCE, || async {
+        requests_received(&provider).await == 1
+    })
+    .await;
+
+    // Hold SQLite's write lock, so that the next claim waits in the busy handler.
+    let lock = app.db.begin().await.expect("begin");
+    lock.execute_unprepared("CREATE TABLE hold_the_write_lock (x INTEGER)")
+        .await
+        .expect("take the write lock");
+    app.email_sync.do_send(WakeUp);
+    // The delivery finishes meanwhile; its outcome waits for the claim.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let drain = app.email_sync.send(Drain {
+        grace: Duration::from_secs(1),
+    });
+    let drained =
+        actix_web::rt::spawn(
+            async move { tokio::time::timeout(Duration::from_secs(10), drain).await },
+        );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.rollback().await.expect("rollback");
+
+    let drained = drained.await.expect("the drain task");
+    assert!(drained.is_ok(), "the drain finished");
+    let rows = app.outbox_rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, Status::Delivered, "the outcome was stored");
+    assert!(rows[0].locked_until.is_none(), "no row left claimed");
+}
