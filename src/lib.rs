@@ -1,6 +1,8 @@
 //! signup: a registration server that answers sign-ups synchronously and syncs new users to the
 //! email provider asynchronously. Reading these modules top to bottom is a tour of it.
 
+/// The email sync's last hour, minute by minute, for the operator console.
+pub mod activity;
 /// The two actors: RegistrationActor (serialized writes) and the email sync's messages.
 pub mod actors;
 /// Settings from `config.toml` and `SIGNUP_…` variables.

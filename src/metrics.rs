@@ -76,6 +76,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// `signup_http_request_duration_seconds{method,route}`.
     pub http_duration: HistogramVec,
+    /// The last hour of this instance's email sync, minute by minute, for the console.
+    pub activity: crate::activity::Activity,
 }
 
 impl Metrics {
@@ -189,6 +191,7 @@ impl Metrics {
             sync_attempts.with_label_values(&[result]);
         }
         let metrics = Self {
+            activity: crate::activity::Activity::default(),
             registry,
             registrations,
             registration_duration,

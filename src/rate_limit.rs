@@ -79,6 +79,17 @@ impl ClientLimiter {
         })
     }
 
+    /// The console's sign-in limit: 5 attempts at once per client address, then one every
+    /// 12 s. Always on, whatever `rate_limit` says: it guards the admin token.
+    pub fn sign_in() -> Self {
+        let settings = RateLimitSettings {
+            per_minute: 5,
+            burst: 5,
+        };
+        Self::with_capacity(&settings, MAX_TRACKED)
+            .unwrap_or_else(|| unreachable!("5/min is not 0"))
+    }
+
     /// Ok, or how long `client` must wait.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
         self.limiter

@@ -183,6 +183,7 @@ impl Application {
                 .is_some_and(|url| url.scheme() == "https"),
         };
         let limiter = crate::rate_limit::ClientLimiter::new(&settings.rate_limit).map(Arc::new);
+        let sign_in_limiter = Arc::new(crate::rate_limit::ClientLimiter::sign_in());
         let state = AppState {
             db: db.clone(),
             registrar: Registrar {
@@ -196,6 +197,7 @@ impl Application {
             email_sync: email_sync.clone().recipient(),
             admin_token: settings.admin.token.clone(),
             limiter: limiter.clone(),
+            sign_in_limiter: Arc::clone(&sign_in_limiter),
             trusted_proxies: settings.server.trusted_proxies.clone(),
             request_timeout: settings.server.request_timeout,
             csrf,

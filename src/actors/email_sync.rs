@@ -529,6 +529,7 @@ impl EmailSyncActor {
                     .inc();
                 let lag = (now - claimed.row.created_at).to_std().unwrap_or_default();
                 self.metrics.delivery_lag.observe(lag.as_secs_f64());
+                self.metrics.activity.delivered(now, lag);
                 tracing::info!(outbox_id = %id, attempts, "delivered to the email provider");
             }
             AttemptOutcome::Permanent { status, error } => {
@@ -536,6 +537,7 @@ impl EmailSyncActor {
                     .sync_attempts
                     .with_label_values(&["permanent"])
                     .inc();
+                self.metrics.activity.failed(now);
                 // Providers quote the address in their messages: masked here, whole in the row.
                 let error = crate::domain::mask_addresses_in(error);
                 tracing::error!(outbox_id = %id, status, %error, "the provider refused a row permanently; it is dead until an operator retries it");
@@ -550,6 +552,7 @@ impl EmailSyncActor {
                     .sync_attempts
                     .with_label_values(&["transient"])
                     .inc();
+                self.metrics.activity.failed(now);
                 let error = crate::domain::mask_addresses_in(error);
                 if *misconfigured {
                     tracing::error!(outbox_id = %id, ?status, %error, "email provider rejects our requests: check email_sync.kind and its section's base_url and api_key (webhook: email_sync.url and email_sync.secret)");
@@ -614,6 +617,7 @@ impl EmailSyncActor {
     /// Publishes the circuit's state to readiness and to the gauge.
     fn publish_circuit(&self, state: CircuitState) {
         self.metrics.set_circuit(state);
+        self.metrics.activity.circuit_changed(state, Utc::now());
         // No receiver left (the server is gone) is nothing to report.
         let _ = self.circuit.send(state);
     }

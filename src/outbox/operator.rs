@@ -164,6 +164,19 @@ pub async fn find_for_user(db: &DatabaseConnection, user_id: Uuid) -> Result<Opt
         .map(Job::from))
 }
 
+/// Every job of `user_id` still kept, newest first (an erased user's rows included).
+pub async fn jobs_of_user(db: &DatabaseConnection, user_id: Uuid) -> Result<Vec<Job>, DbErr> {
+    use sea_orm::QueryOrder;
+    Ok(email_outbox::Entity::find()
+        .filter(email_outbox::Column::UserId.eq(user_id))
+        .order_by_desc(email_outbox::Column::Seq)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Job::from)
+        .collect())
+}
+
 /// Makes every dead row due now with attempts reset, `batch` rows per statement so that no
 /// statement holds the write lock for long. It only makes them due: the EmailSyncActor's
 /// concurrency and circuit breaker still pace the deliveries. Returns how many were requeued.

@@ -18,7 +18,7 @@ use crate::outbox::{self, Requeue};
 use crate::store;
 
 /// Dead rows requeued per statement by retry-dead.
-const REQUEUE_BATCH: u64 = 5000;
+pub(super) const REQUEUE_BATCH: u64 = 5000;
 
 /// An authorized operator. Taking it as a handler's first argument is the admin routes' check:
 /// 404 while `admin.token` is unset, 401 without the right bearer token.
@@ -50,18 +50,27 @@ fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, credentials)| credentials.trim())
         .unwrap_or_default();
-    // Hashing both sides first makes the comparison constant-time in the length too. An empty
-    // token never matches, whatever the configuration says (it is refused at start-up too).
-    let expected = Sha256::digest(token.expose_secret().as_bytes());
-    let given_digest = Sha256::digest(given.as_bytes());
-    if !given.is_empty() && bool::from(expected.ct_eq(&given_digest)) {
+    if token_matches(token, given) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
     }
 }
 
-fn wake(state: &AppState) {
+/// Whether `given` is the admin `token`. Hashing both sides first makes the comparison
+/// constant-time in the length too. An empty token never matches, whatever the configuration
+/// says (it is refused at start-up too).
+pub(super) fn token_matches(token: &secrecy::SecretString, given: &str) -> bool {
+    let given_digest = Sha256::digest(given.as_bytes());
+    !given.is_empty() && bool::from(token_digest(token).ct_eq(&given_digest))
+}
+
+/// The admin token's SHA-256: what console sessions are bound to.
+pub(super) fn token_digest(token: &secrecy::SecretString) -> [u8; 32] {
+    Sha256::digest(token.expose_secret().as_bytes()).into()
+}
+
+pub(super) fn wake(state: &AppState) {
     if state.email_sync.try_send(WakeUp).is_err() {
         state.metrics.wakeups_dropped.inc();
     }

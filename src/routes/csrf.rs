@@ -60,6 +60,28 @@ impl CookiePolicy {
     pub fn path(&self) -> &'static str {
         if self.secure { "/" } else { "/register" }
     }
+
+    /// The operator console's signed session.
+    pub fn console(&self) -> &'static str {
+        if self.secure {
+            "__Host-signup_console"
+        } else {
+            "signup_console"
+        }
+    }
+
+    /// The console's sign-in page's session id (binds the sign-in form's CSRF token).
+    pub fn console_login(&self) -> &'static str {
+        if self.secure {
+            "__Host-signup_console_login"
+        } else {
+            "signup_console_login"
+        }
+    }
+
+    pub fn console_path(&self) -> &'static str {
+        if self.secure { "/" } else { "/admin" }
+    }
 }
 
 /// The server's key for CSRF tokens and the welcome cookie.
@@ -163,6 +185,46 @@ impl CsrfKey {
     }
 }
 
+impl CsrfKey {
+    /// The console's session cookie: `<session id>.<expires, Unix seconds>.<tag>`, the tag
+    /// binding both to this server's key and to the admin token (`token_digest`), so that
+    /// changing `admin.token` signs every console session out.
+    pub fn sign_console(&self, session: &str, expires: i64, token_digest: &[u8]) -> String {
+        let expires = expires.to_string();
+        let tag = self
+            .mac(
+                b"console",
+                &[session.as_bytes(), expires.as_bytes(), token_digest],
+            )
+            .finalize()
+            .into_bytes();
+        format!("{session}.{expires}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// The session id of a console cookie this server signed for `token_digest`, if it has not
+    /// expired by `now` (Unix seconds).
+    pub fn open_console<'v>(
+        &self,
+        value: &'v str,
+        now: i64,
+        token_digest: &[u8],
+    ) -> Option<&'v str> {
+        let mut parts = value.splitn(3, '.');
+        let (session, expires, tag) = (parts.next()?, parts.next()?, parts.next()?);
+        if !is_session_id(session) || expires.parse::<i64>().ok()? <= now {
+            return None;
+        }
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        self.mac(
+            b"console",
+            &[session.as_bytes(), expires.as_bytes(), token_digest],
+        )
+        .verify_slice(&tag)
+        .ok()
+        .map(|()| session)
+    }
+}
+
 /// A new browser session id.
 pub fn new_session() -> String {
     random_token(SESSION_BYTES)
@@ -222,6 +284,41 @@ mod tests {
             URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
         );
         assert!(server_key().verify(&session, &forged).is_none());
+    }
+
+    #[test]
+    fn a_console_session_opens_only_unexpired_unaltered_and_for_the_same_admin_token() {
+        let key = server_key();
+        let session = new_session();
+        let cookie = key.sign_console(&session, 1000, b"token one");
+        assert_eq!(
+            key.open_console(&cookie, 999, b"token one"),
+            Some(session.as_str())
+        );
+        assert_eq!(
+            key.open_console(&cookie, 1000, b"token one"),
+            None,
+            "expired"
+        );
+        assert_eq!(
+            key.open_console(&cookie, 999, b"token two"),
+            None,
+            "token changed"
+        );
+        assert_eq!(
+            server_key().open_console(&cookie, 999, b"token one"),
+            None,
+            "other key"
+        );
+        let later = cookie.replacen(".1000.", ".9000.", 1);
+        assert_eq!(
+            key.open_console(&later, 999, b"token one"),
+            None,
+            "expiry moved"
+        );
+        for bad in ["", "a.b", "a.b.c", &format!("{session}.x.y")] {
+            assert_eq!(key.open_console(bad, 0, b"token one"), None, "{bad}");
+        }
     }
 
     #[test]

@@ -33,6 +33,17 @@ pub async fn limit_api(
     limit(request, next, Answer::Problem).await
 }
 
+/// The client's address as the rate limits see it (see [`client_address`]).
+pub fn client_of(request: &actix_web::HttpRequest, state: &AppState) -> Option<std::net::IpAddr> {
+    // Every header line, in order: a proxy may append a line of its own.
+    let forwarded = request
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok());
+    let peer = request.peer_addr().map(|a| a.ip());
+    client_address(peer, forwarded, &state.trusted_proxies)
+}
+
 async fn limit(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -41,18 +52,10 @@ async fn limit(
     let state = request.app_data::<web::Data<AppState>>().cloned();
     let verdict = match (&state, request.method() == Method::POST) {
         (Some(state), true) => match &state.limiter {
-            Some(limiter) => {
-                // Every header line, in order: a proxy may append a line of its own.
-                let forwarded = request
-                    .headers()
-                    .get_all("x-forwarded-for")
-                    .filter_map(|v| v.to_str().ok());
-                let peer = request.peer_addr().map(|a| a.ip());
-                match client_address(peer, forwarded, &state.trusted_proxies) {
-                    Some(client) => limiter.check(client),
-                    None => Ok(()),
-                }
-            }
+            Some(limiter) => match client_of(request.request(), state) {
+                Some(client) => limiter.check(client),
+                None => Ok(()),
+            },
             None => Ok(()),
         },
         _ => Ok(()),

@@ -2,6 +2,7 @@
 //! or a query, and shape the answer; they hold no business rules.
 
 mod admin;
+mod console;
 pub mod csrf;
 mod form;
 mod health;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub email_sync: actix::Recipient<WakeUp>,
     /// Per-client limiter of the registration routes; None when `rate_limit.per_minute = 0`.
     pub limiter: Option<Arc<crate::rate_limit::ClientLimiter>>,
+    /// Per-client limiter of the console's sign-in (always on).
+    pub sign_in_limiter: Arc<crate::rate_limit::ClientLimiter>,
     /// `server.request_timeout`: the deadline for a request body.
     pub request_timeout: std::time::Duration,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -96,6 +99,22 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .route(
         "/api/v1/registrations/{id}",
         web::get().to(admin::get_registration),
+    )
+    .route("/admin", web::get().to(console::overview))
+    .service(
+        web::resource("/admin/login")
+            .route(web::get().to(console::show_login))
+            .route(web::post().to(console::login)),
+    )
+    .route("/admin/logout", web::post().to(console::logout))
+    .route("/admin/jobs", web::get().to(console::jobs))
+    .route("/admin/jobs/{id}/retry", web::post().to(console::retry))
+    .route("/admin/retry-dead", web::post().to(console::retry_dead))
+    .route("/admin/search", web::get().to(console::search))
+    .service(
+        web::resource("/admin/users/{id}/erase")
+            .route(web::get().to(console::confirm_erase))
+            .route(web::post().to(console::erase)),
     )
     .route("/admin/users/{id}", web::delete().to(admin::erase_user))
     .route("/admin/email-sync/jobs", web::get().to(admin::list_jobs))

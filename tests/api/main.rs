@@ -10,6 +10,7 @@ mod admin;
 mod browser;
 mod cli;
 mod concurrency;
+mod console;
 mod db_faults;
 mod deploy;
 mod email_sync;
