@@ -112,6 +112,34 @@ impl actix_web::FromRequest for Operator {
     }
 }
 
+/// An action's check: 404 without `admin.token` as for pages, but a signed-out browser is
+/// sent to the sign-in only after its form was read, so that a malformed request is refused as
+/// such (400, 413, 415) whoever sends it.
+pub struct Action(Option<Operator>);
+
+impl actix_web::FromRequest for Action {
+    type Error = ConsoleError;
+    type Future = std::future::Ready<Result<Self, ConsoleError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(match request.app_data::<web::Data<AppState>>() {
+            Some(state) => match signed_in(request, state) {
+                Ok(operator) => Ok(Action(Some(operator))),
+                Err(ConsoleError::SignIn) => Ok(Action(None)),
+                Err(e) => Err(e),
+            },
+            None => Err(ConsoleError::NotFound),
+        })
+    }
+}
+
+impl Action {
+    /// The operator, once the form is read; to the sign-in without a session.
+    fn operator(self) -> Result<Operator, ConsoleError> {
+        self.0.ok_or(ConsoleError::SignIn)
+    }
+}
+
 fn signed_in(request: &HttpRequest, state: &AppState) -> Result<Operator, ConsoleError> {
     let token = state.admin_token.as_ref().ok_or(ConsoleError::NotFound)?;
     let cookie = request
@@ -172,7 +200,8 @@ fn add_cookie(response: &mut HttpResponse, cookie: &Cookie<'_>) {
 // ---------------------------------------------------------------------------------------------
 // Sign-in and sign-out
 
-#[derive(Deserialize)]
+/// The sign-in form. No `Debug`: it holds the token.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SignInForm {
     #[serde(default)]
     token: String,
@@ -205,7 +234,13 @@ fn login_page(
     response
 }
 
-/// `GET /admin/login`.
+/// `GET /admin/login`: the console's sign-in page.
+#[utoipa::path(get, path = "/admin/login", tag = "console",
+    responses(
+        (status = 200, description = "The sign-in form, with a csrf_token bound to a cookie", body = String, content_type = "text/html"),
+        (status = 303, description = "Signed in already: to the overview", headers(("Location" = String, description = "/admin"))),
+        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn show_login(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -218,6 +253,18 @@ pub async fn show_login(
 }
 
 /// `POST /admin/login`: the admin token in, a session cookie out.
+#[utoipa::path(post, path = "/admin/login", tag = "console",
+    request_body(content = SignInForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed in: a session cookie, to the overview", headers(("Location" = String, description = "/admin"))),
+        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "The page again: not the admin token", body = String, content_type = "text/html"),
+        (status = 403, description = "The page again: the sign-in form's CSRF token is missing or wrong", body = String, content_type = "text/html"),
+        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The page again: too many sign-in attempts from this address", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub async fn login(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -292,18 +339,29 @@ pub async fn login(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CsrfForm {
     #[serde(default)]
     csrf_token: String,
 }
 
 /// `POST /admin/logout`.
+#[utoipa::path(post, path = "/admin/logout", tag = "console",
+    request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed out (or was not signed in): to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
+        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No CSRF token of this session; nothing changed", body = String, content_type = "text/html"),
+        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn logout(
-    operator: Operator,
+    action: Action,
     state: web::Data<AppState>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let operator = action.operator()?;
     operator.check(&state, &form.csrf_token)?;
     let mut response = see_other("/admin/login");
     let gone = cookie(
@@ -337,6 +395,13 @@ pub struct OverviewView {
 }
 
 /// `GET /admin`.
+#[utoipa::path(get, path = "/admin", tag = "console",
+    responses(
+        (status = 200, description = "The overview", body = String, content_type = "text/html"),
+        (status = 303, description = "Signed out: to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
+        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub async fn overview(
     operator: Operator,
     state: web::Data<AppState>,
@@ -595,10 +660,14 @@ pub struct JobsView {
     pub notice: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobsQuery {
+    /// dead (the default) or pending.
     status: Option<String>,
+    /// A job id: list jobs older than it (the "Older" link).
     before: Option<String>,
+    /// What the last action did (set by the console's own redirects).
     done: Option<String>,
 }
 
@@ -621,6 +690,13 @@ fn notice_of(done: Option<&str>) -> Option<String> {
 }
 
 /// `GET /admin/jobs?status=dead|pending&before=<id>`: newest first, a page at a time.
+#[utoipa::path(get, path = "/admin/jobs", tag = "console", params(JobsQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = String, content_type = "text/html"),
+        (status = 303, description = "Signed out: to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
+        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub async fn jobs(
     operator: Operator,
     state: web::Data<AppState>,
@@ -657,7 +733,7 @@ pub async fn jobs(
     Ok(pages::console_jobs(&operator.csrf_token(&state), &view))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RetryForm {
     #[serde(default)]
     csrf_token: String,
@@ -666,12 +742,26 @@ pub struct RetryForm {
 }
 
 /// `POST /admin/jobs/{id}/retry`: the admin API's retry, then back where the button was.
+#[utoipa::path(post, path = "/admin/jobs/{id}/retry", tag = "console",
+    params(("id" = String, Path, description = "Job (outbox row) id")),
+    request_body(content = RetryForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Due now: back to the list (or to the search, or to the sign-in when signed out)", headers(("Location" = String, description = "The page the button was on"))),
+        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No CSRF token of this session; nothing changed", body = String, content_type = "text/html"),
+        (status = 404, description = "No such job, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Delivered meanwhile, or cancelled by an erasure", body = String, content_type = "text/html"),
+        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub async fn retry(
-    operator: Operator,
+    action: Action,
     state: web::Data<AppState>,
     path: web::Path<String>,
     form: web::Form<RetryForm>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let operator = action.operator()?;
     operator.check(&state, &form.csrf_token)?;
     let id = Uuid::parse_str(&path).map_err(|_| ConsoleError::NotFound)?;
     let back = Back::parse(&form.back);
@@ -696,11 +786,23 @@ pub async fn retry(
 }
 
 /// `POST /admin/retry-dead`.
+#[utoipa::path(post, path = "/admin/retry-dead", tag = "console",
+    request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Every dead job is due: to the dead jobs (or to the sign-in when signed out)", headers(("Location" = String, description = "/admin/jobs?status=dead&done=requeued-N"))),
+        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No CSRF token of this session; nothing changed", body = String, content_type = "text/html"),
+        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub async fn retry_dead(
-    operator: Operator,
+    action: Action,
     state: web::Data<AppState>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let operator = action.operator()?;
     operator.check(&state, &form.csrf_token)?;
     let requeued = outbox::requeue_all_dead(&state.db, Utc::now(), REQUEUE_BATCH).await?;
     wake(&state);
@@ -724,13 +826,23 @@ pub struct SearchView {
     pub notice: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
+    /// An email address (any case) or a user id.
     q: Option<String>,
+    /// What the last action did (set by the console's own redirects).
     done: Option<String>,
 }
 
 /// `GET /admin/search?q=<email or user id>`.
+#[utoipa::path(get, path = "/admin/search", tag = "console", params(SearchQuery),
+    responses(
+        (status = 200, description = "The user and their jobs", body = String, content_type = "text/html"),
+        (status = 303, description = "Signed out: to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
+        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub async fn search(
     operator: Operator,
     state: web::Data<AppState>,
@@ -779,6 +891,14 @@ pub async fn search(
 }
 
 /// `GET /admin/users/{id}/erase`: what will happen, and the button.
+#[utoipa::path(get, path = "/admin/users/{id}/erase", tag = "console",
+    params(("id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "What an erasure does, and its button", body = String, content_type = "text/html"),
+        (status = 303, description = "Signed out: to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
+        (status = 404, description = "No such user, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub async fn confirm_erase(
     operator: Operator,
     state: web::Data<AppState>,
@@ -792,12 +912,25 @@ pub async fn confirm_erase(
 }
 
 /// `POST /admin/users/{id}/erase`: the admin API's erasure.
+#[utoipa::path(post, path = "/admin/users/{id}/erase", tag = "console",
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Erased: to the search for their id (or to the sign-in when signed out)", headers(("Location" = String, description = "/admin/search?q=<id>&done=erased"))),
+        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No CSRF token of this session; nothing changed", body = String, content_type = "text/html"),
+        (status = 404, description = "No such user (or erased already), or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub async fn erase(
-    operator: Operator,
+    action: Action,
     state: web::Data<AppState>,
     path: web::Path<String>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let operator = action.operator()?;
     operator.check(&state, &form.csrf_token)?;
     let id = Uuid::parse_str(&path).map_err(|_| ConsoleError::NotFound)?;
     let erased = erasure::erase(&state.db, &Who::Id(id), Utc::now()).await?;

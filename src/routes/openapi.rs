@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, form, health, registrations};
+use super::{admin, console, form, health, registrations};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,16 @@ use super::{admin, form, health, registrations};
         admin::retry_job,
         admin::retry_dead,
         admin::erase_user,
+        console::show_login,
+        console::login,
+        console::logout,
+        console::overview,
+        console::jobs,
+        console::retry,
+        console::retry_dead,
+        console::search,
+        console::confirm_erase,
+        console::erase,
         document,
     ),
     modifiers(&BearerAuth),
@@ -37,6 +47,7 @@ use super::{admin, form, health, registrations};
         (name = "form", description = "The HTML form"),
         (name = "operations", description = "Health and metrics"),
         (name = "admin", description = "Failed syncs and erasure; only with admin.token set"),
+        (name = "console", description = "The operator console (HTML, a session cookie from signing in with admin.token); only with admin.token set"),
     )
 )]
 pub struct ApiDoc;

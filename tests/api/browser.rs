@@ -85,6 +85,8 @@ async fn browser(driver: &Driver, javascript: bool) -> Client {
     let mut capabilities = serde_json::Map::new();
     capabilities.insert("browserName".into(), json!("chrome"));
     capabilities.insert("goog:chromeOptions".into(), options);
+    // The page console's messages (CSP violations included), for `console_errors`.
+    capabilities.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     ClientBuilder::new(connector)
         .capabilities(capabilities)
@@ -215,4 +217,232 @@ async fn a_person_registers_in_a_real_browser() {
 #[actix_web::test]
 async fn a_person_registers_in_a_real_browser_with_javascript_disabled() {
     sign_up_flow(false).await;
+}
+
+/// chromedriver's log endpoint: `POST /session/{id}/se/log {"type": "browser"}`, the page
+/// console's messages since the last call (fantoccini has no method for it).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({"type": "browser"}).to_string()),
+        )
+    }
+}
+
+/// The console messages of level WARNING or worse since the last call: script errors, failed
+/// loads and Content-Security-Policy violations are all logged there.
+async fn console_errors(client: &Client) -> Vec<String> {
+    let log = client.issue_cmd(BrowserLog).await.expect("the browser log");
+    log.as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| matches!(e["level"].as_str(), Some("SEVERE" | "WARNING")))
+                .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where `SCREENSHOTS_DIR` points (the README's pictures are taken this way), if set.
+async fn screenshot(client: &Client, name: &str) {
+    let Ok(dir) = std::env::var("SCREENSHOTS_DIR") else {
+        return;
+    };
+    let png = client.screenshot().await.expect("a screenshot");
+    std::fs::write(std::path::Path::new(&dir).join(name), png).expect("the screenshot is saved");
+}
+
+async fn path_of(client: &Client) -> String {
+    client.current_url().await.expect("url").path().to_owned()
+}
+
+#[actix_web::test]
+async fn an_operator_retries_a_dead_job_in_the_console_in_a_real_browser() {
+    use entity::email_outbox::Status;
+    use wiremock::matchers::{body_string_contains, method};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("refused@"))
+        .respond_with(ResponseTemplate::new(400))
+        .with_priority(2)
+        .mount(&provider)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .with_priority(3)
+        .mount(&provider)
+        .await;
+    let app = crate::console::console_app(Some(&provider)).await;
+    app.register_all(0..12).await;
+    let refused = json!({
+        "username": "refused",
+        "email": "refused@example.com",
+        "password": "correct horse battery",
+    });
+    assert_eq!(app.post_registration(&refused).await.status(), 201);
+    crate::helpers::wait_until("one job is dead", Duration::from_secs(30), || async {
+        let rows = app.outbox_rows().await;
+        rows.iter()
+            .filter(|r| r.status == Status::Delivered)
+            .count()
+            == 12
+            && rows.iter().filter(|r| r.status == Status::Dead).count() == 1
+    })
+    .await;
+    let dead = app.outbox_with(Status::Dead).await[0].id;
+
+    let client = browser(&driver, false).await;
+    client
+        .set_window_size(1280, 900)
+        .await
+        .expect("window size");
+
+    // Signed out, the console sends you to the sign-in.
+    client.goto(&app.url("/admin")).await.expect("open /admin");
+    assert_eq!(path_of(&client).await, "/admin/login");
+    client
+        .find(Locator::Id("token"))
+        .await
+        .expect("token field")
+        .send_keys(crate::console::TOKEN)
+        .await
+        .expect("type");
+    client
+        .find(Locator::Id("sign-in"))
+        .await
+        .expect("sign-in button")
+        .click()
+        .await
+        .expect("click");
+    let dead_tile = client
+        .wait()
+        .for_element(Locator::Css("#dead .value"))
+        .await
+        .expect("the overview");
+    assert_eq!(path_of(&client).await, "/admin");
+    assert_eq!(dead_tile.text().await.expect("text"), "1");
+    assert!(client.find(Locator::Id("chart")).await.is_ok(), "the chart");
+    screenshot(&client, "console-overview.png").await;
+
+    // The dead job, with the provider's answer.
+    client
+        .find(Locator::LinkText("Dead"))
+        .await
+        .expect("nav link")
+        .click()
+        .await
+        .expect("click");
+    let row = client
+        .wait()
+        .for_element(Locator::Id(&format!("job-{dead}")))
+        .await
+        .expect("the dead row");
+    let text = row.text().await.expect("text");
+    assert!(text.contains("refused@example.com"), "{text}");
+    assert!(text.contains("provider refused the message: 400"), "{text}");
+    screenshot(&client, "console-dead.png").await;
+
+    // The provider recovers; Retry.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .with_priority(1)
+        .mount(&provider)
+        .await;
+    client
+        .find(Locator::Id(&format!("retry-{dead}")))
+        .await
+        .expect("Retry")
+        .click()
+        .await
+        .expect("click");
+    let notice = client
+        .wait()
+        .for_element(Locator::Id("notice"))
+        .await
+        .expect("the notice");
+    assert!(notice.text().await.expect("text").contains("due again"));
+    app.wait_all_delivered(13).await;
+    client
+        .goto(&app.url("/admin/search?q=refused@example.com"))
+        .await
+        .expect("search");
+    let row = client
+        .wait()
+        .for_element(Locator::Id(&format!("job-{dead}")))
+        .await
+        .expect("the row");
+    assert!(row.text().await.expect("text").contains("delivered"));
+
+    // Every console page, without a console error (a CSP violation is one).
+    assert_eq!(
+        console_errors(&client).await,
+        Vec::<String>::new(),
+        "so far"
+    );
+    let user_id = app.outbox_with(Status::Delivered).await[0].user_id;
+    let pages = [
+        "/admin".to_owned(),
+        "/admin/jobs?status=dead".to_owned(),
+        "/admin/jobs?status=pending".to_owned(),
+        "/admin/search".to_owned(),
+        format!("/admin/search?q={user_id}"),
+        format!("/admin/users/{user_id}/erase"),
+    ];
+    for page in &pages {
+        client.goto(&app.url(page)).await.expect("open");
+        assert_eq!(
+            &path_of(&client).await,
+            page.split('?').next().unwrap_or(page)
+        );
+        assert_eq!(
+            console_errors(&client).await,
+            Vec::<String>::new(),
+            "{page}"
+        );
+    }
+
+    // Sign out: every page leads to the sign-in again.
+    client
+        .find(Locator::Id("sign-out"))
+        .await
+        .expect("sign-out")
+        .click()
+        .await
+        .expect("click");
+    client
+        .wait()
+        .for_element(Locator::Id("sign-in"))
+        .await
+        .expect("the sign-in page");
+    for page in &pages {
+        client.goto(&app.url(page)).await.expect("open");
+        assert_eq!(path_of(&client).await, "/admin/login", "{page}");
+    }
+    assert_eq!(
+        console_errors(&client).await,
+        Vec::<String>::new(),
+        "sign-in"
+    );
+    client.close().await.expect("close the session");
 }

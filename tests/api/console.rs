@@ -160,6 +160,18 @@ async fn signed_out_every_console_page_and_action_leads_to_the_sign_in() {
         assert_eq!(response.status(), 303, "POST {path}");
         assert_eq!(location(&response), "/admin/login");
     }
+    // A malformed action is refused as such first, signed in or not.
+    for path in ACTIONS {
+        let response = browser
+            .client
+            .post(app.url(path))
+            .body("{}")
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 415, "POST {path}");
+    }
     // The bearer token of the API is not a console session.
     let response = app
         .client

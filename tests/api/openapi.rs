@@ -32,6 +32,17 @@ async fn the_openapi_document_describes_every_public_route_and_the_problem_bodie
         ("get", "/admin/email-sync/jobs/{id}"),
         ("post", "/admin/email-sync/jobs/{id}/retry"),
         ("post", "/admin/email-sync/retry-dead"),
+        ("delete", "/admin/users/{id}"),
+        ("get", "/admin"),
+        ("get", "/admin/login"),
+        ("post", "/admin/login"),
+        ("post", "/admin/logout"),
+        ("get", "/admin/jobs"),
+        ("post", "/admin/jobs/{id}/retry"),
+        ("post", "/admin/retry-dead"),
+        ("get", "/admin/search"),
+        ("get", "/admin/users/{id}/erase"),
+        ("post", "/admin/users/{id}/erase"),
     ];
     for (method, path) in routes {
         assert!(
