@@ -94,6 +94,54 @@ impl From<EraseError> for ConsoleError {
     }
 }
 
+/// How any console form's body is refused before anything else looks at it (OpenAPI only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum FormRefused<'p> {
+    /// Unreadable form body
+    #[response(status = 400, content_type = "application/problem+json")]
+    Unreadable(crate::error::Problem<'p>),
+    /// Body over server.max_body_bytes
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(crate::error::Problem<'p>),
+    /// Not application/x-www-form-urlencoded
+    #[response(status = 415, content_type = "application/problem+json")]
+    NotAForm(crate::error::Problem<'p>),
+}
+
+/// How a console page is refused: signed out, or no console at all (OpenAPI only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum PageRefused<'p> {
+    /// Signed out: to the sign-in page
+    #[response(status = 303, headers(("Location" = String, description = "/admin/login")))]
+    SignIn,
+    /// admin.token is not set
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(crate::error::Problem<'p>),
+}
+
+/// [`ConsoleError::Expired`] (OpenAPI only).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 403,
+    description = "No CSRF token of this session; nothing changed",
+    content_type = "text/html"
+)]
+#[allow(dead_code)]
+struct Expired(String);
+
+/// [`ConsoleError::Database`] (OpenAPI only).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 503,
+    description = "The database did not answer; nothing changed",
+    content_type = "text/html",
+    headers(("Retry-After" = String, description = "Seconds"))
+)]
+#[allow(dead_code)]
+struct Unavailable(String);
+
 /// A signed-in operator: taking it as an argument is a console route's check. Holds the
 /// session id that the page's CSRF tokens are bound to.
 pub struct Operator {
@@ -257,9 +305,7 @@ pub async fn show_login(
     request_body(content = SignInForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Signed in: a session cookie, to the overview", headers(("Location" = String, description = "/admin"))),
-        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
+        FormRefused,
         (status = 401, description = "The page again: not the admin token", body = String, content_type = "text/html"),
         (status = 403, description = "The page again: the sign-in form's CSRF token is missing or wrong", body = String, content_type = "text/html"),
         (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -350,10 +396,8 @@ pub struct CsrfForm {
     request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Signed out (or was not signed in): to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
-        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No CSRF token of this session; nothing changed", body = String, content_type = "text/html"),
+        FormRefused,
+        Expired,
         (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn logout(
@@ -398,9 +442,8 @@ pub struct OverviewView {
 #[utoipa::path(get, path = "/admin", tag = "console",
     responses(
         (status = 200, description = "The overview", body = String, content_type = "text/html"),
-        (status = 303, description = "Signed out: to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
-        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+        PageRefused,
+        Unavailable,
     ))]
 pub async fn overview(
     operator: Operator,
@@ -693,9 +736,8 @@ fn notice_of(done: Option<&str>) -> Option<String> {
 #[utoipa::path(get, path = "/admin/jobs", tag = "console", params(JobsQuery),
     responses(
         (status = 200, description = "A page of jobs", body = String, content_type = "text/html"),
-        (status = 303, description = "Signed out: to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
-        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+        PageRefused,
+        Unavailable,
     ))]
 pub async fn jobs(
     operator: Operator,
@@ -747,13 +789,11 @@ pub struct RetryForm {
     request_body(content = RetryForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Due now: back to the list (or to the search, or to the sign-in when signed out)", headers(("Location" = String, description = "The page the button was on"))),
-        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No CSRF token of this session; nothing changed", body = String, content_type = "text/html"),
+        FormRefused,
+        Expired,
         (status = 404, description = "No such job, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Delivered meanwhile, or cancelled by an erasure", body = String, content_type = "text/html"),
-        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+        Unavailable,
     ))]
 pub async fn retry(
     action: Action,
@@ -790,12 +830,10 @@ pub async fn retry(
     request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Every dead job is due: to the dead jobs (or to the sign-in when signed out)", headers(("Location" = String, description = "/admin/jobs?status=dead&done=requeued-N"))),
-        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No CSRF token of this session; nothing changed", body = String, content_type = "text/html"),
+        FormRefused,
+        Expired,
         (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+        Unavailable,
     ))]
 pub async fn retry_dead(
     action: Action,
@@ -839,9 +877,8 @@ pub struct SearchQuery {
 #[utoipa::path(get, path = "/admin/search", tag = "console", params(SearchQuery),
     responses(
         (status = 200, description = "The user and their jobs", body = String, content_type = "text/html"),
-        (status = 303, description = "Signed out: to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
-        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+        PageRefused,
+        Unavailable,
     ))]
 pub async fn search(
     operator: Operator,
@@ -897,7 +934,7 @@ pub async fn search(
         (status = 200, description = "What an erasure does, and its button", body = String, content_type = "text/html"),
         (status = 303, description = "Signed out: to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
         (status = 404, description = "No such user, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+        Unavailable,
     ))]
 pub async fn confirm_erase(
     operator: Operator,
@@ -917,12 +954,10 @@ pub async fn confirm_erase(
     request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Erased: to the search for their id (or to the sign-in when signed out)", headers(("Location" = String, description = "/admin/search?q=<id>&done=erased"))),
-        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No CSRF token of this session; nothing changed", body = String, content_type = "text/html"),
+        FormRefused,
+        Expired,
         (status = 404, description = "No such user (or erased already), or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
+        Unavailable,
     ))]
 pub async fn erase(
     action: Action,

@@ -58,6 +58,16 @@ async fn the_openapi_document_describes_every_public_route_and_the_problem_bodie
         );
     }
     assert!(create["responses"]["409"]["content"]["application/problem+json"].is_object());
+    let action = &doc["paths"]["/admin/retry-dead"]["post"]["responses"];
+    for status in ["303", "400", "403", "404", "413", "415", "503"] {
+        assert!(
+            action[status].is_object(),
+            "POST /admin/retry-dead {status}"
+        );
+    }
+    assert!(action["400"]["content"]["application/problem+json"].is_object());
+    assert!(action["403"]["content"]["text/html"].is_object());
+    assert!(action["503"]["headers"]["Retry-After"].is_object());
     let problem = &doc["components"]["schemas"]["Problem"]["properties"];
     for member in [
         "type", "title", "status", "detail", "code", "field", "errors",
