@@ -2,25 +2,32 @@
 //! `BENCH_POSTGRES_URL`, a role that may create databases) PostgreSQL, all on this machine.
 //!
 //! For each database:
-//! - the raw limit: the registration transaction (check + insert user + insert outbox row) in a
-//!   sequential loop straight on the database, no HTTP, no actors;
-//! - end to end through HTTP, cheap hashing (argon2 m=1024 KiB, t=1), provider up: reg/s, p50,
-//!   p99, errors, and the ratio to the raw limit;
+//! - end to end through HTTP, negligible hashing (argon2 m=8 KiB, t=1), provider up: successful
+//!   registrations a second (2xx only; errors counted beside), p50, p99;
+//! - the raw loops: the server's registration transaction straight on the database, no HTTP, no
+//!   actors, one registration a transaction and K a transaction, K the mean batch the server
+//!   formed under that load (read from its `signup_registration_batch_size`); end to end is
+//!   compared with both;
+//! - the HTTP ceiling: `GET /health/live` on the same server, same load generator and
+//!   concurrency;
 //! - p99 with the provider answering 503, refusing connections, and taking 2 s;
-//! - end to end with OWASP hashing (m=19456 KiB, t=2, p=1) against the hash bound
-//!   (cores ÷ one hash's time, measured in this run);
+//! - end to end with OWASP hashing (m=19456 KiB, t=2, p=1, 1000 registrations) against the
+//!   hash bound (cores ÷ one hash's time, timed after that server is gone, nothing else running);
+//! - OWASP hashing offered 4 × what the hashing threads take: shedding against queueing;
 //! - the database's outcome-write limit (claim + mark delivered, no HTTP), and the drain after
 //!   an outage, webhook (one row per request) and Mailchimp (500 per request), each against
-//!   min(in flight × batch ÷ provider latency, that limit);
-//! - the server's resident memory idle, under load, and with 1 000 000 pending outbox rows.
+//!   min(in flight × batch ÷ provider latency, that limit), in flight and batch as the server's
+//!   own settings make them;
+//! - resident memory against one baseline (the provider-up server idle): after its load, and a
+//!   server draining 1 000 000 pending registrations.
 //!
 //! The server and the provider (`signup mock-provider`) run as processes of their own, the
-//! release binary; the load comes from this process. Knobs: BENCH_REQUESTS (10000),
-//! BENCH_CONCURRENCY (64), BENCH_PENDING_ROWS (1000000), BENCH_ONLY=owasp (the hashing line) or
-//! BENCH_ONLY=cheap (the raw limit and the first end-to-end line) or BENCH_ONLY=overload (OWASP
-//! hashing offered 4 × the hash capacity, shedding against queueing; BENCH_FLOOD_REQUESTS 3000,
-//! BENCH_FLOOD_CONCURRENCY 2 × 64 × cores), BENCH_ONLY=drain (the drain lines; BENCH_DRAIN_ROWS
-//! 100000 for the batched one).
+//! release binary, without the caller's `SIGNUP_…` variables and each in a directory of its
+//! own; the load comes from this process. Knobs: BENCH_REQUESTS (10000), BENCH_CONCURRENCY (64),
+//! BENCH_PENDING_ROWS (1000000), BENCH_OWASP_REQUESTS (1000), BENCH_ONLY=owasp (the hashing
+//! line) or BENCH_ONLY=cheap (the raw, first end-to-end and ceiling lines) or
+//! BENCH_ONLY=overload (BENCH_FLOOD_REQUESTS 3000, BENCH_FLOOD_CONCURRENCY 2 × 64 × cores) or
+//! BENCH_ONLY=drain (BENCH_DRAIN_ROWS 100000 for the batched one).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -62,21 +69,39 @@ async fn wait_listening(port: u16) {
     panic!("nothing listens on {port}");
 }
 
-/// A child process, killed on drop.
-struct Process(Child);
+/// A child process, killed on drop (then its working directory is removed).
+struct Process {
+    child: Child,
+    /// Its working directory, removed after it.
+    _dir: tempfile::TempDir,
+}
+
+/// The release binary, isolated as the tests isolate it: none of the caller's `SIGNUP_…`
+/// variables, and a working directory of its own (no `config.toml` found by accident).
+fn signup_command() -> (Command, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a working directory");
+    let mut command = Command::new(BIN);
+    command.current_dir(dir.path());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SIGNUP_") {
+            command.env_remove(name);
+        }
+    }
+    (command, dir)
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 impl Process {
     /// Resident memory in MiB, from /proc.
     fn rss_mib(&self) -> f64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -88,7 +113,7 @@ impl Process {
 
 /// `signup mock-provider` on `port`.
 async fn provider(port: u16, latency_ms: u64, status: Option<u16>) -> Process {
-    let mut command = Command::new(BIN);
+    let (mut command, dir) = signup_command();
     command
         .args([
             "mock-provider",
@@ -107,12 +132,13 @@ async fn provider(port: u16, latency_ms: u64, status: Option<u16>) -> Process {
         .spawn()
         .expect("mock-provider");
     wait_listening(port).await;
-    Process(child)
+    Process { child, _dir: dir }
 }
 
 /// Hashing cost for the server.
 #[derive(Clone, Copy)]
 enum Hashing {
+    /// argon2id m=8 KiB, t=1: negligible next to the rest of a registration.
     Cheap,
     Owasp,
 }
@@ -130,14 +156,13 @@ async fn server_with(
     extra: &[(&str, &str)],
 ) -> (Process, String) {
     let port = free_port();
-    let dir = std::env::temp_dir();
     let (m, t) = match hashing {
-        Hashing::Cheap => ("1024", "1"),
+        Hashing::Cheap => ("8", "1"),
         Hashing::Owasp => ("19456", "2"),
     };
-    let child = Command::new(BIN)
+    let (mut command, dir) = signup_command();
+    let child = command
         .arg("serve")
-        .current_dir(dir)
         .env("SIGNUP_SERVER__BIND", format!("127.0.0.1:{port}"))
         .env("SIGNUP_DATABASE__URL", database_url)
         .env("SIGNUP_PASSWORD__ARGON2_M_KIB", m)
@@ -156,7 +181,10 @@ async fn server_with(
         .spawn()
         .expect("signup serve");
     wait_listening(port).await;
-    (Process(child), format!("http://127.0.0.1:{port}"))
+    (
+        Process { child, _dir: dir },
+        format!("http://127.0.0.1:{port}"),
+    )
 }
 
 /// Every database this run created, removed at its end.
@@ -202,11 +230,11 @@ async fn fresh_database(postgres_admin: Option<&str>) -> String {
             format!("{base}/{name}")
         }
     };
-    let status = Command::new(BIN)
+    let (mut command, _dir) = signup_command();
+    let status = command
         .arg("migrate")
         .env("SIGNUP_DATABASE__URL", &url)
         .env("SIGNUP_LOG__LEVEL", "error")
-        .current_dir(std::env::temp_dir())
         .status()
         .expect("signup migrate");
     assert!(status.success(), "migrations");
@@ -228,24 +256,28 @@ async fn connect(url: &str) -> DatabaseConnection {
         .expect("connects")
 }
 
-/// The registration transaction, one at a time: transactions per second.
-async fn raw_loop(url: &str, n: usize) -> f64 {
+/// The server's registration transaction straight on the database, `per_commit`
+/// registrations per transaction (1: one at a time; the server's mean batch: its group commit),
+/// sequentially, no HTTP, no actors: registrations per second.
+async fn raw_loop(url: &str, n: usize, per_commit: usize) -> f64 {
     let db = connect(url).await;
     let hash = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".to_string();
-    let started = Instant::now();
-    for i in 0..n {
-        let candidate = Candidate {
+    let all: Vec<Candidate> = (0..n)
+        .map(|i| Candidate {
             username: Username::parse(&format!("raw{i}")).expect("username"),
             email: Email::parse(&format!("raw{i}@example.com")).expect("email"),
             password_hash: hash.clone(),
             idempotency: None,
             request_id: String::new(),
-        };
-        register_batch(&db, std::slice::from_ref(&candidate))
-            .await
-            .expect("committed");
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in all.chunks(per_commit.max(1)) {
+        register_batch(&db, batch).await.expect("committed");
     }
-    n as f64 / started.elapsed().as_secs_f64()
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = db.close().await;
+    rate
 }
 
 struct Report {
@@ -258,15 +290,45 @@ struct Report {
 /// `requests` registrations, `concurrency` at a time; `offset` keeps users unique.
 async fn load(base: &str, requests: usize, concurrency: usize, offset: usize) -> Report {
     let (results, elapsed) = register_timed(base, requests, concurrency, offset).await;
+    report(&results, elapsed, 201)
+}
+
+/// Answers of status `ok` a second, the latencies of all, and how many were not `ok`.
+fn report(results: &[(Duration, u16)], elapsed: Duration, ok: u16) -> Report {
     let mut latencies: Vec<Duration> = results.iter().map(|(d, _)| *d).collect();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let errors = results.iter().filter(|(_, status)| *status != ok).count();
     Report {
-        per_second: requests as f64 / elapsed.as_secs_f64(),
+        per_second: (results.len() - errors) as f64 / elapsed.as_secs_f64(),
         p50: at(0.50),
         p99: at(0.99),
-        errors: results.iter().filter(|(_, status)| *status != 201).count(),
+        errors,
     }
+}
+
+/// The HTTP ceiling: `GET /health/live` (no database, no actor) from the same load generator
+/// at the same concurrency.
+async fn ceiling(base: &str, requests: usize, concurrency: usize) -> Report {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let url = format!("{base}/health/live");
+    let started = Instant::now();
+    let results: Vec<(Duration, u16)> = futures::stream::iter(0..requests)
+        .map(|_| {
+            let request = client.get(&url).send();
+            async move {
+                let t = Instant::now();
+                let status = request.await.map_or(0, |r| r.status().as_u16());
+                (t.elapsed(), status)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    report(&results, started.elapsed(), 200)
 }
 
 /// Latencies of a flood, split by answer.
@@ -367,7 +429,7 @@ fn flood_line(name: &str, f: &Flood) {
 
 fn line(name: &str, r: &Report, extra: &str) {
     println!(
-        "  {name:<34} {:>7.0} reg/s  p50 {:>7.2} ms  p99 {:>8.2} ms  errors {:<3} {extra}",
+        "  {name:<34} {:>7.0} ok/s  p50 {:>7.2} ms  p99 {:>8.2} ms  errors {:<3} {extra}",
         r.per_second,
         r.p50.as_secs_f64() * 1e3,
         r.p99.as_secs_f64() * 1e3,
@@ -482,40 +544,6 @@ async fn count_delivered(db: &DatabaseConnection) -> u64 {
         .unwrap_or(0)
 }
 
-/// Fills the database with `rows` users and as many pending outbox rows, in bulk SQL.
-async fn seed_pending(url: &str, rows: usize) {
-    let db = connect(url).await;
-    let statements: Vec<String> = if signup::database::is_postgres(&db) {
-        vec![
-            format!(
-                "INSERT INTO users (id, username, username_normalized, email, email_normalized, password_hash, created_at) \
-                 SELECT gen_random_uuid(), 'seed' || i, 'seed' || i, 'seed' || i || '@example.com', 'seed' || i || '@example.com', 'x', now() \
-                 FROM generate_series(1, {rows}) AS i"
-            ),
-            "INSERT INTO email_outbox (id, user_id, payload, status, attempts, next_attempt_at, created_at) \
-             SELECT gen_random_uuid(), id, '{}', 'pending', 0, now(), now() FROM users"
-                .to_string(),
-            "ANALYZE".to_string(),
-        ]
-    } else {
-        vec![
-            format!(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
-                 INSERT INTO users (id, username, username_normalized, email, email_normalized, password_hash, created_at) \
-                 SELECT randomblob(16), 'seed' || i, 'seed' || i, 'seed' || i || '@example.com', 'seed' || i || '@example.com', 'x', \
-                 strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now') FROM n"
-            ),
-            "INSERT INTO email_outbox (id, user_id, payload, status, attempts, next_attempt_at, created_at) \
-             SELECT randomblob(16), id, '{}', 'pending', 0, created_at, created_at FROM users"
-                .to_string(),
-        ]
-    };
-    for sql in statements {
-        db.execute_unprepared(&sql).await.expect("seeded");
-    }
-    let _ = db.close().await;
-}
-
 /// Registrations straight into the database (the registration's own transaction), 1000 per
 /// commit: a backlog of pending outbox rows with real payloads, stored while no provider
 /// answered.
@@ -606,17 +634,23 @@ async fn drain_lines(postgres: Option<&str>, webhook_rows: usize) {
     println!("      mailchimp drain runs {rates:.0?}");
 }
 
-/// A drain line: `rate` against min(in flight × batch ÷ 50 ms, the outcome-write `limit`).
+/// A drain line: `rate` against min(in flight × batch ÷ latency, the outcome-write `limit`),
+/// in flight and batch as the server's settings make them for the kind.
 fn drain_line(kind: Drain, rate: f64, limit: f64) {
-    let (name, in_flight, batch) = match kind {
-        Drain::Webhook => ("drain after outage, webhook", 16, 1),
-        Drain::Mailchimp => ("drain after outage, mailchimp", 10, 500),
+    use signup::configuration::{ProviderKind, Settings};
+    let (name, provider_kind) = match kind {
+        Drain::Webhook => ("drain after outage, webhook", ProviderKind::Webhook),
+        Drain::Mailchimp => ("drain after outage, mailchimp", ProviderKind::Mailchimp),
     };
-    let api_bound = (in_flight * batch) as f64 / 0.05;
+    let mut sync = Settings::default().email_sync;
+    sync.kind = provider_kind;
+    let (in_flight, batch) = (sync.in_flight(), sync.batch());
+    let api_bound = (in_flight * batch) as f64 / DRAIN_LATENCY.as_secs_f64();
     let bound = api_bound.min(limit);
     println!(
-        "  {name:<34} {rate:>7.0} deliveries/s  bound min({in_flight} × {batch} / 50 ms = \
+        "  {name:<34} {rate:>7.0} deliveries/s  bound min({in_flight} × {batch} / {} ms = \
          {api_bound:.0}/s, outcome writes {limit:.0}/s), ratio {:.2}",
+        DRAIN_LATENCY.as_millis(),
         rate / bound
     );
 }
@@ -633,8 +667,11 @@ enum Drain {
 /// Drain after an outage: `rows` registrations pending, then the provider (`signup
 /// mock-provider`, 50 ms per answer) and the server start; deliveries a second between 10 % and
 /// 90 % of the backlog, against min(in flight × batch ÷ latency, the outcome-write limit).
+/// The mock provider's answer time in the drain lines.
+const DRAIN_LATENCY: Duration = Duration::from_millis(50);
+
 async fn drain(postgres: Option<&str>, kind: Drain, rows: usize) -> f64 {
-    let latency = Duration::from_millis(50);
+    let latency = DRAIN_LATENCY;
     let url = fresh_database(postgres).await;
     seed_registrations(&url, rows).await;
     let port = free_port();
@@ -648,7 +685,7 @@ async fn drain(postgres: Option<&str>, kind: Drain, rows: usize) -> f64 {
             ("SIGNUP_EMAIL_SYNC__MAILCHIMP__BASE_URL", base.as_str()),
         ],
     };
-    let mut command = Command::new(BIN);
+    let (mut command, dir) = signup_command();
     command.args([
         "mock-provider",
         "--quiet",
@@ -660,13 +697,14 @@ async fn drain(postgres: Option<&str>, kind: Drain, rows: usize) -> f64 {
         Drain::Webhook => command.args(["--secret", SECRET]),
         Drain::Mailchimp => command.args(["--kind", "mailchimp"]),
     };
-    let _provider = Process(
-        command
+    let _provider = Process {
+        child: command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("mock-provider"),
-    );
+        _dir: dir,
+    };
     wait_listening(port).await;
     let (_server, _) = server_with(&url, port, Hashing::Cheap, &settings).await;
     let backlog = rows as u64;
@@ -703,8 +741,8 @@ async fn run(label: &str, postgres: Option<&str>) {
     let pending_rows = env_or("BENCH_PENDING_ROWS", 1_000_000);
     println!("\n{label}");
 
-    // BENCH_ONLY=owasp runs just the hashing line, BENCH_ONLY=cheap just the raw limit and the
-    // first end-to-end line (for quick experiments on one path).
+    // BENCH_ONLY=owasp runs just the hashing line, BENCH_ONLY=cheap just the raw and the first
+    // end-to-end lines (for quick experiments on one path).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let (only_owasp, only_cheap) = (only == "owasp", only == "cheap");
     if only == "drain" {
@@ -712,78 +750,146 @@ async fn run(label: &str, postgres: Option<&str>) {
         return;
     }
     if only == "overload" {
-        let port = free_port();
-        let _up = provider(port, 0, None).await;
-        overload(postgres, port).await;
+        overload(postgres).await;
         return;
     }
-    let raw = if only_owasp {
-        f64::NAN
-    } else {
-        raw_loop(&fresh_database(postgres).await, requests).await
-    };
-    println!(
-        "  {:<34} {raw:>7.0} txn/s  (check + insert user + insert outbox row, sequential)",
-        "raw limit"
-    );
+    // Servers settle this long (gauge refreshes, pool connections) before memory is read.
+    let settle = Duration::from_secs(10);
+    let mut memory = None;
+    if !only_owasp {
+        memory = Some(cheap_lines(postgres, requests, concurrency, settle, only_cheap).await);
+    }
+    if only_cheap {
+        return;
+    }
+    owasp_lines(postgres, concurrency).await;
+    if only_owasp {
+        return;
+    }
+    overload(postgres).await;
+    drain_lines(postgres, requests).await;
+    if let Some((idle, loaded)) = memory {
+        memory_line(postgres, pending_rows, idle, loaded, settle).await;
+    }
+}
 
-    // Providers: up, 503, refusing (nothing listens), slow.
+/// End to end with negligible hashing (m=8 KiB), provider up, against the raw loops at one registration per
+/// transaction and at the server's own mean batch, and against the HTTP ceiling; then p99 with
+/// the provider down, refusing and slow. Returns the provider-up server's resident memory idle
+/// (after `settle`) and after the load.
+async fn cheap_lines(
+    postgres: Option<&str>,
+    requests: usize,
+    concurrency: usize,
+    settle: Duration,
+    only_up: bool,
+) -> (f64, f64) {
     let (up_port, down_port, slow_port) = (free_port(), free_port(), free_port());
     let _up = provider(up_port, 0, None).await;
     let _down = provider(down_port, 0, Some(503)).await;
     let _slow = provider(slow_port, 2000, None).await;
-    let scenarios = [
-        ("e2e cheap, provider up", up_port),
-        ("e2e cheap, provider 503", down_port),
-        ("e2e cheap, provider refusing", free_port()),
-        ("e2e cheap, provider slow (2 s)", slow_port),
-    ];
-    let mut up_p99 = None;
-    let scenarios = match (only_owasp, only_cheap) {
-        (true, _) => &scenarios[..0],
-        (false, true) => &scenarios[..1],
-        (false, false) => &scenarios[..],
-    };
-    for &(name, port) in scenarios {
+
+    let url = fresh_database(postgres).await;
+    let (up_server, base) = server(&url, up_port, Hashing::Cheap).await;
+    tokio::time::sleep(settle).await;
+    let idle = up_server.rss_mib();
+    load(&base, 300, concurrency, 1_000_000).await; // warm-up
+    let (sum_before, count_before) = batch_totals(&base).await;
+    let up = load(&base, requests, concurrency, 0).await;
+    let (sum_after, count_after) = batch_totals(&base).await;
+    let loaded = up_server.rss_mib();
+    let http = ceiling(&base, requests, concurrency).await;
+    drop(up_server);
+    let commits = count_after - count_before;
+    let mean_batch = (sum_after - sum_before) / commits;
+    let single = raw_loop(&fresh_database(postgres).await, requests, 1).await;
+    let per_commit = mean_batch.round().max(1.0) as usize;
+    let group = raw_loop(&fresh_database(postgres).await, requests, per_commit).await;
+
+    println!(
+        "  {:<34} {single:>7.0} reg/s  (check + insert user + outbox row, one registration a transaction)",
+        "raw loop, 1 per transaction"
+    );
+    println!(
+        "  {:<34} {group:>7.0} reg/s  (the same, {per_commit} a transaction: the server's mean \
+         batch in the line below, {mean_batch:.1} over {commits:.0} commits)",
+        format!("raw loop, group commit of {per_commit}")
+    );
+    line(
+        "e2e, provider up",
+        &up,
+        &format!(
+            "÷ group-commit raw {:.2}, ÷ 1-per-txn raw {:.2}",
+            up.per_second / group,
+            up.per_second / single
+        ),
+    );
+    line(
+        "HTTP ceiling: GET /health/live",
+        &http,
+        &format!("e2e ÷ ceiling {:.2}", up.per_second / http.per_second),
+    );
+    if only_up {
+        return (idle, loaded);
+    }
+    for (name, port) in [
+        ("e2e, provider 503", down_port),
+        ("e2e, provider refusing", free_port()),
+        ("e2e, provider slow (2 s)", slow_port),
+    ] {
         let url = fresh_database(postgres).await;
-        let (server, base) = server(&url, port, Hashing::Cheap).await;
-        let idle = server.rss_mib();
+        let (_server, base) = server(&url, port, Hashing::Cheap).await;
         load(&base, 300, concurrency, 1_000_000).await; // warm-up
         let report = load(&base, requests, concurrency, 0).await;
-        let loaded = server.rss_mib();
-        let extra = match up_p99 {
-            None => {
-                up_p99 = Some(report.p99);
-                format!(
-                    "ratio to raw {:.2}   RSS idle {idle:.1} MiB, after load {loaded:.1} MiB",
-                    report.per_second / raw
-                )
-            }
-            Some(up) => format!(
-                "p99 / p99(up) {:.2}",
-                report.p99.as_secs_f64() / up.as_secs_f64()
-            ),
-        };
+        let extra = format!(
+            "p99 / p99(up) {:.2}",
+            report.p99.as_secs_f64() / up.p99.as_secs_f64()
+        );
         line(name, &report, &extra);
     }
+    (idle, loaded)
+}
 
-    if only_cheap {
-        return;
-    }
-    // OWASP hashing against the hash bound.
+/// `signup_registration_batch_size`'s sum and count on the server's `/metrics`.
+async fn batch_totals(base: &str) -> (f64, f64) {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (
+        value("signup_registration_batch_size_sum"),
+        value("signup_registration_batch_size_count"),
+    )
+}
+
+/// End to end with OWASP hashing against the hash bound; the hash timings are taken after the
+/// server and its provider are gone, with nothing else running.
+async fn owasp_lines(postgres: Option<&str>, concurrency: usize) {
+    let requests = env_or("BENCH_OWASP_REQUESTS", 1000);
+    let owasp = {
+        let port = free_port();
+        let _up = provider(port, 0, None).await;
+        let url = fresh_database(postgres).await;
+        let (_server, base) = server(&url, port, Hashing::Owasp).await;
+        load(&base, 20, concurrency, 1_000_000).await;
+        load(&base, requests, concurrency, 0).await
+    };
     let hash = owasp_hash_seconds();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bound = cores as f64 / hash;
-    let url = fresh_database(postgres).await;
-    let (_server, base) = server(&url, up_port, Hashing::Owasp).await;
-    load(&base, 20, concurrency, 1_000_000).await;
-    let owasp = load(&base, 300.min(requests), concurrency, 0).await;
-    let parallel = parallel_hash_rate(cores, 20);
+    let parallel = parallel_hash_rate(cores, 50);
     let reference = reference_hash_seconds();
     line(
-        "e2e OWASP argon2id, provider up",
+        &format!("e2e OWASP argon2id ({requests} reg)"),
         &owasp,
-        &format!("ratio to hash bound {:.2}", owasp.per_second / bound),
+        &format!("÷ hash bound {:.2}", owasp.per_second / bound),
     );
     println!(
         "      hash bound {cores} cores / {:.1} ms = {bound:.0}/s; {cores} threads hashing alone \
@@ -800,32 +906,40 @@ async fn run(label: &str, postgres: Option<&str>) {
         ),
         None => println!("      C reference: libargon2.so.1 not installed"),
     }
+}
 
-    if only_owasp {
-        return;
-    }
-    overload(postgres, up_port).await;
-    if only == "overload" {
-        return;
-    }
-    drain_lines(postgres, requests).await;
-
-    // Memory with a big backlog: the server must not load it.
+/// Resident memory against one baseline: the provider-up server idle on an empty database
+/// (`idle`), after its load (`loaded`), and a server working through `rows` pending
+/// registrations (provider up, 50 ms an answer), its largest figure over 20 s of the drain.
+async fn memory_line(
+    postgres: Option<&str>,
+    rows: usize,
+    idle: f64,
+    loaded: f64,
+    settle: Duration,
+) {
     let url = fresh_database(postgres).await;
-    // Both servers settle as long (gauge refreshes, pool connections) before they are measured.
-    let settle = Duration::from_secs(10);
-    let (idle_server, _) = server(&url, down_port, Hashing::Cheap).await;
-    tokio::time::sleep(settle).await;
-    let empty = idle_server.rss_mib();
-    drop(idle_server);
-    seed_pending(&url, pending_rows).await;
-    let (backlog_server, _) = server(&url, down_port, Hashing::Cheap).await;
-    tokio::time::sleep(settle).await;
-    let full = backlog_server.rss_mib();
+    seed_registrations(&url, rows).await;
+    let port = free_port();
+    let _provider = provider(port, 50, None).await;
+    let (backlog_server, _) = server(&url, port, Hashing::Cheap).await;
+    let mut largest = f64::NAN;
+    let until = Instant::now() + 2 * settle;
+    while Instant::now() < until {
+        largest = largest.max(backlog_server.rss_mib());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(backlog_server);
+    let db = connect(&url).await;
+    let delivered = count_delivered(&db).await;
+    let _ = db.close().await;
     println!(
-        "  {:<34} idle {empty:.1} MiB, with {pending_rows} pending rows {full:.1} MiB (ratio {:.2})",
+        "  {:<34} idle {idle:.1} MiB (the baseline); after the load {loaded:.1} MiB ({:.2}); \
+         draining {rows} pending {largest:.1} MiB at most ({:.2}, {delivered} delivered in {:.0} s)",
         "resident memory",
-        full / empty
+        loaded / idle,
+        largest / idle,
+        (2 * settle).as_secs_f64()
     );
 }
 
@@ -833,7 +947,9 @@ async fn run(label: &str, postgres: Option<&str>) {
 /// (2 × 64 per core), where the OWASP line's 64 already keep both threads busy. The shipped
 /// shedding (`max_waiting` 64 per core, deadline 5 s), against the queueing before it
 /// (`max_waiting` so large that nothing is shed, and no deadline).
-async fn overload(postgres: Option<&str>, provider_port: u16) {
+async fn overload(postgres: Option<&str>) {
+    let provider_port = free_port();
+    let _up = provider(provider_port, 0, None).await;
     let requests = env_or("BENCH_FLOOD_REQUESTS", 3000);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let connections = env_or("BENCH_FLOOD_CONCURRENCY", 2 * 64 * cores);
