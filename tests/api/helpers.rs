@@ -33,7 +33,8 @@ static TRACING: Once = Once::new();
 fn init_tracing() {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            signup::telemetry::init(&Default::default());
+            // The writer lives as long as the test process.
+            std::mem::forget(signup::telemetry::init(&Default::default()));
         }
     });
 }

@@ -482,3 +482,29 @@ async fn logs_follow_a_request_into_its_delivery_without_secrets_or_addresses() 
         assert!(!log.contains(secret), "the log contains {secret:?}");
     }
 }
+
+/// Logs to a file or a pipe (journald) are plain text: no terminal colour codes.
+#[actix_web::test]
+async fn text_logs_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("signup.db").display());
+    let server = ServerProcess::start_with(
+        &url,
+        "http://127.0.0.1:9",
+        &[
+            ("SIGNUP_LOG__FORMAT", "text"),
+            ("SIGNUP_LOG__LEVEL", "info"),
+        ],
+    )
+    .await;
+    let response = reqwest::get(format!("{}/health/live", server.base))
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 200);
+    wait_until("the request is logged", Duration::from_secs(10), || async {
+        server.log().contains("/health/live")
+    })
+    .await;
+    let log = server.log();
+    assert!(!log.contains('\u{1b}'), "no escape codes: {log:.300}");
+}
