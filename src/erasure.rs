@@ -121,7 +121,8 @@ pub async fn erase(
         .exec(&txn)
         .await?;
     user::Entity::delete_by_id(person.id).exec(&txn).await?;
-    let deletion_job = Uuid::new_v4();
+    // Time-ordered like every outbox id.
+    let deletion_job = Uuid::now_v7();
     let deleted = UserDeleted {
         user_id: person.id,
         email: person.email.clone(),

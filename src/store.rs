@@ -199,7 +199,10 @@ async fn try_batch(
             continue;
         }
         let created = RegisteredUser {
-            id: Uuid::new_v4(),
+            // Time-ordered, as the outbox ids: a new user is an append to the primary key's
+            // index and to the outbox's `(user_id, seq)` index, not a write into a random page
+            // of each (the id shows when the account was made, as `created_at` does).
+            id: Uuid::now_v7(),
             username: candidate.username.as_str().to_owned(),
             email: candidate.email.as_str().to_owned(),
             created_at: now,
