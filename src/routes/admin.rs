@@ -227,16 +227,25 @@ pub async fn erase_user(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = job_id(&path)?;
-    let erased =
-        match crate::erasure::erase(&state.db, &crate::erasure::Who::Id(id), Utc::now()).await {
-            Ok(erased) => erased,
-            Err(crate::erasure::EraseError::NotFound) => return Err(ApiError::NotFound),
-            Err(crate::erasure::EraseError::Database(e)) => return Err(e.into()),
-        };
-    state.metrics.erasures.inc();
-    wake(&state);
+    let erased = match erase(&state, id).await {
+        Ok(erased) => erased,
+        Err(crate::erasure::EraseError::NotFound) => return Err(ApiError::NotFound),
+        Err(crate::erasure::EraseError::Database(e)) => return Err(e.into()),
+    };
     tracing::info!(user_id = %erased.user_id, deletion_job = %erased.deletion_job, cancelled = erased.cancelled, "operator erased a user");
     Ok(HttpResponse::Accepted().json(erased))
+}
+
+/// Erases user `id` (SPEC §6), counts it and wakes the email sync for the deletion job: the
+/// admin API's and the console's erasure.
+pub(super) async fn erase(
+    state: &AppState,
+    id: Uuid,
+) -> Result<crate::erasure::Erased, crate::erasure::EraseError> {
+    let erased = crate::erasure::erase(&state.db, &crate::erasure::Who::Id(id), Utc::now()).await?;
+    state.metrics.erasures.inc();
+    wake(state);
+    Ok(erased)
 }
 
 /// `GET /api/v1/registrations/{id}`: the registration and its email sync job.

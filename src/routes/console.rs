@@ -22,7 +22,7 @@ use super::admin::{REQUEUE_BATCH, token_digest, token_matches, wake};
 use super::{AppState, csrf, pages};
 use crate::activity::{MINUTES, MinuteCounts, Snapshot};
 use crate::email::CircuitState;
-use crate::erasure::{self, EraseError, Who};
+use crate::erasure::{EraseError, Who};
 use crate::error::{ApiError, RETRY_AFTER_UNAVAILABLE};
 use crate::outbox::{self, Job, Requeue};
 use crate::store::{self, RegisteredUser};
@@ -968,9 +968,7 @@ pub async fn erase(
     let operator = action.operator()?;
     operator.check(&state, &form.csrf_token)?;
     let id = Uuid::parse_str(&path).map_err(|_| ConsoleError::NotFound)?;
-    let erased = erasure::erase(&state.db, &Who::Id(id), Utc::now()).await?;
-    state.metrics.erasures.inc();
-    wake(&state);
+    let erased = super::admin::erase(&state, id).await?;
     tracing::info!(user_id = %erased.user_id, deletion_job = %erased.deletion_job, cancelled = erased.cancelled, "operator erased a user (console)");
     Ok(see_other(&format!("/admin/search?q={id}&done=erased")))
 }
