@@ -86,8 +86,13 @@ pub async fn connect_with(
         // SQLite runs the rollback that dropping a transaction queued on its worker thread:
         // wait for it (a ping, in-process) before judging. PostgreSQL's drop lowers the depth at
         // once, so no round trip is spent there.
+        //
+        // No ping before handing a SQLite connection out (sqlx's default): it lives in this
+        // process and cannot have been hung up on, and each ping is a round trip to its worker
+        // thread, two thread wake-ups per registration batch for nothing.
         .map_sqlx_sqlite_pool_opts(|pool| {
-            pool.after_release(|conn, _| Box::pin(close_if_in_transaction::<Sqlite>(conn, true)))
+            pool.test_before_acquire(false)
+                .after_release(|conn, _| Box::pin(close_if_in_transaction::<Sqlite>(conn, true)))
         })
         .map_sqlx_postgres_pool_opts(|pool| {
             pool.after_release(|conn, _| Box::pin(close_if_in_transaction::<Postgres>(conn, false)))
@@ -127,7 +132,9 @@ where
     DB: sqlx::Database,
 {
     use sqlx::Connection;
-    if settle_first {
+    // A transaction that was committed or rolled back has left depth 0 already; only one that
+    // was dropped (rollback queued, depth still 1) or whose COMMIT failed is in doubt.
+    if settle_first && conn.is_in_transaction() {
         // Runs the rollback that dropping the transaction queued, so the state below is settled.
         conn.ping().await?;
     }
