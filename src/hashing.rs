@@ -41,10 +41,31 @@ pub struct PasswordHasher {
     jobs: mpsc::Sender<Job>,
 }
 
+/// Where a hash goes once made. It is handed over on the hashing thread, so a registration's
+/// hash can go straight on to the RegistrationActor instead of first waking the request's thread
+/// only for that thread to pass it on (one thread wake-up less per registration).
+pub trait HashConsumer: Send + 'static {
+    /// False once nobody waits for this hash any more (its request gave up at
+    /// `registration.deadline` or its client left): the job is skipped, no CPU spent on it.
+    fn wanted(&self) -> bool;
+    /// Takes the finished hash (or why there is none).
+    fn take(self: Box<Self>, hash: Result<String, HashError>);
+}
+
+impl HashConsumer for oneshot::Sender<Result<String, HashError>> {
+    fn wanted(&self) -> bool {
+        !self.is_closed()
+    }
+
+    fn take(self: Box<Self>, hash: Result<String, HashError>) {
+        let _ = self.send(hash);
+    }
+}
+
 enum Job {
     Hash {
         password: Password,
-        reply: oneshot::Sender<Result<String, HashError>>,
+        then: Box<dyn HashConsumer>,
     },
     Verify {
         password: String,
@@ -78,8 +99,17 @@ impl PasswordHasher {
     /// Returns the PHC string (`$argon2id$v=19$m=…`) of `password` with a fresh random salt.
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Hash { password, reply })?;
+        self.hash_then(password, reply)?;
         answer.await.map_err(|_| HashError::Closed)?
+    }
+
+    /// Queues `password` for hashing; `then` takes the PHC string on the hashing thread. Refused
+    /// at once (and `then` dropped unused) when `max_waiting` jobs already wait.
+    pub fn hash_then(&self, password: Password, then: impl HashConsumer) -> Result<(), HashError> {
+        self.submit(Job::Hash {
+            password,
+            then: Box::new(then),
+        })
     }
 
     /// Queues `job` unless `max_waiting` jobs already wait.
@@ -135,11 +165,14 @@ fn work(queue: &Mutex<mpsc::Receiver<Job>>, params: &Params) {
         let Some(job) = job else { return };
         // A panic fails this one job (its caller sees `Closed`); the thread lives on.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
-            Job::Hash { password, reply } => {
+            Job::Hash { password, then } => {
+                if !then.wanted() {
+                    return;
+                }
                 if blocks.is_empty() {
                     blocks = vec![Block::default(); params.block_count()];
                 }
-                let _ = reply.send(hash_with(&argon2, params, &password, &mut blocks));
+                then.take(hash_with(&argon2, params, &password, &mut blocks));
             }
             Job::Verify {
                 password,
@@ -304,5 +337,62 @@ mod tests {
             "at most one per thread and one waiting were accepted, not {hashed}"
         );
         assert!(hashed >= 1, "the first caller is hashed");
+    }
+
+    #[tokio::test]
+    async fn a_hash_nobody_waits_for_any_more_is_skipped() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        /// A consumer whose request gave up; counts hashes handed to it and consumers dropped.
+        struct GaveUp {
+            taken: Arc<AtomicUsize>,
+            dropped: Arc<AtomicUsize>,
+        }
+        impl HashConsumer for GaveUp {
+            fn wanted(&self) -> bool {
+                false
+            }
+            fn take(self: Box<Self>, _: Result<String, HashError>) {
+                self.taken.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        impl Drop for GaveUp {
+            fn drop(&mut self) {
+                self.dropped.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+
+        let settings = PasswordSettings {
+            max_waiting: 64,
+            ..PasswordSettings::new(1024, 1, 1).expect("valid parameters")
+        };
+        let hasher = PasswordHasher::new(&settings).expect("valid parameters");
+        let (taken, dropped) = (Arc::default(), Arc::<AtomicUsize>::default());
+        let abandoned = 20;
+        for _ in 0..abandoned {
+            let password = Password::parse("correct horse", &[]).expect("valid password");
+            let consumer = GaveUp {
+                taken: Arc::clone(&taken),
+                dropped: Arc::clone(&dropped),
+            };
+            hasher.hash_then(password, consumer).expect("queued");
+        }
+        // Jobs are taken in order: once a later caller's hash is back, the abandoned ones were
+        // taken off the queue (dropped once skipped).
+        let password = Password::parse("another horse", &[]).expect("valid password");
+        hasher.hash(password).await.expect("hashes");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while dropped.load(Ordering::SeqCst) < abandoned {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the abandoned jobs were never taken"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            0,
+            "no abandoned job was hashed"
+        );
     }
 }

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use tokio::sync::oneshot;
 
-use crate::actors::{CommitFailed, RegisterUser, RegistrationActor};
-use crate::domain::{FieldError, NewRegistration};
-use crate::hashing::{HashError, PasswordHasher};
+use crate::actors::{RegisterUser, Registered, RegistrationActor};
+use crate::domain::{Email, FieldError, NewRegistration, Username};
+use crate::hashing::{HashConsumer, HashError, PasswordHasher};
 use crate::idempotency::{self, API_KEY_PREFIX, IdempotencyKey, fingerprint};
 use crate::metrics::Metrics;
 use crate::store::{Candidate, Outcome};
@@ -149,24 +149,25 @@ impl Registrar {
             .clone()
             .filter(|key| key.key.starts_with(API_KEY_PREFIX));
         let fingerprint = fingerprint(&new);
-        let password_hash = self.hasher.hash(new.password).await?;
-        let candidate = Candidate {
-            username: new.username,
-            email: new.email,
-            password_hash,
-            idempotency,
-            request_id: request_id.to_owned(),
-        };
         let (reply, answer) = oneshot::channel();
-        self.actor
-            .send(RegisterUser { candidate, reply })
-            .await
-            // The actor's mailbox is closed or full: a transient condition, never the client's fault.
-            .map_err(|e| RegistrationError::Unavailable(Box::new(e)))?;
-        let outcome = answer
-            .await
-            .map_err(|_| RegistrationError::Unavailable("the registration actor stopped".into()))?
-            .map_err(|e: CommitFailed| RegistrationError::Unavailable(Box::new(e)))?;
+        // The hashing thread hands the candidate to the actor itself: this thread is woken once,
+        // by the answer, not also in between to pass the hash on.
+        self.hasher.hash_then(
+            new.password,
+            ToActor {
+                actor: self.actor.clone(),
+                username: new.username,
+                email: new.email,
+                idempotency,
+                request_id: request_id.to_owned(),
+                reply,
+            },
+        )?;
+        let outcome = answer.await.map_err(|_| {
+            RegistrationError::Unavailable(
+                "the hashing thread or the registration actor stopped".into(),
+            )
+        })??;
         match (outcome, api_key) {
             // A concurrent request with the same key created the user while this one was
             // hashing: this one is a replay too, and must prove the same password.
@@ -203,5 +204,46 @@ impl Registrar {
         } else {
             Outcome::IdempotencyKeyReused
         }))
+    }
+}
+
+/// A registration on its way from the hashing thread to the RegistrationActor: everything of the
+/// candidate but its hash, and where the answer goes.
+struct ToActor {
+    actor: Addr<RegistrationActor>,
+    username: Username,
+    email: Email,
+    idempotency: Option<IdempotencyKey>,
+    request_id: String,
+    reply: oneshot::Sender<Registered>,
+}
+
+impl HashConsumer for ToActor {
+    fn wanted(&self) -> bool {
+        !self.reply.is_closed()
+    }
+
+    fn take(self: Box<Self>, hash: Result<String, HashError>) {
+        let password_hash = match hash {
+            Ok(hash) => hash,
+            Err(e) => {
+                let _ = self.reply.send(Err(e.into()));
+                return;
+            }
+        };
+        let candidate = Candidate {
+            username: self.username,
+            email: self.email,
+            password_hash,
+            idempotency: self.idempotency,
+            request_id: self.request_id,
+        };
+        // Not `send`: nothing here could wait for the mailbox, and the request waits for `reply`
+        // anyway. The mailbox holds at most one message per request in flight. If the actor has
+        // stopped, the message and `reply` are dropped and the request answers 503.
+        self.actor.do_send(RegisterUser {
+            candidate,
+            reply: self.reply,
+        });
     }
 }

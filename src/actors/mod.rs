@@ -7,4 +7,6 @@ pub mod registration_actor;
 pub use email_sync::{
     DeliverDue, DeliveryHook, Drain, EmailSyncActor, StepReport, SweepDelivered, WakeUp,
 };
-pub use registration_actor::{CommitFailed, CommitWatch, Ping, RegisterUser, RegistrationActor};
+pub use registration_actor::{
+    CommitFailed, CommitWatch, Ping, RegisterUser, Registered, RegistrationActor,
+};

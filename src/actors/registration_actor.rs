@@ -19,10 +19,13 @@ use tokio::sync::oneshot;
 
 use super::WakeUp;
 use crate::metrics::Metrics;
+use crate::registrar::RegistrationError;
 use crate::store::{self, Candidate, Outcome};
 
-/// What the RegistrationActor answers for one candidate.
-pub type Registered = Result<Outcome, CommitFailed>;
+/// What the RegistrationActor answers for one candidate: the registrar's own result type, as
+/// the same channel also carries a hashing failure from the hashing thread that sends the
+/// candidate here (see `registrar`).
+pub type Registered = Result<Outcome, RegistrationError>;
 
 /// Register one validated, hashed candidate; the answer goes to `reply` once its transaction
 /// has committed (or failed).
@@ -253,7 +256,9 @@ fn answer(batch: Vec<Queued>, outcomes: Vec<Outcome>) -> bool {
 fn fail_all(batch: Vec<Queued>, error: &DbErr) {
     let error = CommitFailed(error.to_string());
     for queued in batch {
-        let _ = queued.reply.send(Err(error.clone()));
+        let _ = queued
+            .reply
+            .send(Err(RegistrationError::Unavailable(Box::new(error.clone()))));
     }
 }
 
