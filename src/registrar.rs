@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use tokio::sync::oneshot;
 
-use crate::actors::{RegisterUser, Registered, RegistrationActor};
+use crate::actors::{Registered, Registrations};
 use crate::domain::{Email, FieldError, NewRegistration, Username};
 use crate::hashing::{HashConsumer, HashError, PasswordHasher};
 use crate::idempotency::{self, API_KEY_PREFIX, IdempotencyKey, fingerprint};
@@ -75,7 +74,7 @@ pub enum Submission {
 #[derive(Clone)]
 pub struct Registrar {
     pub hasher: PasswordHasher,
-    pub actor: Addr<RegistrationActor>,
+    pub registrations: Registrations,
     pub metrics: Arc<Metrics>,
     /// For idempotency-key lookups (reads only; writes go through the actor).
     pub db: sea_orm::DatabaseConnection,
@@ -95,7 +94,7 @@ impl Registrar {
     ) -> Result<Outcome, RegistrationError> {
         let started = Instant::now();
         // Dropping the pipeline at the deadline drops its reply channel: a candidate still
-        // queued in the actor is then never written (see `RegisterUser`).
+        // queued in the actor is then never written (see `Registrations::submit`).
         let result = tokio::time::timeout(
             self.deadline,
             self.register_unmeasured(fields, submission, request_id),
@@ -155,7 +154,7 @@ impl Registrar {
         self.hasher.hash_then(
             new.password,
             ToActor {
-                actor: self.actor.clone(),
+                registrations: self.registrations.clone(),
                 username: new.username,
                 email: new.email,
                 idempotency,
@@ -210,7 +209,7 @@ impl Registrar {
 /// A registration on its way from the hashing thread to the RegistrationActor: everything of the
 /// candidate but its hash, and where the answer goes.
 struct ToActor {
-    actor: Addr<RegistrationActor>,
+    registrations: Registrations,
     username: Username,
     email: Email,
     idempotency: Option<IdempotencyKey>,
@@ -238,12 +237,6 @@ impl HashConsumer for ToActor {
             idempotency: self.idempotency,
             request_id: self.request_id,
         };
-        // Not `send`: nothing here could wait for the mailbox, and the request waits for `reply`
-        // anyway. The mailbox holds at most one message per request in flight. If the actor has
-        // stopped, the message and `reply` are dropped and the request answers 503.
-        self.actor.do_send(RegisterUser {
-            candidate,
-            reply: self.reply,
-        });
+        self.registrations.submit(candidate, self.reply);
     }
 }

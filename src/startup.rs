@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix::{Actor, Addr, Arbiter, Supervisor};
+use actix::{Addr, Arbiter, Supervisor};
 use actix_web::dev::Server;
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{App, HttpServer, web};
@@ -164,14 +164,14 @@ impl Application {
         let email_sync =
             start_email_sync(&settings, sync_db, circuit_tx, Arc::clone(&metrics), hooks)?;
         let commit_watch = Arc::new(CommitWatch::default());
-        let registration_actor: Addr<RegistrationActor> = RegistrationActor::new(
+        let registrations = RegistrationActor::new(
             db.clone(),
             settings.registration.max_batch,
             email_sync.clone().recipient(),
             Arc::clone(&metrics),
             Arc::clone(&commit_watch),
         )
-        .start();
+        .launch();
         let csrf = CsrfKey::load_or_create(&db)
             .await
             .map_err(StartupError::ServerKey)?;
@@ -188,7 +188,7 @@ impl Application {
             db: db.clone(),
             registrar: Registrar {
                 hasher: PasswordHasher::new(&settings.password)?,
-                actor: registration_actor,
+                registrations,
                 metrics: Arc::clone(&metrics),
                 db: db.clone(),
                 deadline: settings.registration.deadline,

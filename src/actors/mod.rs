@@ -8,5 +8,5 @@ pub use email_sync::{
     DeliverDue, DeliveryHook, Drain, EmailSyncActor, StepReport, SweepDelivered, WakeUp,
 };
 pub use registration_actor::{
-    CommitFailed, CommitWatch, Ping, RegisterUser, Registered, RegistrationActor,
+    CommitFailed, CommitWatch, Registered, RegistrationActor, Registrations,
 };

@@ -3,14 +3,17 @@
 //! insert that follows it never interleave with another registration's.
 //!
 //! Why not `AtomicResponse` around each message: that serializes too, but commits one
-//! registration per transaction, capping throughput at 1 / (transaction latency). Instead the
-//! handler only queues the request; a single in-flight commit (`committing`) takes everything
-//! queued, up to `max_batch`, into one transaction (a group commit) and answers each member. The
-//! handler never awaits, so the mailbox keeps draining into the queue while a commit runs.
+//! registration per transaction, capping throughput at 1 / (transaction latency). Instead a
+//! registration is only queued ([`Registrations::submit`]); a single in-flight commit takes
+//! everything queued, up to `max_batch`, into one transaction (a group commit) and answers each
+//! member, then takes the next batch. The queue is shared with the submitters, and the actor is
+//! sent a message ([`TakeBatch`]) only when it is idle: registrations arriving during a commit do
+//! not each wake the actor's thread just to be queued (one thread wake-up per registration,
+//! ~1 context switch per registration on that thread, measured).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -27,19 +30,12 @@ use crate::store::{self, Candidate, Outcome};
 /// candidate here (see `registrar`).
 pub type Registered = Result<Outcome, RegistrationError>;
 
-/// Register one validated, hashed candidate; the answer goes to `reply` once its transaction
-/// has committed (or failed).
-///
-/// The caller keeps the receiving end: a caller that gives up (its client went away, or
-/// `registration.deadline` passed and it answered 503) drops it, and a candidate whose caller
-/// is gone before its batch starts is never written, so a 503 does not turn into an account
-/// behind the person's back.
+/// Wakes the RegistrationActor to take what waits in its inbox. Sent by
+/// [`Registrations::submit`] only when the actor is idle, so a burst of registrations during a
+/// commit costs the actor's thread no wake-up each: the commit's end finds them.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct RegisterUser {
-    pub candidate: Candidate,
-    pub reply: oneshot::Sender<Registered>,
-}
+struct TakeBatch;
 
 /// Readiness probe: answered at once if the actor is alive and its mailbox moves.
 #[derive(Debug, Message)]
@@ -114,6 +110,58 @@ struct Queued {
     reply: oneshot::Sender<Registered>,
 }
 
+/// Registrations waiting for their batch, shared by the RegistrationActor and everyone who
+/// submits (the hashing threads).
+#[derive(Default)]
+struct Inbox {
+    /// Oldest first.
+    queue: VecDeque<Queued>,
+    /// A batch's transaction is in flight, or a [`TakeBatch`] is on its way: either way the actor
+    /// looks at `queue` again without being told. The serialization point.
+    busy: bool,
+}
+
+fn lock(inbox: &Mutex<Inbox>) -> MutexGuard<'_, Inbox> {
+    // Nothing that can panic runs under the lock; take it even so rather than stop registering.
+    inbox.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where registrations are submitted to the RegistrationActor.
+#[derive(Clone)]
+pub struct Registrations {
+    inbox: Arc<Mutex<Inbox>>,
+    actor: Addr<RegistrationActor>,
+}
+
+impl Registrations {
+    /// Queues one validated, hashed candidate; its answer goes to `reply` once its transaction
+    /// has committed (or failed).
+    ///
+    /// The caller keeps the receiving end: a caller that gives up (its client went away, or
+    /// `registration.deadline` passed and it answered 503) drops it, and a candidate whose
+    /// caller is gone before its batch starts is never written, so a 503 does not turn into an
+    /// account behind the person's back. The queue holds at most one candidate per request in
+    /// flight. If the actor has stopped, `reply` is dropped at once (the request answers 503).
+    pub fn submit(&self, candidate: Candidate, reply: oneshot::Sender<Registered>) {
+        if !self.actor.connected() {
+            return;
+        }
+        let wake = {
+            let mut inbox = lock(&self.inbox);
+            inbox.queue.push_back(Queued { candidate, reply });
+            !std::mem::replace(&mut inbox.busy, true)
+        };
+        if wake {
+            self.actor.do_send(TakeBatch);
+        }
+    }
+
+    /// Answered at once if the actor is alive and its mailbox moves (readiness).
+    pub async fn ping(&self) -> Result<(), MailboxError> {
+        self.actor.send(Ping).await
+    }
+}
+
 pub struct RegistrationActor {
     /// The pool; the actor holds at most one of its connections at a time.
     db: DatabaseConnection,
@@ -126,10 +174,8 @@ pub struct RegistrationActor {
     metrics: Arc<Metrics>,
     /// Published for readiness: a commit's age, and whether storing fails.
     watch: Arc<CommitWatch>,
-    /// Requests received while a commit was running, oldest first.
-    queue: VecDeque<Queued>,
-    /// True while a batch's transaction is in flight: the serialization point.
-    committing: bool,
+    /// Registrations waiting for their batch.
+    inbox: Arc<Mutex<Inbox>>,
 }
 
 impl RegistrationActor {
@@ -146,26 +192,35 @@ impl RegistrationActor {
             email_sync,
             metrics,
             watch,
-            queue: VecDeque::new(),
-            committing: false,
+            inbox: Arc::default(),
         }
     }
 
-    /// Starts the next batch unless one is in flight.
+    /// Starts the actor; registrations are submitted through what this returns.
+    pub fn launch(self) -> Registrations {
+        let inbox = Arc::clone(&self.inbox);
+        Registrations {
+            inbox,
+            actor: self.start(),
+        }
+    }
+
+    /// Takes the next batch from the inbox and commits it, or goes idle if nothing waits.
+    /// Called only while `busy` is set: at a [`TakeBatch`], and at the end of each commit.
     fn commit_next_batch(&mut self, ctx: &mut Context<Self>) {
-        if self.committing {
-            return;
-        }
-        // Callers that gave up (deadline passed, client gone) were answered already or need no
-        // answer: writing their user now would create an account someone was told was not.
-        self.queue.retain(|queued| !queued.reply.is_closed());
-        if self.queue.is_empty() {
-            return;
-        }
-        self.committing = true;
-        let take = self.queue.len().min(self.max_batch);
-        self.metrics.batch_size.observe(take as f64);
-        let batch: Vec<Queued> = self.queue.drain(..take).collect();
+        let batch: Vec<Queued> = {
+            let mut inbox = lock(&self.inbox);
+            // Callers that gave up (deadline passed, client gone) were answered already or need
+            // no answer: writing their user now would create an account someone was told was not.
+            inbox.queue.retain(|queued| !queued.reply.is_closed());
+            if inbox.queue.is_empty() {
+                inbox.busy = false;
+                return;
+            }
+            let take = inbox.queue.len().min(self.max_batch);
+            inbox.queue.drain(..take).collect()
+        };
+        self.metrics.batch_size.observe(batch.len() as f64);
         let db = self.db.clone();
         let watch = Arc::clone(&self.watch);
         let work = async move {
@@ -175,7 +230,6 @@ impl RegistrationActor {
             created_any
         };
         ctx.spawn(work.into_actor(self).map(|created_any, act, ctx| {
-            act.committing = false;
             if created_any {
                 act.wake_email_sync();
             }
@@ -288,14 +342,10 @@ const KEY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600
 /// for the write lock (SQLite) are not held up by one long delete.
 const KEY_SWEEP_BATCH: u64 = 1000;
 
-impl Handler<RegisterUser> for RegistrationActor {
+impl Handler<TakeBatch> for RegistrationActor {
     type Result = ();
 
-    fn handle(&mut self, msg: RegisterUser, ctx: &mut Self::Context) {
-        self.queue.push_back(Queued {
-            candidate: msg.candidate,
-            reply: msg.reply,
-        });
+    fn handle(&mut self, _: TakeBatch, ctx: &mut Self::Context) {
         self.commit_next_batch(ctx);
     }
 }

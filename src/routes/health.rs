@@ -7,7 +7,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::actors::Ping;
 
 /// How long readiness waits for the database and for the RegistrationActor.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -37,7 +36,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 async fn probe(state: &AppState) -> (bool, bool) {
     let database = tokio::time::timeout(PROBE_TIMEOUT, state.db.ping()).await;
     let database_up = matches!(database, Ok(Ok(())));
-    let actor = tokio::time::timeout(PROBE_TIMEOUT, state.registrar.actor.send(Ping)).await;
+    let actor = tokio::time::timeout(PROBE_TIMEOUT, state.registrar.registrations.ping()).await;
     let registration_up = matches!(actor, Ok(Ok(()))) && storing(state).await;
     (database_up, registration_up)
 }

@@ -417,35 +417,23 @@ impl actix::Handler<signup::actors::WakeUp> for NoEmailSync {
 #[actix_web::test]
 async fn a_registration_whose_caller_gave_up_before_its_batch_is_never_written() {
     use actix::Actor;
-    use signup::actors::{CommitWatch, RegisterUser, RegistrationActor};
+    use signup::actors::{CommitWatch, RegistrationActor};
     let (db, _dir) = database().await;
-    let actor = RegistrationActor::new(
+    let registrations = RegistrationActor::new(
         db.clone(),
         std::num::NonZeroUsize::new(64).expect("not zero"),
         NoEmailSync.start().recipient(),
         std::sync::Arc::new(signup::metrics::Metrics::new().expect("metrics")),
         std::sync::Arc::new(CommitWatch::default()),
     )
-    .start();
+    .launch();
 
     // The caller answered 503 at the deadline and dropped its end before the actor got to it.
     let (gone, answer) = tokio::sync::oneshot::channel();
     drop(answer);
-    actor
-        .send(RegisterUser {
-            candidate: candidate("abandoned", "abandoned@example.com"),
-            reply: gone,
-        })
-        .await
-        .expect("queued");
+    registrations.submit(candidate("abandoned", "abandoned@example.com"), gone);
     let (waiting, answer) = tokio::sync::oneshot::channel();
-    actor
-        .send(RegisterUser {
-            candidate: candidate("waiting", "waiting@example.com"),
-            reply: waiting,
-        })
-        .await
-        .expect("queued");
+    registrations.submit(candidate("waiting", "waiting@example.com"), waiting);
 
     let outcome = answer.await.expect("answered").expect("committed");
 
