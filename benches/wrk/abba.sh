@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# A/B two builds of signup under wrk, in ABBA order (this VM drifts by tens of percent within
+# minutes, and the second run of a pair is systematically slower), and print each run and the
+# medians: registrations/s, p50, the server's mean batch, and the server's CPU per registration.
+#
+#   benches/wrk/abba.sh BINARY_A BINARY_B [ROUNDS]     (ROUNDS of ABBA, default 2)
+#
+# The setup of README "Where a registration's CPU goes": SQLite, argon2id m=8 KiB t=1 (hashing
+# out of the way), no rate limit, the provider refusing connections (127.0.0.1:9), logging as
+# shipped (info, to a file), wrk -t2 -c32 -d10s posting unique users (reg.lua). Needs wrk
+# (Debian: apt-get install wrk). Loopback only.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+trap 'pkill -f "^$work/bin-. serve" || true; rm -rf "$work"' EXIT
+port=${PORT:-18081}
+
+cp "$1" "$work/bin-a"
+cp "$2" "$work/bin-b"
+
+run() {
+  local bin=$work/bin-$1
+  rm -f "$work"/ab.db*
+  (cd "$work" && env -i PATH="$PATH" SIGNUP_SERVER__BIND=127.0.0.1:$port \
+    SIGNUP_DATABASE__URL="sqlite://$work/ab.db" SIGNUP_PASSWORD__ARGON2_M_KIB=8 \
+    SIGNUP_PASSWORD__ARGON2_T=1 SIGNUP_RATE_LIMIT__PER_MINUTE=0 \
+    SIGNUP_EMAIL_SYNC__URL=http://127.0.0.1:9/webhook "$bin" serve > "$work/server.log" 2>&1 &)
+  for _ in $(seq 50); do curl -sf "127.0.0.1:$port/health/ready" > /dev/null && break; sleep 0.1; done
+  local pid t0 t1 out
+  pid=$(pgrep -f "^$bin serve")
+  t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  out=$(wrk -t2 -c32 -d10s --latency -s "$here/reg.lua" "http://127.0.0.1:$port")
+  t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  local rate p50
+  rate=$(awk '/Requests\/sec/ {print $2}' <<< "$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<< "$out")
+  curl -s "127.0.0.1:$port/metrics" | awk -v t=$((t1 - t0)) -v tick="$(getconf CLK_TCK)" \
+    -v name="$1" -v rate="$rate" -v p50="$p50" '
+    /^signup_registration_batch_size_sum/ {s = $2}
+    /^signup_registration_batch_size_count/ {c = $2}
+    /^signup_registrations_total\{outcome="error"\}/ {e = $2}
+    END {printf "%s %s reg/s  p50 %s  batch %.1f  cpu/reg %.0f us  errors %d\n", name, rate, p50, s / c, t / tick * 1e6 / s, e}'
+  kill "$pid"
+  while kill -0 "$pid" 2> /dev/null; do sleep 0.1; done
+}
+
+results=$work/results
+for _ in $(seq "${3:-2}"); do
+  for x in a b b a; do run $x | tee -a "$results"; done
+done
+for x in a b; do
+  awk -v x=$x '$1 == x {print $2, $9}' "$results" | sort -n | awk -v x=$x '
+    {r[NR] = $1} END {m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2; printf "%s: median %s reg/s\n", x, m}'
+  awk -v x=$x '$1 == x {print $9}' "$results" | sort -n | awk -v x=$x '
+    {r[NR] = $1} END {m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2; printf "%s: median %s us CPU per registration\n", x, m}'
+done
