@@ -21,7 +21,7 @@ cp "$2" "$work/bin-b"
 run() {
   local bin=$work/bin-$1
   rm -f "$work"/ab.db*
-  (cd "$work" && env -i PATH="$PATH" SIGNUP_SERVER__BIND=127.0.0.1:$port \
+  (cd "$work" && env $(env | grep -o "^SIGNUP_[A-Z_]*" | sed "s/^/-u /") SIGNUP_SERVER__BIND=127.0.0.1:$port \
     SIGNUP_DATABASE__URL="sqlite://$work/ab.db" SIGNUP_PASSWORD__ARGON2_M_KIB=8 \
     SIGNUP_PASSWORD__ARGON2_T=1 SIGNUP_RATE_LIMIT__PER_MINUTE=0 \
     SIGNUP_EMAIL_SYNC__URL=http://127.0.0.1:9/webhook "$bin" serve > "$work/server.log" 2>&1 &)
