@@ -13,7 +13,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use crate::actors::{CommitWatch, DeliveryHook, Drain, EmailSyncActor, RegistrationActor};
 use crate::configuration::ProviderKind;
 use crate::configuration::Settings;
-use crate::database;
+use crate::database::{self, WriteTurns};
 use crate::email::provider::{Brevo, Mailchimp, Mailgun, Paced, Resend, Sendgrid};
 use crate::email::{CircuitState, Provider, WebhookProvider};
 use crate::hashing::{HashError, PasswordHasher};
@@ -161,8 +161,16 @@ impl Application {
         )
         .await?;
         let (circuit_tx, circuit) = tokio::sync::watch::channel(CircuitState::Closed);
-        let email_sync =
-            start_email_sync(&settings, sync_db, circuit_tx, Arc::clone(&metrics), hooks)?;
+        // One set of turns for both writers of the same SQLite file.
+        let turns = WriteTurns::for_database(&db);
+        let email_sync = start_email_sync(
+            &settings,
+            sync_db,
+            circuit_tx,
+            Arc::clone(&metrics),
+            hooks,
+            turns.clone(),
+        )?;
         let commit_watch = Arc::new(CommitWatch::default());
         let registrations = RegistrationActor::new(
             db.clone(),
@@ -170,6 +178,7 @@ impl Application {
             email_sync.clone().recipient(),
             Arc::clone(&metrics),
             Arc::clone(&commit_watch),
+            turns,
         )
         .launch();
         let csrf = CsrfKey::load_or_create(&db)
@@ -323,6 +332,7 @@ fn start_email_sync(
     circuit: tokio::sync::watch::Sender<CircuitState>,
     metrics: Arc<Metrics>,
     hooks: Hooks,
+    turns: WriteTurns,
 ) -> Result<Addr<EmailSyncActor>, StartupError> {
     let sync = settings.email_sync.clone();
     let key = match sync.secret.clone() {
@@ -358,7 +368,15 @@ fn start_email_sync(
     ));
     let arbiter = Arbiter::new();
     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-        EmailSyncActor::new(db, provider, sync, circuit, metrics, hooks.before_delivery)
+        EmailSyncActor::new(
+            db,
+            provider,
+            sync,
+            circuit,
+            metrics,
+            hooks.before_delivery,
+            turns,
+        )
     });
     Ok(addr)
 }

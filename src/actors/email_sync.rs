@@ -24,6 +24,7 @@ use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use crate::configuration::EmailSyncSettings;
+use crate::database::WriteTurns;
 use crate::email::{
     self, Admission, AttemptOutcome, CircuitBreaker, CircuitState, Delivery, Paced,
 };
@@ -81,6 +82,9 @@ pub struct EmailSyncActor {
     /// not queue for SQLite's lock, it sleeps in the busy handler and polls (up to tens of
     /// milliseconds a time); PostgreSQL lets both run at once.
     one_writer: bool,
+    /// SQLite: claims and outcome writes wait for their turn among this process's writers
+    /// (the RegistrationActor's commits), not in SQLite's busy handler.
+    turns: WriteTurns,
     /// `email_sync.max_in_flight`, or the provider kind's default.
     max_requests: usize,
     /// Rows per request: `email_sync.max_batch`, or the provider kind's batch limit.
@@ -116,12 +120,14 @@ impl EmailSyncActor {
         circuit: watch::Sender<CircuitState>,
         metrics: Arc<Metrics>,
         hook: Option<DeliveryHook>,
+        turns: WriteTurns,
     ) -> Self {
         let cb = &settings.circuit_breaker;
         let breaker = CircuitBreaker::new(cb);
         let (max_requests, batch) = (settings.in_flight(), settings.batch());
         let one_writer = !crate::database::is_postgres(&db);
         Self {
+            turns,
             db,
             provider,
             settings,
@@ -228,7 +234,8 @@ impl EmailSyncActor {
         self.claiming = true;
         let db = self.db.clone();
         let lease = self.settings.lease;
-        let claim = async move { outbox::claim(&db, limit, lease, now).await };
+        let turns = self.turns.clone();
+        let claim = async move { turns.run(outbox::claim(&db, limit, lease, now)).await };
         ctx.spawn(claim.into_actor(self).map(move |result, act, ctx| {
             if let Ok(claims) = &result
                 && act.is_halted()
@@ -576,8 +583,9 @@ impl EmailSyncActor {
         self.storing = true;
         let batch = std::mem::take(&mut self.finished);
         let db = self.db.clone();
+        let turns = self.turns.clone();
         let write = async move {
-            let result = outbox::complete_all(&db, &batch).await;
+            let result = turns.run(outbox::complete_all(&db, &batch)).await;
             (batch, result)
         };
         ctx.spawn(write.into_actor(self).map(|(batch, result), act, ctx| {

@@ -21,6 +21,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::oneshot;
 
 use super::WakeUp;
+use crate::database::WriteTurns;
 use crate::metrics::Metrics;
 use crate::registrar::RegistrationError;
 use crate::store::{self, Candidate, Outcome};
@@ -176,6 +177,8 @@ pub struct RegistrationActor {
     watch: Arc<CommitWatch>,
     /// Registrations waiting for their batch.
     inbox: Arc<Mutex<Inbox>>,
+    /// SQLite: each batch's transaction waits for its turn among this process's writers.
+    turns: WriteTurns,
 }
 
 impl RegistrationActor {
@@ -185,8 +188,10 @@ impl RegistrationActor {
         email_sync: Recipient<WakeUp>,
         metrics: Arc<Metrics>,
         watch: Arc<CommitWatch>,
+        turns: WriteTurns,
     ) -> Self {
         Self {
+            turns,
             db,
             max_batch: max_batch.get(),
             email_sync,
@@ -223,9 +228,10 @@ impl RegistrationActor {
         self.metrics.batch_size.observe(batch.len() as f64);
         let db = self.db.clone();
         let watch = Arc::clone(&self.watch);
+        let turns = self.turns.clone();
         let work = async move {
             watch.started();
-            let (created_any, stored) = commit(&db, batch).await;
+            let (created_any, stored) = turns.run(commit(&db, batch)).await;
             watch.ended(stored);
             created_any
         };

@@ -425,6 +425,7 @@ async fn a_registration_whose_caller_gave_up_before_its_batch_is_never_written()
         NoEmailSync.start().recipient(),
         std::sync::Arc::new(signup::metrics::Metrics::new().expect("metrics")),
         std::sync::Arc::new(CommitWatch::default()),
+        signup::database::WriteTurns::for_database(&db),
     )
     .launch();
 
