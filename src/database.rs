@@ -254,6 +254,11 @@ impl WriteTurns {
         }
     }
 
+    /// Whether writers take turns here (SQLite), rather than run at once (PostgreSQL).
+    pub fn taken(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Runs `write` (one write transaction) in this process's next turn.
     pub async fn run<F: Future>(&self, write: F) -> F::Output {
         let _turn = match &self.0 {

@@ -71,6 +71,8 @@ pub struct Application {
     metrics: Arc<Metrics>,
     /// Drained after the HTTP server stops.
     email_sync: Addr<EmailSyncActor>,
+    /// The SQLite writers' turns, shared by the RegistrationActor and the email sync.
+    write_turns: WriteTurns,
     /// How long in-flight work may take to finish at shutdown.
     shutdown_grace: std::time::Duration,
     /// Halts the email sync when the server's future ends or is dropped.
@@ -178,9 +180,10 @@ impl Application {
             email_sync.clone().recipient(),
             Arc::clone(&metrics),
             Arc::clone(&commit_watch),
-            turns,
+            turns.clone(),
         )
         .launch();
+        let write_turns = turns;
         let csrf = CsrfKey::load_or_create(&db)
             .await
             .map_err(StartupError::ServerKey)?;
@@ -254,6 +257,7 @@ impl Application {
             metrics,
             email_sync_halt: HaltOnDrop(email_sync.clone()),
             email_sync,
+            write_turns,
             shutdown_grace: settings.server.shutdown_grace,
         })
     }
@@ -271,6 +275,11 @@ impl Application {
     /// The EmailSyncActor, for driving delivery step by step ([`crate::actors::DeliverDue`]).
     pub fn email_sync(&self) -> Addr<EmailSyncActor> {
         self.email_sync.clone()
+    }
+
+    /// This process's turns at writing to SQLite (a test holds one to see who waits for it).
+    pub fn write_turns(&self) -> WriteTurns {
+        self.write_turns.clone()
     }
 
     /// The application's metrics.

@@ -78,12 +78,11 @@ pub struct EmailSyncActor {
     releasing: usize,
     /// Deliveries (requests, each of up to `batch` rows) running now: at most `max_in_flight`.
     requests: usize,
-    /// SQLite: a claim and a write of outcomes take turns, never overlap. A second writer does
-    /// not queue for SQLite's lock, it sleeps in the busy handler and polls (up to tens of
-    /// milliseconds a time); PostgreSQL lets both run at once.
-    one_writer: bool,
     /// SQLite: claims and outcome writes wait for their turn among this process's writers
-    /// (the RegistrationActor's commits), not in SQLite's busy handler.
+    /// (the RegistrationActor's commits), not in SQLite's busy handler; and within this actor a
+    /// claim and a write of outcomes are not even started together (`turns.taken()`), so that
+    /// outcomes finished during a claim are stored before the next claim. PostgreSQL lets both
+    /// run at once.
     turns: WriteTurns,
     /// `email_sync.max_in_flight`, or the provider kind's default.
     max_requests: usize,
@@ -125,7 +124,6 @@ impl EmailSyncActor {
         let cb = &settings.circuit_breaker;
         let breaker = CircuitBreaker::new(cb);
         let (max_requests, batch) = (settings.in_flight(), settings.batch());
-        let one_writer = !crate::database::is_postgres(&db);
         Self {
             turns,
             db,
@@ -139,7 +137,6 @@ impl EmailSyncActor {
             ready: VecDeque::new(),
             releasing: 0,
             requests: 0,
-            one_writer,
             max_requests,
             batch,
             halted: Arc::new(AtomicBool::new(false)),
@@ -174,7 +171,7 @@ impl EmailSyncActor {
             return;
         }
         self.start_ready(ctx);
-        if self.claiming || (self.storing && self.one_writer) {
+        if self.claiming || (self.storing && self.turns.taken()) {
             match report {
                 Some(report) => self.steps_waiting.push((now, report)),
                 None => self.pump_again = true,
@@ -577,7 +574,7 @@ impl EmailSyncActor {
     /// outcomes that arrive meanwhile go into the next one (a group commit, as registrations).
     /// A row leaves `in_flight` once its outcome is stored, so it is not claimed again before.
     fn store_outcomes(&mut self, ctx: &mut Context<Self>) {
-        if self.storing || (self.claiming && self.one_writer) || self.finished.is_empty() {
+        if self.storing || (self.claiming && self.turns.taken()) || self.finished.is_empty() {
             return;
         }
         self.storing = true;

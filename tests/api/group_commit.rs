@@ -448,3 +448,44 @@ async fn a_registration_whose_caller_gave_up_before_its_batch_is_never_written()
         .collect();
     assert_eq!(names, ["waiting"], "the abandoned one was not written");
 }
+
+#[actix_web::test]
+async fn on_sqlite_a_registration_commits_in_its_turn_among_the_process_writers() {
+    // SQLite's busy handler sleeps up to 100 ms a poll, and two writers writing back to back
+    // (registration commits, the email sync's claims and outcome writes) starved one another.
+    // The server's writers take turns instead: while another writer has the turn, a
+    // registration waits for it and commits the moment it ends.
+    let app = spawn_app_with(|_| {}).await;
+    if app.is_postgres {
+        eprintln!("skipped: PostgreSQL's writers run at once, they take no turns");
+        return;
+    }
+    let (taken, has_turn) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let turns = app.write_turns.clone();
+    let other_writer = actix_web::rt::spawn(async move {
+        turns
+            .run(async move {
+                let _ = taken.send(());
+                let _ = released.await;
+            })
+            .await;
+    });
+    has_turn.await.expect("the other writer has the turn");
+
+    let app = std::sync::Arc::new(app);
+    let registering = actix_web::rt::spawn({
+        let app = std::sync::Arc::clone(&app);
+        async move { app.post_registration(&registration(1)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !registering.is_finished(),
+        "the registration was answered while another writer had the turn"
+    );
+
+    release.send(()).expect("the other writer waits");
+    other_writer.await.expect("the other writer ends");
+    let response = registering.await.expect("answered");
+    assert_eq!(response.status(), 201, "committed in its turn");
+}

@@ -55,6 +55,8 @@ pub struct TestApp {
     pub metrics: std::sync::Arc<signup::metrics::Metrics>,
     /// The server's EmailSyncActor, to drive delivery step by step.
     pub email_sync: actix::Addr<signup::actors::EmailSyncActor>,
+    /// The server's turns at writing to SQLite.
+    pub write_turns: signup::database::WriteTurns,
     /// Keeps the SQLite file alive for the test's duration.
     _dir: Option<TempDir>,
 }
@@ -170,6 +172,7 @@ pub async fn spawn_app_with_hooks(adjust: impl FnOnce(&mut Settings), hooks: Hoo
         .expect("the application starts");
     let metrics = app.metrics();
     let email_sync = app.email_sync();
+    let write_turns = app.write_turns();
     let port = app.port();
     let server_db = app.db().clone();
     actix_web::rt::spawn(app.run_until_stopped());
@@ -191,6 +194,7 @@ pub async fn spawn_app_with_hooks(adjust: impl FnOnce(&mut Settings), hooks: Hoo
         is_postgres,
         metrics,
         email_sync,
+        write_turns,
         _dir: dir,
     }
 }
