@@ -213,7 +213,7 @@ impl RegistrationActor {
     /// Takes the next batch from the inbox and commits it, or goes idle if nothing waits.
     /// Called only while `busy` is set: at a [`TakeBatch`], and at the end of each commit.
     fn commit_next_batch(&mut self, ctx: &mut Context<Self>) {
-        let batch: Vec<Queued> = {
+        let mut batch: Vec<Queued> = {
             let mut inbox = lock(&self.inbox);
             // Callers that gave up (deadline passed, client gone) were answered already or need
             // no answer: writing their user now would create an account someone was told was not.
@@ -231,7 +231,21 @@ impl RegistrationActor {
         let turns = self.turns.clone();
         let work = async move {
             watch.started();
-            let (created_any, stored) = turns.run(commit(&db, batch)).await;
+            let (created_any, stored) = turns
+                .run(async move {
+                    // Waiting for the turn may outlast a caller's deadline: who gave up meanwhile
+                    // was answered 503 and must not get an account.
+                    batch.retain(|queued| !queued.reply.is_closed());
+                    if batch.is_empty() {
+                        return None;
+                    }
+                    Some(commit(&db, batch).await)
+                })
+                .await
+                .unwrap_or_else(|| {
+                    // Nothing was tried: whether storing fails stays as it was known.
+                    (false, !watch.failing())
+                });
             watch.ended(stored);
             created_any
         };

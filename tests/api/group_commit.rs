@@ -489,3 +489,46 @@ async fn on_sqlite_a_registration_commits_in_its_turn_among_the_process_writers(
     let response = registering.await.expect("answered");
     assert_eq!(response.status(), 201, "committed in its turn");
 }
+
+#[actix_web::test]
+async fn on_sqlite_a_registration_answered_503_while_waiting_for_its_turn_is_never_written() {
+    // Its batch was taken before the turn came: by then the caller had answered 503 at the
+    // deadline, so writing the user would make an account someone was told was not made.
+    let app =
+        spawn_app_with(|s| s.registration.deadline = std::time::Duration::from_millis(300)).await;
+    if app.is_postgres {
+        eprintln!("skipped: PostgreSQL's writers run at once, they take no turns");
+        return;
+    }
+    let (taken, has_turn) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let turns = app.write_turns.clone();
+    let other_writer = actix_web::rt::spawn(async move {
+        turns
+            .run(async move {
+                let _ = taken.send(());
+                let _ = released.await;
+            })
+            .await;
+    });
+    has_turn.await.expect("the other writer has the turn");
+
+    let response = app.post_registration(&registration(1)).await;
+    assert_eq!(response.status(), 503, "the deadline passed while waiting");
+    release.send(()).expect("the other writer waits");
+    other_writer.await.expect("the other writer ends");
+    // A registration after it commits once the one before it was settled.
+    let later = app.post_registration(&registration(2)).await;
+    assert_eq!(later.status(), 201);
+
+    let users = entity::user::Entity::find()
+        .all(&app.db)
+        .await
+        .expect("users");
+    let names: Vec<String> = users.into_iter().map(|u| u.username).collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "only the later registration was written: {names:?}"
+    );
+}
