@@ -460,18 +460,7 @@ async fn on_sqlite_a_registration_commits_in_its_turn_among_the_process_writers(
         eprintln!("skipped: PostgreSQL's writers run at once, they take no turns");
         return;
     }
-    let (taken, has_turn) = tokio::sync::oneshot::channel();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let turns = app.write_turns.clone();
-    let other_writer = actix_web::rt::spawn(async move {
-        turns
-            .run(async move {
-                let _ = taken.send(());
-                let _ = released.await;
-            })
-            .await;
-    });
-    has_turn.await.expect("the other writer has the turn");
+    let other_writer = OtherWriter::holding_the_turn(&app).await;
 
     let app = std::sync::Arc::new(app);
     let registering = actix_web::rt::spawn({
@@ -484,8 +473,7 @@ async fn on_sqlite_a_registration_commits_in_its_turn_among_the_process_writers(
         "the registration was answered while another writer had the turn"
     );
 
-    release.send(()).expect("the other writer waits");
-    other_writer.await.expect("the other writer ends");
+    other_writer.finish().await;
     let response = registering.await.expect("answered");
     assert_eq!(response.status(), 201, "committed in its turn");
 }
@@ -500,23 +488,11 @@ async fn on_sqlite_a_registration_answered_503_while_waiting_for_its_turn_is_nev
         eprintln!("skipped: PostgreSQL's writers run at once, they take no turns");
         return;
     }
-    let (taken, has_turn) = tokio::sync::oneshot::channel();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let turns = app.write_turns.clone();
-    let other_writer = actix_web::rt::spawn(async move {
-        turns
-            .run(async move {
-                let _ = taken.send(());
-                let _ = released.await;
-            })
-            .await;
-    });
-    has_turn.await.expect("the other writer has the turn");
+    let other_writer = OtherWriter::holding_the_turn(&app).await;
 
     let response = app.post_registration(&registration(1)).await;
     assert_eq!(response.status(), 503, "the deadline passed while waiting");
-    release.send(()).expect("the other writer waits");
-    other_writer.await.expect("the other writer ends");
+    other_writer.finish().await;
     // A registration after it commits once the one before it was settled.
     let later = app.post_registration(&registration(2)).await;
     assert_eq!(later.status(), 201);
@@ -531,4 +507,33 @@ async fn on_sqlite_a_registration_answered_503_while_waiting_for_its_turn_is_nev
         1,
         "only the later registration was written: {names:?}"
     );
+}
+
+/// Another writer of the server's SQLite file, holding its turn until told to finish.
+struct OtherWriter {
+    release: tokio::sync::oneshot::Sender<()>,
+    done: actix_web::rt::task::JoinHandle<()>,
+}
+
+impl OtherWriter {
+    async fn holding_the_turn(app: &crate::helpers::TestApp) -> Self {
+        let (taken, has_turn) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let turns = app.write_turns.clone();
+        let done = actix_web::rt::spawn(async move {
+            turns
+                .run(async move {
+                    let _ = taken.send(());
+                    let _ = released.await;
+                })
+                .await;
+        });
+        has_turn.await.expect("the other writer has the turn");
+        Self { release, done }
+    }
+
+    async fn finish(self) {
+        self.release.send(()).expect("the other writer waits");
+        self.done.await.expect("the other writer ends");
+    }
 }
