@@ -39,7 +39,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use secrecy::SecretString;
 use signup::configuration::DatabaseSettings;
 use signup::domain::{Email, Username};
-use signup::internals::register_batch;
+use signup::internals::Writer;
 use signup::store::Candidate;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -273,9 +273,12 @@ async fn raw_loop(url: &str, n: usize, per_commit: usize) -> f64 {
             request_id: String::new(),
         })
         .collect();
+    // One writer for the whole loop, as the RegistrationActor has (on SQLite it keeps its
+    // connection from batch to batch).
+    let writer = Writer::new(db.clone());
     let started = Instant::now();
     for batch in all.chunks(per_commit.max(1)) {
-        register_batch(&db, batch).await.expect("committed");
+        writer.register_batch(batch).await.expect("committed");
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let _ = db.close().await;
@@ -561,8 +564,9 @@ async fn seed_registrations(url: &str, rows: usize) {
             request_id: String::new(),
         })
         .collect();
+    let writer = Writer::new(db.clone());
     for chunk in all.chunks(1000) {
-        register_batch(&db, chunk).await.expect("committed");
+        writer.register_batch(chunk).await.expect("committed");
     }
     let _ = db.close().await;
 }

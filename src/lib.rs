@@ -47,12 +47,15 @@ pub mod store;
 pub mod internals {
     use crate::store::{Candidate, Outcome};
 
-    /// [`store::register_batch`](crate::store): the registration's transaction for `candidates`.
+    pub use crate::store::Writer;
+
+    /// [`Writer::register_batch`] on a writer of its own: the registration's transaction for
+    /// `candidates`.
     pub async fn register_batch(
         db: &sea_orm::DatabaseConnection,
         candidates: &[Candidate],
     ) -> Result<Vec<Outcome>, sea_orm::DbErr> {
-        crate::store::register_batch(db, candidates).await
+        Writer::new(db.clone()).register_batch(candidates).await
     }
 }
 /// Log output.

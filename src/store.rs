@@ -3,14 +3,18 @@
 //! RegistrationActor, one batch at a time.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::{email_outbox, idempotency_key, user};
+use sea_orm::sea_query::Values;
+use sea_orm::sqlx::{self, SqliteConnection, SqlitePool};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr,
-    EntityTrait, QueryFilter, QuerySelect, SqlErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnAcquireErr, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, DeleteMany, EntityTrait, FromQueryResult, QueryFilter,
+    QueryResult, QuerySelect, QueryTrait, RuntimeErr, Select, SqlErr, Statement, TransactionTrait,
 };
+use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
 
 use crate::domain::{Email, Username};
@@ -62,25 +66,144 @@ pub enum Outcome {
     IdempotencyKeyReused,
 }
 
-/// Registers `candidates` in order, as if one after the other: a later candidate that repeats
-/// an earlier one's username or email is refused exactly as it would be a moment later.
+/// Where the RegistrationActor writes its batches: the pool, and on SQLite one connection kept
+/// from batch to batch.
 ///
-/// Either every accepted candidate is committed or none is (`Err`).
-pub(crate) async fn register_batch(
-    db: &DatabaseConnection,
-    candidates: &[Candidate],
-) -> Result<Vec<Outcome>, DbErr> {
-    match try_batch(db, candidates).await {
-        Err(e) if is_unique_violation(&e) => {
-            // Another instance on the same PostgreSQL inserted a name or address between our
-            // check and our insert. Replay the batch one by one: each check then sees the rival.
-            let mut outcomes = Vec::with_capacity(candidates.len());
-            for candidate in candidates {
-                outcomes.push(register_one(db, candidate).await?);
-            }
-            Ok(outcomes)
+/// Why keep one: in WAL mode SQLite drops a connection's whole page cache whenever another
+/// connection has committed since its last transaction. Batches handed the pool's connections in
+/// turn each found the other's commit and re-read the indexes' pages from the file (strace under
+/// load: ~80 `pread`s a commit; ~25 with one connection kept, the rest being other readers').
+#[derive(Clone)]
+pub struct Writer {
+    db: DatabaseConnection,
+    /// SQLite only: the connection the last batch ran on, if it ended cleanly. Opened by the
+    /// pool but no longer counted in it.
+    kept: Arc<Mutex<Option<SqliteConnection>>>,
+}
+
+impl Writer {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            kept: Arc::default(),
         }
-        other => other,
+    }
+
+    /// Registers `candidates` in order, as if one after the other: a later candidate that
+    /// repeats an earlier one's username or email is refused exactly as it would be a moment
+    /// later.
+    ///
+    /// Either every accepted candidate is committed or none is (`Err`).
+    pub async fn register_batch(&self, candidates: &[Candidate]) -> Result<Vec<Outcome>, DbErr> {
+        match self.try_batch(candidates).await {
+            Err(e) if is_unique_violation(&e) => {
+                // Another instance on the same PostgreSQL inserted a name or address between
+                // our check and our insert. Replay the batch one by one: each check then sees
+                // the rival.
+                let mut outcomes = Vec::with_capacity(candidates.len());
+                for candidate in candidates {
+                    outcomes.push(self.register_one(candidate).await?);
+                }
+                Ok(outcomes)
+            }
+            other => other,
+        }
+    }
+
+    /// Alone, a lost race can only repeat if the rival keeps winning; after a few tries the
+    /// violated index itself tells which field is taken.
+    async fn register_one(&self, candidate: &Candidate) -> Result<Outcome, DbErr> {
+        let single = std::slice::from_ref(candidate);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.try_batch(single).await {
+                Ok(mut outcomes) => return Ok(outcomes.remove(0)),
+                Err(e) if is_unique_violation(&e) && tries < LOST_RACE_TRIES => continue,
+                Err(e) => {
+                    return match e.sql_err() {
+                        Some(SqlErr::UniqueConstraintViolation(m)) if EMAIL_UNIQUE.named_in(&m) => {
+                            Ok(Outcome::EmailTaken)
+                        }
+                        Some(SqlErr::UniqueConstraintViolation(m))
+                            if USERNAME_UNIQUE.named_in(&m) =>
+                        {
+                            Ok(Outcome::UsernameTaken)
+                        }
+                        _ => Err(e),
+                    };
+                }
+            }
+        }
+    }
+
+    /// One transaction: look up keys and taken names, decide each candidate, insert the
+    /// winners.
+    async fn try_batch(&self, candidates: &[Candidate]) -> Result<Vec<Outcome>, DbErr> {
+        let backend = self.db.get_database_backend();
+        let mut txn = self.begin().await?;
+        let keys = keys_of(candidates);
+        let mut known = HashMap::new();
+        if !keys.is_empty() {
+            txn.run(delete_expired_keys(&keys).build(backend)).await?;
+            let key_rows =
+                models::<idempotency_key::Model>(txn.run(key_rows(&keys).build(backend)).await?)?;
+            if !key_rows.is_empty() {
+                let users = txn.run(users_with_keys(&key_rows).build(backend)).await?;
+                known = known_keys(key_rows, models(users)?);
+            }
+        }
+        let taken = pairs(txn.run(taken_names(candidates).build(backend)).await?)?;
+        let mut decided = decide(candidates, known, taken);
+        for insert in decided.inserts(backend) {
+            txn.run(insert).await?;
+        }
+        txn.commit().await?;
+        log_created(&decided.created_log);
+        Ok(decided.outcomes)
+    }
+
+    /// A transaction for one batch: on SQLite on the kept connection, `BEGIN IMMEDIATE` (the
+    /// write lock from the start: a deferred transaction that reads and then writes fails with
+    /// SQLITE_BUSY, not waiting, if another connection wrote in between).
+    async fn begin(&self) -> Result<BatchTransaction<'_>, DbErr> {
+        if self.db.get_database_backend() != DbBackend::Sqlite {
+            return Ok(BatchTransaction::Pool(self.db.begin().await?));
+        }
+        let mut conn = Kept::take(&self.kept, self.db.get_sqlite_connection_pool()).await?;
+        conn.run(Statement::from_string(DbBackend::Sqlite, "BEGIN IMMEDIATE"))
+            .await?;
+        Ok(BatchTransaction::Kept(conn))
+    }
+}
+
+/// Where a batch's statements run, in its transaction.
+enum BatchTransaction<'k> {
+    /// sea-orm's, on a connection of the pool (PostgreSQL).
+    Pool(DatabaseTransaction),
+    /// SQLite: the writer's kept connection, the transaction begun by hand.
+    Kept(Kept<'k>),
+}
+
+impl BatchTransaction<'_> {
+    /// Runs `statement`, returning its rows.
+    async fn run(&mut self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            Self::Pool(txn) => txn.query_all_raw(statement).await,
+            Self::Kept(conn) => conn.run(statement).await,
+        }
+    }
+
+    async fn commit(self) -> Result<(), DbErr> {
+        match self {
+            Self::Pool(txn) => txn.commit().await,
+            Self::Kept(mut conn) => {
+                conn.run(Statement::from_string(DbBackend::Sqlite, "COMMIT"))
+                    .await?;
+                conn.keep();
+                Ok(())
+            }
+        }
     }
 }
 
@@ -89,31 +212,6 @@ pub(crate) async fn register_batch(
 /// same name in that very moment again; after this many the violated index itself is the
 /// answer.
 const LOST_RACE_TRIES: u32 = 4;
-
-/// Alone, a lost race can only repeat if the rival keeps winning; after a few tries the
-/// violated index itself tells which field is taken.
-async fn register_one(db: &DatabaseConnection, candidate: &Candidate) -> Result<Outcome, DbErr> {
-    let single = std::slice::from_ref(candidate);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match try_batch(db, single).await {
-            Ok(mut outcomes) => return Ok(outcomes.remove(0)),
-            Err(e) if is_unique_violation(&e) && tries < LOST_RACE_TRIES => continue,
-            Err(e) => {
-                return match e.sql_err() {
-                    Some(SqlErr::UniqueConstraintViolation(m)) if EMAIL_UNIQUE.named_in(&m) => {
-                        Ok(Outcome::EmailTaken)
-                    }
-                    Some(SqlErr::UniqueConstraintViolation(m)) if USERNAME_UNIQUE.named_in(&m) => {
-                        Ok(Outcome::UsernameTaken)
-                    }
-                    _ => Err(e),
-                };
-            }
-        }
-    }
-}
 
 /// A unique index of `users`, as the databases name it in a violation's message: PostgreSQL by
 /// the index's name (given in migration m20261126_000001), SQLite by `table.column`.
@@ -142,48 +240,111 @@ fn is_unique_violation(e: &DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
-/// One transaction: look up keys and taken names, decide each candidate, insert the winners.
-async fn try_batch(
-    db: &DatabaseConnection,
-    candidates: &[Candidate],
-) -> Result<Vec<Outcome>, DbErr> {
-    // IMMEDIATE on SQLite: take the write lock at BEGIN. A deferred transaction that reads and
-    // then writes fails with SQLITE_BUSY (not waiting) if another connection wrote in between.
-    let txn = db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
+/// The writer's SQLite connection for one batch, whose transaction is begun and committed by
+/// hand. It goes back to [`Writer::kept`] only through [`Kept::keep`], after its COMMIT;
+/// otherwise (an error, or dropped part way) it is closed, never used again: sqlx counts only
+/// the transactions it began itself, so one left open here would be invisible to its checks,
+/// and closing rolls it back.
+struct Kept<'k> {
+    conn: Option<SqliteConnection>,
+    kept: &'k Mutex<Option<SqliteConnection>>,
+}
+
+impl<'k> Kept<'k> {
+    /// The kept connection, or a new one: opened by the pool, with its options, and detached
+    /// from it (a connection held for good would make `Pool::close` wait forever).
+    async fn take(
+        kept: &'k Mutex<Option<SqliteConnection>>,
+        pool: &SqlitePool,
+    ) -> Result<Self, DbErr> {
+        let held = kept.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let conn = match held {
+            Some(conn) => conn,
+            None => pool.acquire().await.map_err(acquire_error)?.detach(),
+        };
+        Ok(Self {
+            conn: Some(conn),
+            kept,
         })
-        .await?;
-
-    let keys: Vec<&str> = candidates
-        .iter()
-        .filter_map(|c| c.idempotency.as_ref().map(|k| k.key.as_str()))
-        .collect();
-    if !keys.is_empty() {
-        // An expired key may be used again: its old row must not block the new one.
-        idempotency_key::Entity::delete_many()
-            .filter(idempotency_key::Column::Key.is_in(keys.iter().copied()))
-            .filter(idempotency_key::Column::CreatedAt.lt(Utc::now() - KEY_TTL))
-            .exec(&txn)
-            .await?;
     }
-    let mut known_keys = known_keys(&txn, &keys).await?;
-    let (mut taken_usernames, mut taken_emails) = taken(&txn, candidates).await?;
 
+    /// Runs `statement`, bound as sea-orm binds it; its rows.
+    async fn run(&mut self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(DbErr::Custom("the batch's connection is gone".into()));
+        };
+        let values = statement.values.unwrap_or(Values(Vec::new()));
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), SqlxValues(values))
+            .fetch_all(conn)
+            .await
+            .map_err(|e| DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e))))?;
+        Ok(rows.into_iter().map(QueryResult::from).collect())
+    }
+
+    /// Committed, no transaction open: keep the connection for the next batch.
+    fn keep(mut self) {
+        if let Some(conn) = self.conn.take() {
+            *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+        }
+    }
+}
+
+impl Drop for Kept<'_> {
+    fn drop(&mut self) {
+        // The connection closes as it drops; SQLite rolls back whatever transaction it had
+        // open.
+        drop(self.conn.take());
+    }
+}
+
+/// As sea-orm reports a pool that gives no connection, so that `is_unreachable` and readiness
+/// read it the same.
+fn acquire_error(e: sqlx::Error) -> DbErr {
+    match e {
+        sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        e => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))),
+    }
+}
+
+/// What a batch decided for each candidate, and the rows that carry it out.
+struct Decided<'a> {
+    outcomes: Vec<Outcome>,
+    users: Vec<user::ActiveModel>,
+    outbox: Vec<email_outbox::ActiveModel>,
+    new_keys: Vec<idempotency_key::ActiveModel>,
+    /// (candidate, user id, outbox id) of each user created, for the log.
+    created_log: Vec<(&'a Candidate, Uuid, Uuid)>,
+}
+
+/// Decides each candidate in order, as if one after the other: against the keys known and the
+/// (username, email) pairs registered before the batch, and the batch's own earlier members.
+fn decide<'a>(
+    candidates: &'a [Candidate],
+    mut known_keys: HashMap<String, (String, RegisteredUser)>,
+    taken: Vec<(String, String)>,
+) -> Decided<'a> {
+    let mut taken_usernames = HashSet::new();
+    let mut taken_emails = HashSet::new();
+    for (username, email) in taken {
+        taken_usernames.insert(username);
+        taken_emails.insert(email);
+    }
     // Truncated to microseconds: PostgreSQL stores no finer, and a replay must show the same
     // `created_at` as the first answer.
     let now = Utc::now().trunc_subsecs(6);
-    let mut outcomes = Vec::with_capacity(candidates.len());
-    let mut users = Vec::new();
-    let mut outbox = Vec::new();
-    let mut new_keys = Vec::new();
-    let mut created_log = Vec::new();
+    let mut decided = Decided {
+        outcomes: Vec::with_capacity(candidates.len()),
+        users: Vec::new(),
+        outbox: Vec::new(),
+        new_keys: Vec::new(),
+        created_log: Vec::new(),
+    };
     for candidate in candidates {
         if let Some(key) = &candidate.idempotency
             && let Some((fingerprint, user)) = known_keys.get(&key.key)
         {
-            outcomes.push(if *fingerprint == key.fingerprint {
+            decided.outcomes.push(if *fingerprint == key.fingerprint {
                 Outcome::Replayed(user.clone())
             } else {
                 Outcome::IdempotencyKeyReused
@@ -191,11 +352,11 @@ async fn try_batch(
             continue;
         }
         if taken_emails.contains(candidate.email.normalized()) {
-            outcomes.push(Outcome::EmailTaken);
+            decided.outcomes.push(Outcome::EmailTaken);
             continue;
         }
         if taken_usernames.contains(candidate.username.normalized()) {
-            outcomes.push(Outcome::UsernameTaken);
+            decided.outcomes.push(Outcome::UsernameTaken);
             continue;
         }
         let created = RegisteredUser {
@@ -209,7 +370,7 @@ async fn try_batch(
         };
         taken_emails.insert(candidate.email.normalized().to_owned());
         taken_usernames.insert(candidate.username.normalized().to_owned());
-        users.push(user::ActiveModel {
+        decided.users.push(user::ActiveModel {
             id: Set(created.id),
             username: Set(created.username.clone()),
             username_normalized: Set(candidate.username.normalized().to_owned()),
@@ -220,10 +381,10 @@ async fn try_batch(
         });
         // Time-ordered: new rows land at the end of the primary key's index, not all over it.
         let outbox_id = Uuid::now_v7();
-        outbox.push(new_outbox_row(outbox_id, &created));
-        created_log.push((candidate, created.id, outbox_id));
+        decided.outbox.push(new_outbox_row(outbox_id, &created));
+        decided.created_log.push((candidate, created.id, outbox_id));
         if let Some(key) = &candidate.idempotency {
-            new_keys.push(idempotency_key::ActiveModel {
+            decided.new_keys.push(idempotency_key::ActiveModel {
                 key: Set(key.key.clone()),
                 fingerprint: Set(key.fingerprint.clone()),
                 user_id: Set(created.id),
@@ -231,24 +392,32 @@ async fn try_batch(
             });
             known_keys.insert(key.key.clone(), (key.fingerprint.clone(), created.clone()));
         }
-        outcomes.push(Outcome::Created(created));
+        decided.outcomes.push(Outcome::Created(created));
     }
+    decided
+}
 
-    if !users.is_empty() {
-        user::Entity::insert_many(users)
-            .exec_without_returning(&txn)
-            .await?;
-        email_outbox::Entity::insert_many(outbox)
-            .exec_without_returning(&txn)
-            .await?;
-        if !new_keys.is_empty() {
-            idempotency_key::Entity::insert_many(new_keys)
-                .exec_without_returning(&txn)
-                .await?;
+impl Decided<'_> {
+    /// The inserts that carry out the decisions (none if nobody was created).
+    fn inserts(&mut self, backend: DbBackend) -> Vec<Statement> {
+        let mut inserts = Vec::new();
+        if !self.users.is_empty() {
+            let users = std::mem::take(&mut self.users);
+            inserts.push(user::Entity::insert_many(users).build(backend));
+            let outbox = std::mem::take(&mut self.outbox);
+            inserts.push(email_outbox::Entity::insert_many(outbox).build(backend));
         }
+        if !self.new_keys.is_empty() {
+            let keys = std::mem::take(&mut self.new_keys);
+            inserts.push(idempotency_key::Entity::insert_many(keys).build(backend));
+        }
+        inserts
     }
-    txn.commit().await?;
-    for (candidate, user_id, outbox_id) in created_log {
+}
+
+/// One line per user created, once committed.
+fn log_created(created: &[(&Candidate, Uuid, Uuid)]) {
+    for (candidate, user_id, outbox_id) in created {
         // Deliveries log the outbox id: this line links them to the request.
         tracing::info!(
             request_id = %candidate.request_id,
@@ -258,7 +427,6 @@ async fn try_batch(
             "registered"
         );
     }
-    Ok(outcomes)
 }
 
 /// The outbox row announcing `user`: due at once, attempt 0.
@@ -289,61 +457,70 @@ fn new_outbox_row(id: Uuid, user: &RegisteredUser) -> email_outbox::ActiveModel 
     }
 }
 
-/// Keys among `keys` used before, with their fingerprint and user.
-async fn known_keys<C: ConnectionTrait>(
-    db: &C,
-    keys: &[&str],
-) -> Result<HashMap<String, (String, RegisteredUser)>, DbErr> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows = idempotency_key::Entity::find()
+/// The candidates' idempotency keys.
+fn keys_of(candidates: &[Candidate]) -> Vec<&str> {
+    candidates
+        .iter()
+        .filter_map(|c| c.idempotency.as_ref().map(|k| k.key.as_str()))
+        .collect()
+}
+
+/// An expired key may be used again: its old row must not block the new one.
+fn delete_expired_keys(keys: &[&str]) -> DeleteMany<idempotency_key::Entity> {
+    idempotency_key::Entity::delete_many()
         .filter(idempotency_key::Column::Key.is_in(keys.iter().copied()))
-        .all(db)
-        .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
-    let users: HashMap<Uuid, user::Model> = user::Entity::find()
-        .filter(user::Column::Id.is_in(ids))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|u| (u.id, u))
-        .collect();
-    Ok(rows
-        .into_iter()
+        .filter(idempotency_key::Column::CreatedAt.lt(Utc::now() - KEY_TTL))
+}
+
+/// The rows of the keys among `keys` used before.
+fn key_rows(keys: &[&str]) -> Select<idempotency_key::Entity> {
+    idempotency_key::Entity::find().filter(idempotency_key::Column::Key.is_in(keys.iter().copied()))
+}
+
+/// The users those keys created.
+fn users_with_keys(rows: &[idempotency_key::Model]) -> Select<user::Entity> {
+    user::Entity::find().filter(user::Column::Id.is_in(rows.iter().map(|r| r.user_id)))
+}
+
+/// Each known key with its fingerprint and user.
+fn known_keys(
+    rows: Vec<idempotency_key::Model>,
+    users: Vec<user::Model>,
+) -> HashMap<String, (String, RegisteredUser)> {
+    let users: HashMap<Uuid, user::Model> = users.into_iter().map(|u| (u.id, u)).collect();
+    rows.into_iter()
         .filter_map(|r| {
             let user = users.get(&r.user_id)?.clone();
             Some((r.key, (r.fingerprint, user.into())))
         })
-        .collect())
+        .collect()
 }
 
-/// The normalised usernames and emails among the candidates' that are already registered.
-async fn taken<C: ConnectionTrait>(
-    db: &C,
-    candidates: &[Candidate],
-) -> Result<(HashSet<String>, HashSet<String>), DbErr> {
+/// The (username, email) pairs registered under any of the candidates' names.
+fn taken_names(candidates: &[Candidate]) -> Select<user::Entity> {
     let usernames: Vec<&str> = candidates.iter().map(|c| c.username.normalized()).collect();
     let emails: Vec<&str> = candidates.iter().map(|c| c.email.normalized()).collect();
-    let rows: Vec<(String, String)> = user::Entity::find()
+    user::Entity::find()
         .select_only()
         .column(user::Column::UsernameNormalized)
         .column(user::Column::EmailNormalized)
         .filter(
             Condition::any()
-                .add(user::Column::UsernameNormalized.is_in(usernames.iter().copied()))
-                .add(user::Column::EmailNormalized.is_in(emails.iter().copied())),
+                .add(user::Column::UsernameNormalized.is_in(usernames))
+                .add(user::Column::EmailNormalized.is_in(emails)),
         )
-        .into_tuple()
-        .all(db)
-        .await?;
-    let mut taken_usernames = HashSet::new();
-    let mut taken_emails = HashSet::new();
-    for (username, email) in rows {
-        taken_usernames.insert(username);
-        taken_emails.insert(email);
-    }
-    Ok((taken_usernames, taken_emails))
+}
+
+fn models<M: FromQueryResult>(rows: Vec<QueryResult>) -> Result<Vec<M>, DbErr> {
+    rows.iter()
+        .map(|row| M::from_query_result(row, ""))
+        .collect()
+}
+
+fn pairs(rows: Vec<QueryResult>) -> Result<Vec<(String, String)>, DbErr> {
+    rows.iter()
+        .map(QueryResult::try_get_many_by_index)
+        .collect()
 }
 
 /// The user with `id`, if registered.
@@ -408,5 +585,109 @@ mod tests {
             assert_eq!(EMAIL_UNIQUE.named_in(message), email, "{why}");
             assert_eq!(USERNAME_UNIQUE.named_in(message), username, "{why}");
         }
+    }
+
+    /// A migrated SQLite database in a temp dir (kept alive by the returned guard).
+    async fn sqlite() -> (tempfile::TempDir, DatabaseConnection) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = crate::configuration::DatabaseSettings {
+            url: format!("sqlite://{}", dir.path().join("t.db").display()).into(),
+            ..Default::default()
+        };
+        let db = crate::database::connect(&settings).await.expect("opens");
+        crate::database::migrate(&db).await.expect("migrates");
+        (dir, db)
+    }
+
+    fn candidate(name: &str) -> Candidate {
+        Candidate {
+            username: Username::parse(name).expect("username"),
+            email: Email::parse(&format!("{name}@example.com")).expect("email"),
+            password_hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+            idempotency: None,
+            request_id: String::new(),
+        }
+    }
+
+    async fn users(db: &DatabaseConnection) -> Vec<String> {
+        let mut names: Vec<String> = user::Entity::find()
+            .all(db)
+            .await
+            .expect("users")
+            .into_iter()
+            .map(|u| u.username)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_consecutive_batches_run_on_the_one_kept_connection() {
+        let (_dir, db) = sqlite().await;
+        let writer = Writer::new(db.clone());
+        writer
+            .register_batch(&[candidate("alice")])
+            .await
+            .expect("committed");
+        // Mark the connection the batch ran on (a TEMP table is seen by its own connection only).
+        let mut conn = writer.kept.lock().expect("lock").take().expect("kept");
+        sqlx::query("CREATE TEMP TABLE marker (x)")
+            .execute(&mut conn)
+            .await
+            .expect("marked");
+        *writer.kept.lock().expect("lock") = Some(conn);
+
+        writer
+            .register_batch(&[candidate("bob")])
+            .await
+            .expect("committed");
+        let mut conn = writer.kept.lock().expect("lock").take().expect("kept");
+        sqlx::query("SELECT count(*) FROM temp.marker")
+            .fetch_one(&mut conn)
+            .await
+            .expect("the second batch ran on the marked connection");
+        assert_eq!(users(&db).await, ["alice", "bob"]);
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_a_batch_that_fails_part_way_leaves_no_transaction_open() {
+        let (_dir, db) = sqlite().await;
+        // The outbox insert fails after the users insert has run, inside the transaction.
+        db.execute_unprepared(
+            "CREATE TRIGGER refuse BEFORE INSERT ON email_outbox WHEN NEW.payload LIKE '%mallory%' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await
+        .expect("trigger");
+        let writer = Writer::new(db.clone());
+        writer
+            .register_batch(&[candidate("alice")])
+            .await
+            .expect("committed");
+        let refused = writer
+            .register_batch(&[candidate("bob"), candidate("mallory")])
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(
+            writer.kept.lock().expect("lock").is_none(),
+            "the failed batch's connection is not kept"
+        );
+
+        // Another connection writes at once: the failed transaction holds no write lock (had
+        // it stayed open, this would wait out the busy timeout and fail "database is locked").
+        Writer::new(db.clone())
+            .register_batch(&[candidate("carol")])
+            .await
+            .expect("another connection commits");
+        // And the writer itself goes on, on a fresh connection.
+        writer
+            .register_batch(&[candidate("dave")])
+            .await
+            .expect("committed");
+        assert_eq!(
+            users(&db).await,
+            ["alice", "carol", "dave"],
+            "bob was rolled back"
+        );
     }
 }

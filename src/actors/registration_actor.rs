@@ -24,7 +24,7 @@ use super::WakeUp;
 use crate::database::WriteTurns;
 use crate::metrics::Metrics;
 use crate::registrar::RegistrationError;
-use crate::store::{self, Candidate, Outcome};
+use crate::store::{Candidate, Outcome, Writer};
 
 /// What the RegistrationActor answers for one candidate: the registrar's own result type, as
 /// the same channel also carries a hashing failure from the hashing thread that sends the
@@ -164,8 +164,10 @@ impl Registrations {
 }
 
 pub struct RegistrationActor {
-    /// The pool; the actor holds at most one of its connections at a time.
+    /// The pool, for the key sweep.
     db: DatabaseConnection,
+    /// Where batches are written (on SQLite, on a connection of the pool kept between them).
+    writer: Writer,
     /// Most candidates per transaction.
     max_batch: usize,
     /// The email sync's mailbox. `try_send` only: a full or closed mailbox must never block or
@@ -192,6 +194,7 @@ impl RegistrationActor {
     ) -> Self {
         Self {
             turns,
+            writer: Writer::new(db.clone()),
             db,
             max_batch: max_batch.get(),
             email_sync,
@@ -226,7 +229,7 @@ impl RegistrationActor {
             inbox.queue.drain(..take).collect()
         };
         self.metrics.batch_size.observe(batch.len() as f64);
-        let db = self.db.clone();
+        let writer = self.writer.clone();
         let watch = Arc::clone(&self.watch);
         let turns = self.turns.clone();
         let work = async move {
@@ -239,7 +242,7 @@ impl RegistrationActor {
                     if batch.is_empty() {
                         return None;
                     }
-                    Some(commit(&db, batch).await)
+                    Some(commit(&writer, batch).await)
                 })
                 .await
                 .unwrap_or_else(|| {
@@ -268,12 +271,12 @@ impl RegistrationActor {
 }
 
 /// Commits `batch` in one transaction and answers each member. If the batch fails for any
-/// reason but a lost uniqueness race (which `store::register_batch` settles itself), one bad
+/// reason but a lost uniqueness race (which `Writer::register_batch` settles itself), one bad
 /// member must not fail the others: each is tried again alone, and only those that fail alone
 /// are answered 503. Returns (anyone created, any transaction stored).
-async fn commit(db: &DatabaseConnection, batch: Vec<Queued>) -> (bool, bool) {
+async fn commit(writer: &Writer, batch: Vec<Queued>) -> (bool, bool) {
     let candidates: Vec<Candidate> = batch.iter().map(|q| q.candidate.clone()).collect();
-    let error = match store::register_batch(db, &candidates).await {
+    let error = match writer.register_batch(&candidates).await {
         Ok(outcomes) => return (answer(batch, outcomes), true),
         Err(e) => e,
     };
@@ -290,7 +293,10 @@ async fn commit(db: &DatabaseConnection, batch: Vec<Queued>) -> (bool, bool) {
         if queued.reply.is_closed() {
             continue;
         }
-        match store::register_batch(db, std::slice::from_ref(&queued.candidate)).await {
+        match writer
+            .register_batch(std::slice::from_ref(&queued.candidate))
+            .await
+        {
             Ok(outcomes) => {
                 created_any |= answer(vec![queued], outcomes);
                 stored = true;
