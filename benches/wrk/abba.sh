@@ -4,6 +4,7 @@
 # medians: registrations/s, p50, the server's mean batch, and the server's CPU per registration.
 #
 #   benches/wrk/abba.sh BINARY_A BINARY_B [ROUNDS]     (ROUNDS of ABBA, default 2)
+#   PROVIDER=up benches/wrk/abba.sh …                   (a provider that accepts: A's mock-provider)
 #
 # The setup of README "Where a registration's CPU goes": SQLite, argon2id m=8 KiB t=1 (hashing
 # out of the way), no rate limit, the provider refusing connections (127.0.0.1:9), logging as
@@ -12,11 +13,17 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
-trap 'pkill -f "^$work/bin-. serve" || true; rm -rf "$work"' EXIT
+trap 'pkill -f "^$work/bin-. serve" || true; pkill -f "^$work/bin-a mock-provider" || true; rm -rf "$work"' EXIT
 port=${PORT:-18081}
+provider=(SIGNUP_EMAIL_SYNC__URL=http://127.0.0.1:9/webhook)
 
 cp "$1" "$work/bin-a"
 cp "$2" "$work/bin-b"
+if [ "${PROVIDER:-refusing}" = up ]; then
+  secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+  "$work/bin-a" mock-provider --quiet --bind "127.0.0.1:$((port + 1))" --secret "$secret" > /dev/null 2>&1 &
+  provider=(SIGNUP_EMAIL_SYNC__URL="http://127.0.0.1:$((port + 1))/webhook" SIGNUP_EMAIL_SYNC__SECRET="$secret")
+fi
 
 run() {
   local bin=$work/bin-$1
@@ -24,7 +31,7 @@ run() {
   (cd "$work" && env $(env | grep -o "^SIGNUP_[A-Z_]*" | sed "s/^/-u /") SIGNUP_SERVER__BIND=127.0.0.1:$port \
     SIGNUP_DATABASE__URL="sqlite://$work/ab.db" SIGNUP_PASSWORD__ARGON2_M_KIB=8 \
     SIGNUP_PASSWORD__ARGON2_T=1 SIGNUP_RATE_LIMIT__PER_MINUTE=0 \
-    SIGNUP_EMAIL_SYNC__URL=http://127.0.0.1:9/webhook "$bin" serve > "$work/server.log" 2>&1 &)
+    "${provider[@]}" "$bin" serve > "$work/server.log" 2>&1 &)
   for _ in $(seq 50); do curl -sf "127.0.0.1:$port/health/ready" > /dev/null && break; sleep 0.1; done
   local pid t0 t1 out
   pid=$(pgrep -f "^$bin serve")
@@ -39,7 +46,8 @@ run() {
     /^signup_registration_batch_size_sum/ {s = $2}
     /^signup_registration_batch_size_count/ {c = $2}
     /^signup_registrations_total\{outcome="error"\}/ {e = $2}
-    END {printf "%s %s reg/s  p50 %s  batch %.1f  cpu/reg %.0f us  errors %d\n", name, rate, p50, s / c, t / tick * 1e6 / s, e}'
+    /^signup_email_outbox_pending / {p = $2}
+    END {printf "%s %s reg/s  p50 %s  batch %.1f  cpu/reg %.0f us  errors %d  pending at the end %d\n", name, rate, p50, s / c, t / tick * 1e6 / s, e, p}'
   kill "$pid"
   while kill -0 "$pid" 2> /dev/null; do sleep 0.1; done
 }
