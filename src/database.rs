@@ -230,7 +230,6 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
 }
 
-/// True for PostgreSQL, false for SQLite.
 /// Turns at writing for this process's SQLite writers (the RegistrationActor's commits, the
 /// email sync's claims and outcome writes), first come first served.
 ///
@@ -269,6 +268,7 @@ impl WriteTurns {
     }
 }
 
+/// True for PostgreSQL, false for SQLite.
 pub fn is_postgres(db: &DatabaseConnection) -> bool {
     matches!(
         db.get_database_backend(),

@@ -183,7 +183,6 @@ impl Application {
             turns.clone(),
         )
         .launch();
-        let write_turns = turns;
         let csrf = CsrfKey::load_or_create(&db)
             .await
             .map_err(StartupError::ServerKey)?;
@@ -257,7 +256,7 @@ impl Application {
             metrics,
             email_sync_halt: HaltOnDrop(email_sync.clone()),
             email_sync,
-            write_turns,
+            write_turns: turns,
             shutdown_grace: settings.server.shutdown_grace,
         })
     }

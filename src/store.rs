@@ -17,6 +17,7 @@ use sea_orm::{
 use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
 
+use crate::database::is_postgres;
 use crate::domain::{Email, Username};
 use crate::email::UserRegistered;
 use crate::idempotency::{IdempotencyKey, KEY_TTL};
@@ -167,7 +168,7 @@ impl Writer {
     /// write lock from the start: a deferred transaction that reads and then writes fails with
     /// SQLITE_BUSY, not waiting, if another connection wrote in between).
     async fn begin(&self) -> Result<BatchTransaction<'_>, DbErr> {
-        if self.db.get_database_backend() != DbBackend::Sqlite {
+        if is_postgres(&self.db) {
             return Ok(BatchTransaction::Pool(self.db.begin().await?));
         }
         let mut conn = Kept::take(&self.kept, self.db.get_sqlite_connection_pool()).await?;
@@ -621,6 +622,16 @@ mod tests {
         names
     }
 
+    /// Runs `sql` on the connection `writer` keeps (there must be one), and keeps it again.
+    async fn on_the_kept_connection(writer: &Writer, sql: &str) -> Result<(), sqlx::Error> {
+        let mut conn = writer.kept.lock().expect("lock").take().expect("kept");
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await;
+        *writer.kept.lock().expect("lock") = Some(conn);
+        result.map(|_| ())
+    }
+
     #[tokio::test]
     async fn on_sqlite_consecutive_batches_run_on_the_one_kept_connection() {
         let (_dir, db) = sqlite().await;
@@ -630,20 +641,15 @@ mod tests {
             .await
             .expect("committed");
         // Mark the connection the batch ran on (a TEMP table is seen by its own connection only).
-        let mut conn = writer.kept.lock().expect("lock").take().expect("kept");
-        sqlx::query("CREATE TEMP TABLE marker (x)")
-            .execute(&mut conn)
+        on_the_kept_connection(&writer, "CREATE TEMP TABLE marker (x)")
             .await
             .expect("marked");
-        *writer.kept.lock().expect("lock") = Some(conn);
 
         writer
             .register_batch(&[candidate("bob")])
             .await
             .expect("committed");
-        let mut conn = writer.kept.lock().expect("lock").take().expect("kept");
-        sqlx::query("SELECT count(*) FROM temp.marker")
-            .fetch_one(&mut conn)
+        on_the_kept_connection(&writer, "SELECT count(*) FROM temp.marker")
             .await
             .expect("the second batch ran on the marked connection");
         assert_eq!(users(&db).await, ["alice", "bob"]);

@@ -419,10 +419,10 @@ impl TestApp {
         let all: Vec<_> = range
             .map(|n| candidate(&format!("user{n}"), &format!("user{n}@example.com")))
             .collect();
+        // One writer, as the server has: on SQLite it keeps its connection between chunks.
+        let writer = signup::internals::Writer::new(self.db.clone());
         for part in all.chunks(chunk) {
-            let outcomes = signup::internals::register_batch(&self.db, part)
-                .await
-                .expect("committed");
+            let outcomes = writer.register_batch(part).await.expect("committed");
             assert!(
                 outcomes
                     .iter()
