@@ -27,7 +27,8 @@
 //! BENCH_PENDING_ROWS (1000000), BENCH_OWASP_REQUESTS (1000), BENCH_ONLY=owasp (the hashing
 //! line) or BENCH_ONLY=cheap (the raw, first end-to-end and ceiling lines) or
 //! BENCH_ONLY=overload (BENCH_FLOOD_REQUESTS 3000, BENCH_FLOOD_CONCURRENCY 2 × 64 × cores) or
-//! BENCH_ONLY=drain (BENCH_DRAIN_ROWS 100000 for the batched one).
+//! BENCH_ONLY=drain (BENCH_DRAIN_ROWS 100000 for the batched one) or BENCH_ONLY=raw (the raw
+//! loop alone at each K of BENCH_RAW_K, default 1,16,32).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -283,6 +284,21 @@ async fn raw_loop(url: &str, n: usize, per_commit: usize) -> f64 {
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let _ = db.close().await;
     rate
+}
+
+/// BENCH_ONLY=raw: the raw loop alone at each K of BENCH_RAW_K (default 1,16,32), on a fresh
+/// database each, to set beside `benches/wrk/abba.sh` figures taken in the same minutes (its
+/// 32 clients form batches of ~16).
+async fn raw_lines(postgres: Option<&str>, requests: usize) {
+    let ks = std::env::var("BENCH_RAW_K").unwrap_or_else(|_| "1,16,32".into());
+    for k in ks.split(',').filter_map(|k| k.trim().parse::<usize>().ok()) {
+        let rate = raw_loop(&fresh_database(postgres).await, requests, k).await;
+        println!(
+            "  {:<34} {rate:>7.0} reg/s  ({:.2} ms a transaction)",
+            format!("raw loop, group commit of {k}"),
+            k as f64 / rate * 1e3
+        );
+    }
 }
 
 struct Report {
@@ -757,6 +773,10 @@ async fn run(label: &str, postgres: Option<&str>) {
     }
     if only == "overload" {
         overload(postgres).await;
+        return;
+    }
+    if only == "raw" {
+        raw_lines(postgres, requests).await;
         return;
     }
     // Servers settle this long (gauge refreshes, pool connections) before memory is read.
