@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use crate::configuration::EmailSyncSettings;
-use crate::database::WriteTurns;
+use crate::database::{WriteTurns, Writes};
 use crate::email::{
     self, Admission, AttemptOutcome, CircuitBreaker, CircuitState, Delivery, Paced,
 };
@@ -232,7 +232,11 @@ impl EmailSyncActor {
         let db = self.db.clone();
         let lease = self.settings.lease;
         let turns = self.turns.clone();
-        let claim = async move { turns.run(outbox::claim(&db, limit, lease, now)).await };
+        let claim = async move {
+            turns
+                .run(Writes::Deliveries, outbox::claim(&db, limit, lease, now))
+                .await
+        };
         ctx.spawn(claim.into_actor(self).map(move |result, act, ctx| {
             if let Ok(claims) = &result
                 && act.is_halted()
@@ -582,7 +586,9 @@ impl EmailSyncActor {
         let db = self.db.clone();
         let turns = self.turns.clone();
         let write = async move {
-            let result = turns.run(outbox::complete_all(&db, &batch)).await;
+            let result = turns
+                .run(Writes::Deliveries, outbox::complete_all(&db, &batch))
+                .await;
             (batch, result)
         };
         ctx.spawn(write.into_actor(self).map(|(batch, result), act, ctx| {

@@ -21,7 +21,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::oneshot;
 
 use super::WakeUp;
-use crate::database::WriteTurns;
+use crate::database::{Turn, WriteTurns, Writes};
 use crate::metrics::Metrics;
 use crate::registrar::RegistrationError;
 use crate::store::{Candidate, Outcome, Writer};
@@ -181,6 +181,8 @@ pub struct RegistrationActor {
     inbox: Arc<Mutex<Inbox>>,
     /// SQLite: each batch's transaction waits for its turn among this process's writers.
     turns: WriteTurns,
+    /// The turn, kept from one batch to the next while callers wait.
+    turn: Option<Turn>,
 }
 
 impl RegistrationActor {
@@ -194,6 +196,7 @@ impl RegistrationActor {
     ) -> Self {
         Self {
             turns,
+            turn: None,
             writer: Writer::new(db.clone()),
             db,
             max_batch: max_batch.get(),
@@ -223,6 +226,8 @@ impl RegistrationActor {
             inbox.queue.retain(|queued| !queued.reply.is_closed());
             if inbox.queue.is_empty() {
                 inbox.busy = false;
+                // Nobody waits: the other writers may go.
+                self.turn = None;
                 return;
             }
             let take = inbox.queue.len().min(self.max_batch);
@@ -232,27 +237,29 @@ impl RegistrationActor {
         let writer = self.writer.clone();
         let watch = Arc::clone(&self.watch);
         let turns = self.turns.clone();
+        // Callers wait, so the turn is kept from the last batch, unless a delivery write has
+        // waited through enough of them.
+        let kept = self.turn.take().filter(Turn::may_write_again);
         let work = async move {
             watch.started();
-            let (created_any, stored) = turns
-                .run(async move {
-                    // Waiting for the turn may outlast a caller's deadline: who gave up meanwhile
-                    // was answered 503 and must not get an account.
-                    batch.retain(|queued| !queued.reply.is_closed());
-                    if batch.is_empty() {
-                        return None;
-                    }
-                    Some(commit(&writer, batch).await)
-                })
-                .await
-                .unwrap_or_else(|| {
-                    // Nothing was tried: whether storing fails stays as it was known.
-                    (false, !watch.failing())
-                });
+            let turn = match kept {
+                Some(turn) => Some(turn),
+                None => turns.take(Writes::Registrations).await,
+            };
+            // Waiting for the turn may outlast a caller's deadline: who gave up meanwhile was
+            // answered 503 and must not get an account.
+            batch.retain(|queued| !queued.reply.is_closed());
+            let (created_any, stored) = if batch.is_empty() {
+                // Nothing was tried: whether storing fails stays as it was known.
+                (false, !watch.failing())
+            } else {
+                commit(&writer, batch).await
+            };
             watch.ended(stored);
-            created_any
+            (created_any, turn)
         };
-        ctx.spawn(work.into_actor(self).map(|created_any, act, ctx| {
+        ctx.spawn(work.into_actor(self).map(|(created_any, turn), act, ctx| {
+            act.turn = turn;
             if created_any {
                 act.wake_email_sync();
             }

@@ -450,6 +450,70 @@ async fn a_registration_whose_caller_gave_up_before_its_batch_is_never_written()
 }
 
 #[actix_web::test]
+async fn on_sqlite_registrations_waiting_go_before_a_delivery_write_that_came_meanwhile() {
+    // Registrations first: a person waits for each. The actor keeps its turn from one batch to
+    // the next while callers wait (up to a bound), so a delivery write that asks meanwhile goes
+    // after them. Asking anew for each batch, it found no registration queued at the moment it
+    // let go, and every delivery write went in between.
+    use actix::Actor;
+    use signup::actors::{CommitWatch, RegistrationActor};
+    use signup::database::{WriteTurns, Writes};
+    let (db, _dir) = database().await;
+    if signup::database::is_postgres(&db) {
+        eprintln!("skipped: PostgreSQL's writers run at once, they take no turns");
+        return;
+    }
+    let turns = WriteTurns::for_database(&db);
+    let registrations = RegistrationActor::new(
+        db.clone(),
+        std::num::NonZeroUsize::new(1).expect("not zero"),
+        NoEmailSync.start().recipient(),
+        std::sync::Arc::new(signup::metrics::Metrics::new().expect("metrics")),
+        std::sync::Arc::new(CommitWatch::default()),
+        turns.clone(),
+    )
+    .launch();
+
+    // Another writer holds the turn while three registrations (one a batch) arrive and a
+    // delivery write asks for the turn.
+    let holder = turns.take(Writes::Deliveries).await;
+    let mut answers = Vec::new();
+    for i in 1..=3 {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        registrations.submit(
+            candidate(&format!("first{i}"), &format!("first{i}@example.com")),
+            reply,
+        );
+        answers.push(answer);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let delivery = actix_web::rt::spawn({
+        let (turns, db) = (turns.clone(), db.clone());
+        async move {
+            turns
+                .run(Writes::Deliveries, async {
+                    entity::user::Entity::find()
+                        .count(&db)
+                        .await
+                        .expect("count")
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    drop(holder);
+
+    let users_when_the_delivery_wrote = delivery.await.expect("the delivery write ran");
+    for answer in answers {
+        answer.await.expect("answered").expect("committed");
+    }
+    assert_eq!(
+        users_when_the_delivery_wrote, 3,
+        "the three registration batches went first"
+    );
+}
+
+#[actix_web::test]
 async fn on_sqlite_a_registration_commits_in_its_turn_among_the_process_writers() {
     // SQLite's busy handler sleeps up to 100 ms a poll, and two writers writing back to back
     // (registration commits, the email sync's claims and outcome writes) starved one another.
@@ -522,7 +586,7 @@ impl OtherWriter {
         let turns = app.write_turns.clone();
         let done = actix_web::rt::spawn(async move {
             turns
-                .run(async move {
+                .run(signup::database::Writes::Deliveries, async move {
                     let _ = taken.send(());
                     let _ = released.await;
                 })
