@@ -7,6 +7,7 @@
 #
 #   benches/wrk/abba.sh BINARY_A BINARY_B [ROUNDS]     (ROUNDS of ABBA, default 2)
 #   PROVIDER=up benches/wrk/abba.sh …                   (a provider that accepts: A's mock-provider)
+#   CLIENTS=64 benches/wrk/abba.sh …                    (wrk's connections, default 32)
 #
 # The setup of README "Where a registration's CPU goes": SQLite, argon2id m=8 KiB t=1 (hashing
 # out of the way), no rate limit, the provider refusing connections (127.0.0.1:9), logging as
@@ -46,7 +47,7 @@ run() {
   pid=$(pgrep -f "^$bin serve")
   t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
   sched > "$work/sched0"
-  out=$(wrk -t2 -c32 -d10s --latency -s "$here/reg.lua" "http://127.0.0.1:$port")
+  out=$(wrk -t2 -c"${CLIENTS:-32}" -d10s --latency -s "$here/reg.lua" "http://127.0.0.1:$port")
   sched > "$work/sched1"
   t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
   local rate p50
