@@ -402,6 +402,24 @@ async fn one_registration_the_database_refuses_fails_alone_not_its_whole_batch()
 }
 
 /// Swallows the RegistrationActor's wake-ups (no email sync in this test).
+/// A RegistrationActor on `db` alone (no server around it), batches of at most `max_batch`.
+fn registration_actor(
+    db: &sea_orm::DatabaseConnection,
+    max_batch: usize,
+    turns: signup::database::WriteTurns,
+) -> signup::actors::Registrations {
+    use actix::Actor;
+    signup::actors::RegistrationActor::new(
+        db.clone(),
+        std::num::NonZeroUsize::new(max_batch).expect("not zero"),
+        NoEmailSync.start().recipient(),
+        std::sync::Arc::new(signup::metrics::Metrics::new().expect("metrics")),
+        std::sync::Arc::new(signup::actors::CommitWatch::default()),
+        turns,
+    )
+    .launch()
+}
+
 struct NoEmailSync;
 
 impl actix::Actor for NoEmailSync {
@@ -416,18 +434,9 @@ impl actix::Handler<signup::actors::WakeUp> for NoEmailSync {
 
 #[actix_web::test]
 async fn a_registration_whose_caller_gave_up_before_its_batch_is_never_written() {
-    use actix::Actor;
-    use signup::actors::{CommitWatch, RegistrationActor};
     let (db, _dir) = database().await;
-    let registrations = RegistrationActor::new(
-        db.clone(),
-        std::num::NonZeroUsize::new(64).expect("not zero"),
-        NoEmailSync.start().recipient(),
-        std::sync::Arc::new(signup::metrics::Metrics::new().expect("metrics")),
-        std::sync::Arc::new(CommitWatch::default()),
-        signup::database::WriteTurns::for_database(&db),
-    )
-    .launch();
+    let registrations =
+        registration_actor(&db, 64, signup::database::WriteTurns::for_database(&db));
 
     // The caller answered 503 at the deadline and dropped its end before the actor got to it.
     let (gone, answer) = tokio::sync::oneshot::channel();
@@ -455,8 +464,6 @@ async fn on_sqlite_registrations_waiting_go_before_a_delivery_write_that_came_me
     // the next while callers wait (up to a bound), so a delivery write that asks meanwhile goes
     // after them. Asking anew for each batch, it found no registration queued at the moment it
     // let go, and every delivery write went in between.
-    use actix::Actor;
-    use signup::actors::{CommitWatch, RegistrationActor};
     use signup::database::{WriteTurns, Writes};
     let (db, _dir) = database().await;
     if signup::database::is_postgres(&db) {
@@ -464,15 +471,7 @@ async fn on_sqlite_registrations_waiting_go_before_a_delivery_write_that_came_me
         return;
     }
     let turns = WriteTurns::for_database(&db);
-    let registrations = RegistrationActor::new(
-        db.clone(),
-        std::num::NonZeroUsize::new(1).expect("not zero"),
-        NoEmailSync.start().recipient(),
-        std::sync::Arc::new(signup::metrics::Metrics::new().expect("metrics")),
-        std::sync::Arc::new(CommitWatch::default()),
-        turns.clone(),
-    )
-    .launch();
+    let registrations = registration_actor(&db, 1, turns.clone());
 
     // Another writer holds the turn while three registrations (one a batch) arrive and a
     // delivery write asks for the turn.
