@@ -244,7 +244,7 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 ///
 /// Whose turn: registrations first, since a person waits for each; deliveries are what the
 /// design makes asynchronous. But a delivery write that waits is passed over by at most
-/// [`REGISTRATIONS_BEFORE_DELIVERIES`] registration batches in a row, so deliveries keep going
+/// `REGISTRATIONS_BEFORE_DELIVERIES` (3) registration batches in a row, so deliveries keep going
 /// under a flood of registrations (and each of their writes, waiting longer, stores more
 /// outcomes at once). Among writers of one kind, first come first served. PostgreSQL runs
 /// writers at once: no turns there.
@@ -261,7 +261,7 @@ pub enum Writes {
 }
 
 /// How many registration batches in a row may go before a delivery write that waits.
-pub const REGISTRATIONS_BEFORE_DELIVERIES: usize = 3;
+pub(crate) const REGISTRATIONS_BEFORE_DELIVERIES: usize = 3;
 
 #[derive(Default)]
 struct Turns(std::sync::Mutex<Queue>);
@@ -375,7 +375,7 @@ impl Turn {
     /// write waits and has been passed over [`REGISTRATIONS_BEFORE_DELIVERIES`] times. (The
     /// RegistrationActor keeps its turn from one batch to the next while callers wait: asking
     /// anew after each, it would find the queue empty of registrations every time.)
-    pub fn may_write_again(&self) -> bool {
+    pub(crate) fn may_write_again(&self) -> bool {
         let mut queue = self.0.queue();
         if queue.deliveries.is_empty() {
             queue.passed_over = 0;

@@ -247,7 +247,7 @@ fn is_unique_violation(e: &DbErr) -> bool {
 /// the transactions it began itself, so one left open here would be invisible to its checks,
 /// and closing rolls it back.
 struct Kept<'k> {
-    conn: Option<SqliteConnection>,
+    conn: SqliteConnection,
     kept: &'k Mutex<Option<SqliteConnection>>,
 }
 
@@ -263,38 +263,23 @@ impl<'k> Kept<'k> {
             Some(conn) => conn,
             None => pool.acquire().await.map_err(acquire_error)?.detach(),
         };
-        Ok(Self {
-            conn: Some(conn),
-            kept,
-        })
+        Ok(Self { conn, kept })
     }
 
     /// Runs `statement`, bound as sea-orm binds it; its rows.
     async fn run(&mut self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(DbErr::Custom("the batch's connection is gone".into()));
-        };
         let values = statement.values.unwrap_or(Values(Vec::new()));
         let rows = sqlx::query_with(sqlx::AssertSqlSafe(statement.sql), SqlxValues(values))
-            .fetch_all(conn)
+            .fetch_all(&mut self.conn)
             .await
             .map_err(|e| DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e))))?;
         Ok(rows.into_iter().map(QueryResult::from).collect())
     }
 
-    /// Committed, no transaction open: keep the connection for the next batch.
-    fn keep(mut self) {
-        if let Some(conn) = self.conn.take() {
-            *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
-        }
-    }
-}
-
-impl Drop for Kept<'_> {
-    fn drop(&mut self) {
-        // The connection closes as it drops; SQLite rolls back whatever transaction it had
-        // open.
-        drop(self.conn.take());
+    /// Committed, no transaction open: keep the connection for the next batch. (Dropped
+    /// instead, the connection closes, and SQLite rolls back whatever transaction it had open.)
+    fn keep(self) {
+        *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(self.conn);
     }
 }
 
