@@ -871,7 +871,9 @@ impl Settings {
         }
         // A lease that ends while its delivery may still be running lets another claim (this
         // instance's next poll, or another instance) send the same row again.
-        if self.email_sync.lease < self.email_sync.timeout + Duration::from_secs(1) {
+        // The same rule the delivery core applies to each claimed row (`delivery::may_send`),
+        // so that every lease accepted here delivers.
+        if !crate::delivery::lease_accepted(self.email_sync.lease, self.email_sync.timeout) {
             return fail(
                 "email_sync.lease",
                 "must exceed email_sync.timeout by at least 1s",

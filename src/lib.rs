@@ -9,6 +9,9 @@ pub mod actors;
 pub mod configuration;
 /// Connecting to SQLite / PostgreSQL and migrating.
 pub mod database;
+/// The delivery core: every decision of the email sync as plain data and functions, driven
+/// by inputs that carry their own time (the EmailSyncActor is its shell).
+pub mod delivery;
 /// Username, Email, Password: parsed, normalised, validated.
 pub mod domain;
 /// The email provider: webhook signing and classification, retry schedule, circuit breaker.

@@ -72,6 +72,8 @@ pub struct Metrics {
     circuit_state: IntGaugeVec,
     /// `signup_email_sync_wakeups_dropped_total`: the email sync's mailbox was full.
     pub wakeups_dropped: IntCounter,
+    /// `signup_email_sync_claims_released_total`: claimed rows given back unsent (SPEC §3.5.1).
+    pub claims_released: IntCounter,
     /// `signup_http_requests_total{method,route,status}`: every request, by route pattern.
     pub http_requests: IntCounterVec,
     /// `signup_http_request_duration_seconds{method,route}`.
@@ -141,6 +143,10 @@ impl Metrics {
             "signup_email_sync_wakeups_dropped_total",
             "Wake-ups dropped because the email sync mailbox was full (the poll finds the rows).",
         )?;
+        let claims_released = IntCounter::new(
+            "signup_email_sync_claims_released_total",
+            "Claimed outbox rows given back unsent (open circuit, provider pause, shutdown, or a lease too short to send them).",
+        )?;
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "signup_http_requests_total",
@@ -177,6 +183,7 @@ impl Metrics {
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(wakeups_dropped.clone()))?;
+        registry.register(Box::new(claims_released.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         // process_cpu_seconds_total, process_resident_memory_bytes, … (Linux).
@@ -206,6 +213,7 @@ impl Metrics {
             ready,
             circuit_state,
             wakeups_dropped,
+            claims_released,
             http_requests,
             http_duration,
         };

@@ -271,7 +271,7 @@ impl Application {
         &self.db
     }
 
-    /// The EmailSyncActor, for driving delivery step by step ([`crate::actors::DeliverDue`]).
+    /// The EmailSyncActor, for tests that wake it, drain it or sweep its outbox.
     pub fn email_sync(&self) -> Addr<EmailSyncActor> {
         self.email_sync.clone()
     }

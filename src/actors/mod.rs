@@ -4,9 +4,7 @@
 pub mod email_sync;
 pub mod registration_actor;
 
-pub use email_sync::{
-    DeliverDue, DeliveryHook, Drain, EmailSyncActor, StepReport, SweepDelivered, WakeUp,
-};
+pub use email_sync::{DeliveryHook, Drain, EmailSyncActor, SweepDelivered, WakeUp};
 pub use registration_actor::{
     CommitFailed, CommitWatch, Registered, RegistrationActor, Registrations,
 };

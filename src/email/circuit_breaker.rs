@@ -28,15 +28,20 @@ impl CircuitState {
     }
 }
 
+/// A point in time as the breaker sees it: `Instant` in its tests, the delivery core's
+/// `DateTime<Utc>` (time passed in with every input) in the server.
+pub trait Moment: Copy + Ord + std::ops::Add<Duration, Output = Self> {}
+impl<T: Copy + Ord + std::ops::Add<Duration, Output = T>> Moment for T {}
+
 /// How many deliveries may start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub enum Admission<T = Instant> {
     /// Closed: as many as concurrency allows.
     Any,
     /// Half-open: this one delivery is the probe.
     Probe,
     /// Open (or a probe is out): none; ask again at `until` (None: when the probe answers).
-    None { until: Option<Instant> },
+    None { until: Option<T> },
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -64,12 +69,12 @@ impl Default for CircuitBreakerSettings {
 }
 
 #[derive(Debug, Clone)]
-pub struct CircuitBreaker {
+pub struct CircuitBreaker<T = Instant> {
     state: CircuitState,
     /// Transient failures in a row while closed.
     consecutive_failures: u32,
     /// Open until this instant.
-    open_until: Option<Instant>,
+    open_until: Option<T>,
     /// How long the next opening lasts; doubles after each failed probe.
     open_for: Duration,
     /// True while the half-open probe is out.
@@ -79,7 +84,7 @@ pub struct CircuitBreaker {
     max_open_for: Duration,
 }
 
-impl CircuitBreaker {
+impl<T: Moment> CircuitBreaker<T> {
     pub fn new(settings: &CircuitBreakerSettings) -> Self {
         Self {
             state: CircuitState::Closed,
@@ -100,7 +105,7 @@ impl CircuitBreaker {
 
     /// May a delivery start at `now`? A `Probe` answer reserves the probe: call this once per
     /// delivery about to start.
-    pub fn admit(&mut self, now: Instant) -> Admission {
+    pub fn admit(&mut self, now: T) -> Admission<T> {
         match self.state {
             CircuitState::Closed => Admission::Any,
             CircuitState::Open => match self.open_until {
@@ -129,7 +134,7 @@ impl CircuitBreaker {
     }
 
     /// A transient failure (5xx, 429, timeout, refused…) at `now`.
-    pub fn on_failure(&mut self, now: Instant) {
+    pub fn on_failure(&mut self, now: T) {
         match self.state {
             CircuitState::Closed => {
                 self.consecutive_failures += 1;
@@ -152,7 +157,7 @@ impl CircuitBreaker {
         self.probe_in_flight = false;
     }
 
-    fn open(&mut self, now: Instant) {
+    fn open(&mut self, now: T) {
         self.state = CircuitState::Open;
         self.open_until = Some(now + self.open_for);
         self.probe_in_flight = false;

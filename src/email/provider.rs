@@ -169,11 +169,6 @@ impl Paced {
     pub async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
         self.provider.deliver(rows, &self.gate).await
     }
-
-    /// Until when the provider asked us to wait, if it did: claim nothing before then.
-    pub fn paused_until(&self) -> Option<Instant> {
-        self.gate.paused_until()
-    }
 }
 
 /// `rows` one request each, in order, each admitted by `gate`.

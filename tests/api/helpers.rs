@@ -378,16 +378,19 @@ impl TestApp {
         wait_all_delivered(&self.db, n, std::time::Duration::from_secs(30)).await;
     }
 
-    /// One delivery step as of `now`: claims what is due then, delivers it, and returns once
-    /// every outcome is stored. A step that attempts nothing proves that nothing was due.
-    pub async fn deliver_due_at(
-        &self,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> signup::actors::StepReport {
-        self.email_sync
-            .send(signup::actors::DeliverDue { now })
+    /// How many outbox rows a claim at `now` could take: pending, due, and not leased. Reads
+    /// only: what the delivery core then does with them is its own unit tests' and the
+    /// simulation's business.
+    pub async fn due_at(&self, now: chrono::DateTime<chrono::Utc>) -> usize {
+        self.outbox_rows()
             .await
-            .expect("the email sync answers")
+            .iter()
+            .filter(|r| {
+                r.status == entity::email_outbox::Status::Pending
+                    && r.next_attempt_at <= now
+                    && r.locked_until.is_none_or(|until| until <= now)
+            })
+            .count()
     }
 
     /// The retention sweep as of `now`; how many delivered rows it deleted.
