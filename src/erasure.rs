@@ -65,6 +65,9 @@ pub async fn erase(
     now: DateTime<Utc>,
 ) -> Result<Erased, EraseError> {
     let now = now.trunc_subsecs(6);
+    // Before the transaction: on SQLite it may write the key (the first time), and the
+    // transaction below holds the one write lock.
+    let contact = crate::outbox::ContactKey::load_or_create(db).await?;
     // IMMEDIATE on SQLite: this transaction reads, then writes (see `store`).
     let txn = db
         .begin_with_options(TransactionOptions {
@@ -142,6 +145,7 @@ pub async fn erase(
         retry_from: Set(None),
         event: Set(EventType::UserDeleted),
         seq: Set(last_seq + 1),
+        contact: Set(Some(contact.of(&person.email_normalized))),
     }
     .insert(&txn)
     .await?;

@@ -21,6 +21,7 @@ use crate::database::is_postgres;
 use crate::domain::{Email, Username};
 use crate::email::UserRegistered;
 use crate::idempotency::{IdempotencyKey, KEY_TTL};
+use crate::outbox::ContactKey;
 
 /// One registration waiting to be committed (validated, password already hashed).
 #[derive(Debug, Clone)]
@@ -77,6 +78,8 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Writer {
     db: DatabaseConnection,
+    /// Keys each outbox row's contact (loaded from the database on the first batch).
+    contact: tokio::sync::OnceCell<ContactKey>,
     /// SQLite only: the connection the last batch ran on, if it ended cleanly. Opened by the
     /// pool but no longer counted in it.
     kept: Arc<Mutex<Option<SqliteConnection>>>,
@@ -86,6 +89,7 @@ impl Writer {
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
             db,
+            contact: tokio::sync::OnceCell::new(),
             kept: Arc::default(),
         }
     }
@@ -142,6 +146,10 @@ impl Writer {
     /// winners.
     async fn try_batch(&self, candidates: &[Candidate]) -> Result<Vec<Outcome>, DbErr> {
         let backend = self.db.get_database_backend();
+        let contact = self
+            .contact
+            .get_or_try_init(|| ContactKey::load_or_create(&self.db))
+            .await?;
         let mut txn = self.begin().await?;
         let keys = keys_of(candidates);
         let mut known = HashMap::new();
@@ -155,7 +163,7 @@ impl Writer {
             }
         }
         let taken = pairs(txn.run(taken_names(candidates).build(backend)).await?)?;
-        let mut decided = decide(candidates, known, taken);
+        let mut decided = decide(candidates, known, taken, contact);
         for insert in decided.inserts(backend) {
             txn.run(insert).await?;
         }
@@ -309,6 +317,7 @@ fn decide<'a>(
     candidates: &'a [Candidate],
     mut known_keys: HashMap<String, (String, RegisteredUser)>,
     taken: Vec<(String, String)>,
+    contact: &ContactKey,
 ) -> Decided<'a> {
     let mut taken_usernames = HashSet::new();
     let mut taken_emails = HashSet::new();
@@ -367,7 +376,10 @@ fn decide<'a>(
         });
         // Time-ordered: new rows land at the end of the primary key's index, not all over it.
         let outbox_id = Uuid::now_v7();
-        decided.outbox.push(new_outbox_row(outbox_id, &created));
+        let about = contact.of(candidate.email.normalized());
+        decided
+            .outbox
+            .push(new_outbox_row(outbox_id, &created, about));
         decided.created_log.push((candidate, created.id, outbox_id));
         if let Some(key) = &candidate.idempotency {
             decided.new_keys.push(idempotency_key::ActiveModel {
@@ -416,7 +428,7 @@ fn log_created(created: &[(&Candidate, Uuid, Uuid)]) {
 }
 
 /// The outbox row announcing `user`: due at once, attempt 0.
-fn new_outbox_row(id: Uuid, user: &RegisteredUser) -> email_outbox::ActiveModel {
+fn new_outbox_row(id: Uuid, user: &RegisteredUser, contact: String) -> email_outbox::ActiveModel {
     let payload = UserRegistered {
         user_id: user.id,
         username: user.username.clone(),
@@ -440,6 +452,7 @@ fn new_outbox_row(id: Uuid, user: &RegisteredUser) -> email_outbox::ActiveModel 
         // A new user's first row (an erased user's name or address registering again is a
         // new user, with a new id).
         seq: Set(1),
+        contact: Set(Some(contact)),
     }
 }
 

@@ -91,6 +91,10 @@ pub struct Model {
     /// The row's place among its user's rows (1, 2, …): it is claimed only once every earlier
     /// row of its user is settled (SPEC §6).
     pub seq: i32,
+    /// The provider contact the row is about: a keyed hash of the normalised email
+    /// (`outbox::ContactKey`). A row is claimed only once every earlier row about the same
+    /// contact, of any user, is settled (SPEC §6). NULL on rows written before it existed.
+    pub contact: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -76,6 +76,7 @@ mod tests {
             retry_from: None,
             event: email_outbox::EventType::UserRegistered,
             seq: 1,
+            contact: None,
         }
     }
 

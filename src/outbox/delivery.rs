@@ -44,9 +44,14 @@ pub async fn claim(
     let until = (now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60)))
         .trunc_subsecs(6);
     let limit = limit as i64;
-    // Per-user order (SPEC §6): a row is due only once no earlier row of its user is pending
-    // or still leased by anyone (a cancelled row whose delivery is in flight included), so a
-    // deletion never overtakes the registration it undoes.
+    // Order per user and per provider contact (SPEC §6): a row is due only once no earlier row
+    // of its user, and no earlier-written row about the same contact (the keyed hash of the
+    // normalised email, of any user), is pending or still leased by anyone (a cancelled row
+    // whose delivery is in flight included). So a deletion never overtakes the registration it
+    // undoes, and an erased person's deletion reaches the provider before the registration of
+    // whoever takes the address next. Written order: SQLite's rowid (one writer at a time),
+    // PostgreSQL's `written` sequence. Rows from before `contact` existed (NULL) match no
+    // other row here and keep the per-user order.
     let statement = if is_postgres(db) {
         Statement::from_sql_and_values(
             DatabaseBackend::Postgres,
@@ -56,6 +61,9 @@ pub async fn claim(
                  AND (o.locked_until IS NULL OR o.locked_until <= $2) \
                  AND NOT EXISTS (SELECT 1 FROM email_outbox e \
                    WHERE e.user_id = o.user_id AND e.seq < o.seq \
+                     AND (e.status = 'pending' OR e.locked_until > $2)) \
+                 AND NOT EXISTS (SELECT 1 FROM email_outbox e \
+                   WHERE e.contact = o.contact AND e.written < o.written \
                      AND (e.status = 'pending' OR e.locked_until > $2)) \
                ORDER BY o.next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING *",
@@ -70,6 +78,9 @@ pub async fn claim(
                  AND (o.locked_until IS NULL OR o.locked_until <= ?2) \
                  AND NOT EXISTS (SELECT 1 FROM email_outbox e \
                    WHERE e.user_id = o.user_id AND e.seq < o.seq \
+                     AND (e.status = 'pending' OR e.locked_until > ?2)) \
+                 AND NOT EXISTS (SELECT 1 FROM email_outbox e \
+                   WHERE e.contact = o.contact AND e.rowid < o.rowid \
                      AND (e.status = 'pending' OR e.locked_until > ?2)) \
                ORDER BY o.next_attempt_at LIMIT ?3) \
              RETURNING *",

@@ -2,8 +2,10 @@
 //! written in the user's transaction. Two sides use it: the EmailSyncActor claims, delivers and
 //! records (`delivery`), operators list and replay (`operator`).
 
+mod contact;
 mod delivery;
 mod operator;
 
+pub use contact::{ContactKey, load_or_create_server_key};
 pub use delivery::*;
 pub use operator::*;

@@ -12,11 +12,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::Utc;
-use entity::server_key;
 use hmac::{Hmac, Mac};
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, DbErr, EntityTrait};
+use sea_orm::{DatabaseConnection, DbErr};
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 use uuid::Uuid;
@@ -98,24 +95,9 @@ impl CsrfKey {
     /// The stored key, generated and stored first if this is the first instance to start.
     /// Instances starting together agree: only one insert wins, and both read it back.
     pub async fn load_or_create(db: &DatabaseConnection) -> Result<Self, DbErr> {
-        let fresh = server_key::ActiveModel {
-            name: Set(KEY_NAME.to_owned()),
-            secret: Set(super::random_bytes(32)),
-            created_at: Set(Utc::now()),
-        };
-        server_key::Entity::insert(fresh)
-            .on_conflict(
-                OnConflict::column(server_key::Column::Name)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(db)
-            .await?;
-        let stored = server_key::Entity::find_by_id(KEY_NAME.to_owned())
-            .one(db)
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound("server_keys: csrf".into()))?;
-        Ok(Self::from_bytes(stored.secret))
+        Ok(Self::from_bytes(
+            crate::outbox::load_or_create_server_key(db, KEY_NAME).await?,
+        ))
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Self {

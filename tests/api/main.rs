@@ -12,6 +12,7 @@ mod cli;
 mod concurrency;
 mod console;
 mod db_faults;
+mod delivery;
 mod deploy;
 mod email_sync;
 mod erasure;

@@ -1,0 +1,169 @@
+//! The delivery promises that the simulation (`delivery::sim`) walks in the core, checked here
+//! black-box on the real server: every lease start-up accepts delivers, and rows about the same
+//! address reach the provider in the order they were written, across users (SPEC §3.5, §6).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use entity::email_outbox::{EventType, Status};
+use serde_json::{Value, json};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::erasure::TOKEN;
+use crate::helpers::{spawn_app_with, use_provider, wait_until};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `email_sync.lease` = `email_sync.timeout` + 1 s is accepted at start-up, so it must deliver.
+/// It used to give back every claim: the send check wanted a second more than start-up did,
+/// and rows went round claimed-released for ever with readiness saying ok.
+#[actix_web::test]
+async fn the_shortest_lease_start_up_accepts_delivers() {
+    for (timeout, lease) in [(2, 3), (10, 11)] {
+        let provider = MockServer::start().await;
+        Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(204))
+            .mount(&provider)
+            .await;
+        let base = provider.uri();
+        let app = spawn_app_with(move |s| {
+            use_provider(s, &base);
+            s.email_sync.timeout = Duration::from_secs(timeout);
+            s.email_sync.lease = Duration::from_secs(lease);
+        })
+        .await;
+
+        app.register_all(0..3).await;
+
+        wait_until(
+            &format!("delivered with timeout {timeout}s, lease {lease}s"),
+            PATIENCE,
+            || async {
+                let rows = app.outbox_rows().await;
+                rows.len() == 3 && rows.iter().all(|r| r.status == Status::Delivered)
+            },
+        )
+        .await;
+    }
+}
+
+/// Notes each event's type and address as it arrives, and holds its answer to a `user.deleted`
+/// for `hold` (a deletion in flight).
+struct HoldingDeletions {
+    arrivals: Arc<Mutex<Vec<(String, String, Instant)>>>,
+    hold: Duration,
+}
+
+impl Respond for HoldingDeletions {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let kind = body["type"].as_str().unwrap_or("?").to_owned();
+        let email = body["data"]["email"].as_str().unwrap_or("?").to_owned();
+        let held = kind == "user.deleted";
+        self.arrivals
+            .lock()
+            .expect("not poisoned")
+            .push((kind, email, Instant::now()));
+        let answer = ResponseTemplate::new(204);
+        if held {
+            answer.set_delay(self.hold)
+        } else {
+            answer
+        }
+    }
+}
+
+/// Erase a person while the provider is down, let someone else register their address, bring
+/// the provider back: the old deletion must reach it (and be answered) before the new
+/// registration, or the provider deletes the new person. Order used to be kept per user only.
+#[actix_web::test]
+async fn an_erased_address_registered_again_reaches_the_provider_after_the_old_deletion() {
+    let provider = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&provider)
+        .await;
+    let base = provider.uri();
+    let app = spawn_app_with(move |s| {
+        use_provider(s, &base);
+        s.admin.token = Some(TOKEN.into());
+        s.email_sync.poll_interval = Duration::from_millis(200);
+        s.email_sync.retry.initial_interval = Duration::from_millis(200);
+        s.email_sync.retry.max_interval = Duration::from_millis(500);
+        s.email_sync.retry.randomization = 0.0;
+        // The provider is down for a while; the circuit stays closed, so that the rows are
+        // retried the moment it is back.
+        s.email_sync.circuit_breaker.failure_threshold =
+            std::num::NonZeroU32::new(10_000).expect("not zero");
+    })
+    .await;
+    let first = register(&app, "first", "Shared@Example.com").await;
+    wait_until("the first registration failed once", PATIENCE, || async {
+        app.outbox_rows().await.iter().any(|r| r.attempts > 0)
+    })
+    .await;
+    let response = app
+        .client
+        .delete(app.url(&format!("/admin/users/{first}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 202);
+    register(&app, "second", "shared@example.com").await;
+
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let hold = Duration::from_secs(1);
+    provider.reset().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(HoldingDeletions {
+            arrivals: Arc::clone(&arrivals),
+            hold,
+        })
+        .mount(&provider)
+        .await;
+    wait_until(
+        "the deletion and the new registration are delivered",
+        PATIENCE,
+        || async {
+            let rows = app.outbox_rows().await;
+            rows.iter()
+                .filter(|r| r.status == Status::Delivered)
+                .count()
+                == 2
+        },
+    )
+    .await;
+
+    let arrivals = arrivals.lock().expect("not poisoned").clone();
+    let kinds: Vec<&str> = arrivals.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["user.deleted", "user.registered"], "{arrivals:?}");
+    let waited = arrivals[1].2 - arrivals[0].2;
+    assert!(
+        waited >= hold - Duration::from_millis(50),
+        "the new registration went {waited:?} after the deletion, before its answer"
+    );
+    let rows = app.outbox_rows().await;
+    let cancelled = rows
+        .iter()
+        .filter(|r| r.event == EventType::UserRegistered && r.status == Status::Cancelled)
+        .count();
+    assert_eq!(
+        cancelled, 1,
+        "the erased person's registration never went out"
+    );
+}
+
+async fn register(app: &crate::helpers::TestApp, username: &str, email: &str) -> uuid::Uuid {
+    let response = app
+        .post_registration(&json!({
+            "username": username, "email": email, "password": "correct horse battery"
+        }))
+        .await;
+    assert_eq!(response.status().as_u16(), 201);
+    let body: Value = response.json().await.expect("json");
+    body["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("the new user's id")
+}
