@@ -265,6 +265,7 @@ mod tests {
             "signup_email_outbox_pending 0",
             "signup_email_outbox_dead 0",
             "signup_email_sync_wakeups_dropped_total 0",
+            "signup_email_sync_claims_released_total 0",
             "signup_registration_duration_seconds_count 0",
             "signup_email_sync_delivery_lag_seconds_count 0",
         ] {

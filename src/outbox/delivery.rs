@@ -52,7 +52,26 @@ pub async fn claim(
     // whoever takes the address next. Written order: SQLite's rowid (one writer at a time),
     // PostgreSQL's `written` sequence. Rows from before `contact` existed (NULL) match no
     // other row here and keep the per-user order.
-    let statement = if is_postgres(db) {
+    let statement = claim_statement(db, until, now, limit);
+    let mut rows = email_outbox::Model::find_by_statement(statement)
+        .all(db)
+        .await?;
+    rows.sort_by_key(|r| r.next_attempt_at);
+    Ok(rows
+        .into_iter()
+        .map(|row| Claimed { row, lease: until })
+        .collect())
+}
+
+/// The claim statement (one statement on both databases): rows due at `now`, oldest due
+/// first, none while an earlier row of its user or about its contact is pending or leased.
+fn claim_statement(
+    db: &DatabaseConnection,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Statement {
+    if is_postgres(db) {
         Statement::from_sql_and_values(
             DatabaseBackend::Postgres,
             "UPDATE email_outbox SET locked_until = $1 WHERE id IN (\
@@ -86,15 +105,40 @@ pub async fn claim(
              RETURNING *",
             [until.into(), now.into(), limit.into()],
         )
+    }
+}
+
+/// The database's plan for the claim statement (SQLite `EXPLAIN QUERY PLAN`, PostgreSQL
+/// `EXPLAIN` with sequential scans priced out, as on a table large enough to need an index),
+/// one line per step: what an operator or a test reads to see which indexes the claim walks.
+pub async fn claim_plan(db: &DatabaseConnection) -> Result<String, DbErr> {
+    let now = Utc::now().trunc_subsecs(6);
+    let claim = claim_statement(db, now, now, 1);
+    let postgres = is_postgres(db);
+    let explain = Statement {
+        sql: format!(
+            "{} {}",
+            if postgres {
+                "EXPLAIN"
+            } else {
+                "EXPLAIN QUERY PLAN"
+            },
+            claim.sql
+        ),
+        ..claim
     };
-    let mut rows = email_outbox::Model::find_by_statement(statement)
-        .all(db)
-        .await?;
-    rows.sort_by_key(|r| r.next_attempt_at);
-    Ok(rows
-        .into_iter()
-        .map(|row| Claimed { row, lease: until })
-        .collect())
+    let txn = db.begin().await?;
+    if postgres {
+        txn.execute_unprepared("SET LOCAL enable_seqscan = off")
+            .await?;
+    }
+    let rows = txn.query_all_raw(explain).await?;
+    txn.rollback().await?;
+    let column = if postgres { "QUERY PLAN" } else { "detail" };
+    rows.iter()
+        .map(|row| row.try_get::<String>("", column))
+        .collect::<Result<Vec<_>, _>>()
+        .map(|lines| lines.join("\n"))
 }
 
 /// How an attempt ended, as stored.

@@ -167,3 +167,21 @@ async fn register(app: &crate::helpers::TestApp, username: &str, email: &str) ->
         .and_then(|id| id.parse().ok())
         .expect("the new user's id")
 }
+
+/// The claim stays one statement on both databases, and its "an earlier row about this
+/// contact" lookup walks the contact index rather than the whole outbox.
+#[actix_web::test]
+async fn the_claim_finds_earlier_rows_about_a_contact_through_its_index() {
+    let app = spawn_app_with(|_| {}).await;
+
+    let plan = signup::outbox::claim_plan(&app.db)
+        .await
+        .expect("the database explains the claim");
+
+    let index = if signup::database::is_postgres(&app.db) {
+        "email_outbox_contact_written_idx"
+    } else {
+        "email_outbox_contact_idx"
+    };
+    assert!(plan.contains(index), "the claim's plan:\n{plan}");
+}

@@ -83,6 +83,7 @@ async fn every_listed_series_is_exported_at_zero_from_start_up() {
         "signup_email_outbox_pending",
         "signup_email_outbox_dead",
         "signup_email_sync_wakeups_dropped_total",
+        "signup_email_sync_claims_released_total",
     ] {
         assert_eq!(value(&scrape, name, &[]), Some(0.0), "{name}");
     }
