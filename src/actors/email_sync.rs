@@ -90,7 +90,15 @@ impl EmailSyncActor {
         hook: Option<DeliveryHook>,
         turns: WriteTurns,
     ) -> Self {
-        let core = Core::new(CoreSettings::from_settings(&settings, turns.taken()));
+        let core = Core::new(CoreSettings {
+            max_requests: settings.in_flight().max(1),
+            batch: settings.batch().max(1),
+            timeout: settings.timeout,
+            lease: settings.lease,
+            retry: settings.retry.clone(),
+            circuit_breaker: settings.circuit_breaker.clone(),
+            one_writer: turns.taken(),
+        });
         Self {
             core,
             db,
