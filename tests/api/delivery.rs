@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use entity::email_outbox::{EventType, Status};
-use serde_json::{Value, json};
+use serde_json::Value;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::erasure::TOKEN;
+use crate::erasure::{TOKEN, register};
 use crate::helpers::{spawn_app_with, use_provider, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -152,20 +152,6 @@ async fn an_erased_address_registered_again_reaches_the_provider_after_the_old_d
         cancelled, 1,
         "the erased person's registration never went out"
     );
-}
-
-async fn register(app: &crate::helpers::TestApp, username: &str, email: &str) -> uuid::Uuid {
-    let response = app
-        .post_registration(&json!({
-            "username": username, "email": email, "password": "correct horse battery"
-        }))
-        .await;
-    assert_eq!(response.status().as_u16(), 201);
-    let body: Value = response.json().await.expect("json");
-    body["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("the new user's id")
 }
 
 /// The claim stays one statement on both databases, and its "an earlier row about this

@@ -72,7 +72,7 @@ async fn erasing_app(provider: &MockServer) -> TestApp {
 
 /// Registers `username`/`email` over HTTP (with an idempotency key, so that table has a row
 /// too) and answers the new user's id.
-async fn register(app: &TestApp, username: &str, email: &str) -> uuid::Uuid {
+pub async fn register(app: &TestApp, username: &str, email: &str) -> uuid::Uuid {
     let response = app
         .client
         .post(app.url("/api/v1/registrations"))
