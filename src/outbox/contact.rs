@@ -52,11 +52,18 @@ impl ContactKey {
 }
 
 /// The server key named `name`, generated and stored first if no instance has yet. Instances
-/// starting together agree: only one insert wins, and each reads it back.
+/// starting together agree: only one insert wins, and each reads it back. Once it exists this
+/// is one read (an erasure asks for it each time: no write of its own on SQLite's one lock).
 pub async fn load_or_create_server_key<C: ConnectionTrait>(
     db: &C,
     name: &str,
 ) -> Result<Vec<u8>, DbErr> {
+    if let Some(stored) = server_key::Entity::find_by_id(name.to_owned())
+        .one(db)
+        .await?
+    {
+        return Ok(stored.secret);
+    }
     let mut secret = vec![0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let fresh = server_key::ActiveModel {

@@ -35,13 +35,6 @@ mod steps;
 use config::{Config, draw_config};
 use model::Row;
 
-/// Which rows must wait for an earlier one: SPEC §6 says per provider contact (the email).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OrderBy {
-    Contact,
-}
-const ORDER_BY: OrderBy = OrderBy::Contact;
-
 /// Events one schedule may take: a schedule settles in a few thousand; far more is a loop
 /// that makes no progress (a claim or a tick that asks for itself again at once).
 const MAX_STEPS: u32 = 200_000;
@@ -135,6 +128,43 @@ enum Event {
     Erase,
     RegisterAgain,
     OperatorRetry,
+}
+
+impl Event {
+    /// The instance life an event belongs to: it is dropped once that life is over.
+    fn owner(&self) -> Option<(usize, u32)> {
+        match *self {
+            Event::Tick { instance, epoch }
+            | Event::Poll { instance, epoch }
+            | Event::ClaimRuns {
+                instance, epoch, ..
+            }
+            | Event::ClaimReturns {
+                instance, epoch, ..
+            }
+            | Event::Answer {
+                instance, epoch, ..
+            }
+            | Event::StoreRuns {
+                instance, epoch, ..
+            }
+            | Event::Stored { instance, epoch }
+            | Event::ReleaseRuns {
+                instance, epoch, ..
+            }
+            | Event::Released { instance, epoch }
+            | Event::CancelAll { instance, epoch }
+            | Event::DrainDeadline { instance, epoch } => Some((instance, epoch)),
+            Event::ProviderDone { .. }
+            | Event::Crash { .. }
+            | Event::Drain { .. }
+            | Event::Restart { .. }
+            | Event::Register
+            | Event::Erase
+            | Event::RegisterAgain
+            | Event::OperatorRetry => None,
+        }
+    }
 }
 
 /// A request at the provider.

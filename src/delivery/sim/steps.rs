@@ -4,18 +4,18 @@ use super::*;
 
 impl Sim {
     pub(super) fn step(&mut self, event: Event) -> Result<(), Failure> {
+        // An event of an instance's earlier life (before a crash or exit) is dropped.
+        if let Some((instance, epoch)) = event.owner()
+            && !self.alive(instance, epoch)
+        {
+            return Ok(());
+        }
         match event {
-            Event::Tick { instance, epoch } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
+            Event::Tick { instance, .. } => {
                 let actions = self.instances[instance].core.tick(at(self.now));
                 self.carry_out(instance, actions)?;
             }
             Event::Poll { instance, epoch } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
                 self.schedule(self.config.poll, Event::Poll { instance, epoch });
                 let actions = self.instances[instance].core.tick(at(self.now));
                 self.carry_out(instance, actions)?;
@@ -25,9 +25,6 @@ impl Sim {
                 epoch,
                 limit,
             } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
                 let rows = self.claim(limit);
                 self.note(format!("i{instance} claims {} rows", rows.len()));
                 let back = self.db_latency();
@@ -40,27 +37,17 @@ impl Sim {
                     },
                 );
             }
-            Event::ClaimReturns {
-                instance,
-                epoch,
-                rows,
-            } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
+            Event::ClaimReturns { instance, rows, .. } => {
                 let actions = self.instances[instance].core.claimed(rows, at(self.now));
                 self.carry_out(instance, actions)?;
             }
             Event::ProviderDone { request } => self.provider_done(request),
             Event::Answer {
                 instance,
-                epoch,
                 id,
                 outcomes,
+                ..
             } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
                 self.note(format!("i{instance} answered {id:?}: {outcomes:?}"));
                 let actions = self.instances[instance]
                     .core
@@ -72,17 +59,11 @@ impl Sim {
                 epoch,
                 batch,
             } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
                 self.store(&batch)?;
                 let back = self.db_latency();
                 self.schedule(back, Event::Stored { instance, epoch });
             }
-            Event::Stored { instance, epoch } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
+            Event::Stored { instance, .. } => {
                 let actions = self.instances[instance].core.stored(at(self.now));
                 self.carry_out(instance, actions)?;
             }
@@ -91,9 +72,6 @@ impl Sim {
                 epoch,
                 rows,
             } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
                 for claimed in rows {
                     if let Some(row) = self.rows.iter_mut().find(|r| r.id == claimed.row.id)
                         && row.locked_until == Some(claimed.lease)
@@ -104,10 +82,7 @@ impl Sim {
                 let back = self.db_latency();
                 self.schedule(back, Event::Released { instance, epoch });
             }
-            Event::Released { instance, epoch } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
+            Event::Released { instance, .. } => {
                 let actions = self.instances[instance].core.released();
                 self.carry_out(instance, actions)?;
             }
@@ -133,19 +108,15 @@ impl Sim {
                     self.carry_out(instance, actions)?;
                 }
             }
-            Event::CancelAll { instance, epoch } => {
-                if !self.alive(instance, epoch) {
-                    return Ok(());
-                }
+            Event::CancelAll { instance, .. } => {
                 let actions = self.instances[instance].core.cancel_all();
                 self.carry_out(instance, actions)?;
             }
-            Event::DrainDeadline { instance, epoch } => {
-                if self.alive(instance, epoch) {
-                    return Err(self.fail(format!(
-                        "i{instance}'s drain is not over 10 s after its grace ended"
-                    )));
-                }
+            // Still alive (the check above), so the drain did not end.
+            Event::DrainDeadline { instance, .. } => {
+                return Err(self.fail(format!(
+                    "i{instance}'s drain is not over 10 s after its grace ended"
+                )));
             }
             Event::Restart { instance } => {
                 if !self.instances[instance].up {
