@@ -616,7 +616,10 @@ async fn outcome_write_limit(postgres: Option<&str>, rows: usize) -> f64 {
             .map(|claimed| Finished {
                 attempts: claimed.row.attempts + 1,
                 claimed,
-                completion: Completion::Delivered { status: 200 },
+                completion: Completion::Delivered {
+                    status: 200,
+                    job: None,
+                },
                 at: now,
             })
             .collect();

@@ -386,6 +386,11 @@ pub struct SendgridSettings {
     pub base_url: Url,
     /// The contact field that receives the username (`first_name`, or a custom field).
     pub username_field: String,
+    /// How long after an upsert whose import job is unknown (its answer was lost) a contact
+    /// that is not found may only be not imported yet: a deletion waits that long (SPEC §6).
+    /// An upsert answered with its `job_id` is waited for by polling the job instead.
+    #[serde(with = "humantime_serde")]
+    pub import_window: Duration,
 }
 
 impl Default for SendgridSettings {
@@ -396,6 +401,7 @@ impl Default for SendgridSettings {
             base_url: Url::parse("https://api.sendgrid.com")
                 .unwrap_or_else(|_| unreachable!("a valid URL")),
             username_field: "first_name".into(),
+            import_window: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -412,6 +418,10 @@ pub struct MailgunSettings {
     /// The API's base URL (`https://api.eu.mailgun.net` in the EU); tests point it at a fake.
     #[serde(deserialize_with = "required_http_url")]
     pub base_url: Url,
+    /// How long after an upsert a 404 on deleting the member may only mean the list has not
+    /// caught up (Mailgun's lists are eventually consistent): retried, not success (SPEC §6).
+    #[serde(with = "humantime_serde")]
+    pub import_window: Duration,
 }
 
 impl Default for MailgunSettings {
@@ -421,6 +431,7 @@ impl Default for MailgunSettings {
             list: String::new(),
             base_url: Url::parse("https://api.mailgun.net")
                 .unwrap_or_else(|_| unreachable!("a valid URL")),
+            import_window: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -146,6 +146,8 @@ pub async fn erase(
         event: Set(EventType::UserDeleted),
         seq: Set(last_seq + 1),
         contact: Set(Some(contact.of(&person.email_normalized))),
+        claimed_at: Set(None),
+        provider_job: Set(None),
     }
     .insert(&txn)
     .await?;

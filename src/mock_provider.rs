@@ -293,8 +293,21 @@ fn erasure_api(
             ],
         ) => method == Method::POST,
         (ProviderKind::Mailchimp, ["3.0", "lists", _, "members", _]) => method == Method::DELETE,
-        (ProviderKind::Sendgrid, ["v3", "marketing", "contacts", "search", "emails"]) => {
-            method == Method::POST
+        (ProviderKind::Sendgrid, ["v3", "marketing", "contacts", "search", "emails"])
+        | (
+            ProviderKind::Sendgrid,
+            [
+                "v3",
+                "marketing",
+                "contacts",
+                "search",
+                "identifiers",
+                "email",
+            ],
+        ) => method == Method::POST,
+        // This mock imports at once: every job it is asked about has completed.
+        (ProviderKind::Sendgrid, ["v3", "marketing", "contacts", "imports", _]) => {
+            method == Method::GET
         }
         (ProviderKind::Sendgrid, ["v3", "marketing", "contacts"]) => method == Method::DELETE,
         (ProviderKind::Brevo, ["v3", "contacts", _])
@@ -316,10 +329,20 @@ fn erasure_api(
     }
     say(options, format_args!("ERASED {kind:?} {method} {path}"));
     Some(match (kind, method == Method::POST) {
+        (ProviderKind::Sendgrid, false) if method == Method::GET => {
+            let job = segments.last().copied().unwrap_or_default();
+            HttpResponse::Ok()
+                .json(serde_json::json!({"id": job, "status": "completed", "job_type": "upsert"}))
+        }
         // The search finds every address asked for (this mock keeps no contacts).
         (ProviderKind::Sendgrid, true) => {
             let asked: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-            let result: serde_json::Map<String, serde_json::Value> = asked["emails"]
+            let field = if segments.contains(&"identifiers") {
+                "identifiers"
+            } else {
+                "emails"
+            };
+            let result: serde_json::Map<String, serde_json::Value> = asked[field]
                 .as_array()
                 .into_iter()
                 .flatten()

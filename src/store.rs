@@ -453,6 +453,8 @@ fn new_outbox_row(id: Uuid, user: &RegisteredUser, contact: String) -> email_out
         // new user, with a new id).
         seq: Set(1),
         contact: Set(Some(contact)),
+        claimed_at: Set(None),
+        provider_job: Set(None),
     }
 }
 

@@ -95,6 +95,12 @@ pub struct Model {
     /// (`outbox::ContactKey`). A row is claimed only once every earlier row about the same
     /// contact, of any user, is settled (SPEC §6). NULL on rows written before it existed.
     pub contact: Option<String>,
+    /// When the row was last claimed: a request carrying it may reach the provider until that
+    /// claim's lease ends, answered or not.
+    pub claimed_at: Option<DateTimeUtc>,
+    /// The provider's import job for the row's last accepted upsert (SendGrid's `job_id`): a
+    /// later deletion of the contact waits until that import has finished (SPEC §6).
+    pub provider_job: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,6 +10,7 @@ mod m20261126_000004_add_outbox_retry_from;
 mod m20261130_000005_create_server_keys_and_write_probe;
 mod m20261130_000006_outbox_events_in_order;
 mod m20261207_000007_outbox_order_per_contact;
+mod m20261207_000008_outbox_provider_imports;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_create_server_keys_and_write_probe::Migration),
             Box::new(m20261130_000006_outbox_events_in_order::Migration),
             Box::new(m20261207_000007_outbox_order_per_contact::Migration),
+            Box::new(m20261207_000008_outbox_provider_imports::Migration),
         ]
     }
 }

@@ -192,16 +192,10 @@ impl EmailSyncActor {
     fn send(&mut self, request: Request, ctx: &mut Context<Self>) {
         let provider = Arc::clone(&self.provider);
         let hook = self.hook.clone();
-        let rows: Vec<Delivery> = request
-            .rows
-            .iter()
-            .map(|claimed| Delivery {
-                id: claimed.row.id,
-                event: claimed.row.event,
-                payload: claimed.row.payload.clone(),
-            })
-            .collect();
+        let (db, lease) = (self.db.clone(), self.settings.lease);
+        let claims = request.rows.clone();
         let task = tokio::task::spawn_local(async move {
+            let rows = deliveries(&db, &claims, lease).await;
             if let Some(hook) = hook {
                 for row in &rows {
                     hook(row.id);
@@ -349,6 +343,14 @@ impl EmailSyncActor {
                     tracing::warn!(outbox_id = %id, ?status, %error, attempts, "delivery failed; will retry");
                 }
             }
+            AttemptOutcome::NotYet { status, error, .. } => {
+                // Counted as a retry; the provider is up, so not as a failure.
+                self.metrics
+                    .sync_attempts
+                    .with_label_values(&["transient"])
+                    .inc();
+                tracing::info!(outbox_id = %id, status, %error, attempts, "the provider is not done with an earlier request about this contact; will ask again");
+            }
             AttemptOutcome::NotSent { retry_after } => {
                 tracing::debug!(outbox_id = %id, ?retry_after, "not sent: the provider asked us to wait for its rate limit");
             }
@@ -448,6 +450,39 @@ impl EmailSyncActor {
             }
         })
     }
+}
+
+/// What the provider adapter gets of `claims`: each row, and for a deletion the last upsert of
+/// its user, which a provider that imports asynchronously may still be applying (SPEC §6).
+/// If that cannot be read, the deletion assumes an upsert may have just been sent: "not found"
+/// is then retried rather than taken as gone.
+async fn deliveries(db: &DatabaseConnection, claims: &[Claimed], lease: Duration) -> Vec<Delivery> {
+    let mut rows = Vec::with_capacity(claims.len());
+    for claimed in claims {
+        let row = &claimed.row;
+        let upsert = match row.event {
+            entity::email_outbox::EventType::UserDeleted => {
+                match outbox::last_upsert(db, row.user_id, lease).await {
+                    Ok(upsert) => upsert,
+                    Err(e) => {
+                        tracing::warn!(outbox_id = %row.id, error = %e, "cannot read the erased user's last upsert; a provider's \"not found\" is retried");
+                        Some(crate::email::import::EarlierUpsert {
+                            job: None,
+                            may_land_until: Utc::now(),
+                        })
+                    }
+                }
+            }
+            _ => None,
+        };
+        rows.push(Delivery {
+            id: row.id,
+            event: row.event,
+            payload: row.payload.clone(),
+            upsert,
+        });
+    }
+    rows
 }
 
 impl Actor for EmailSyncActor {

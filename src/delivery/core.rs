@@ -259,7 +259,10 @@ impl Core {
         for (claimed, outcome) in rows.into_iter().zip(outcomes) {
             let spent = !matches!(outcome, AttemptOutcome::NotSent { .. });
             let attempts = claimed.row.attempts.saturating_add(i32::from(spent));
-            let transient = matches!(outcome, AttemptOutcome::Transient { .. });
+            let transient = matches!(
+                outcome,
+                AttemptOutcome::Transient { .. } | AttemptOutcome::NotYet { .. }
+            );
             let completion =
                 crate::email::completion(outcome.clone(), &claimed.row, now, &self.settings.retry);
             let dead = matches!(completion, Completion::Dead { .. });
@@ -502,18 +505,14 @@ impl Core {
         }
         self.note_transition(before, out);
         // A 429 that says when the limit resets pauses every request until then.
+        // A request held back by that pause (not sent) says how much of it is left.
         let reset = outcomes
             .iter()
             .filter_map(|outcome| match outcome {
-                AttemptOutcome::Transient {
-                    status: Some(429),
-                    retry_after: Some(wait),
-                    ..
-                } if !wait.is_zero() => Some(*wait),
                 AttemptOutcome::NotSent { retry_after } if !retry_after.is_zero() => {
                     Some(*retry_after)
                 }
-                _ => None,
+                other => other.rate_limit_reset(),
             })
             .max();
         if let Some(until) = reset

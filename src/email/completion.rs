@@ -19,7 +19,7 @@ pub fn completion(
     settings: &RetrySettings,
 ) -> Completion {
     match outcome {
-        AttemptOutcome::Delivered { status } => Completion::Delivered { status },
+        AttemptOutcome::Delivered { status, job } => Completion::Delivered { status, job },
         // Not attempted: due again when the provider's pause ends (no later than the longest
         // retry interval), with no attempt spent.
         AttemptOutcome::NotSent { retry_after } => Completion::Deferred {
@@ -37,16 +37,33 @@ pub fn completion(
             error,
             retry_after,
             ..
-        } => {
-            let attempts_made = u32::try_from(row.attempts.saturating_add(1)).unwrap_or(u32::MAX);
-            // An operator's retry starts a new schedule (and a new max_elapsed) from its time.
-            let schedule_start = row.retry_from.unwrap_or(row.created_at);
-            match retry::next_attempt_at(attempts_made, schedule_start, now, retry_after, settings)
-            {
-                Some(at) => Completion::Retry { at, status, error },
-                None => Completion::Dead { status, error },
-            }
-        }
+        } => retried(row, now, status, error, retry_after, settings),
+        // The provider is up but not done with an earlier request about the contact: retried
+        // on the same schedule, so a job that never finishes ends dead, an operator's matter.
+        AttemptOutcome::NotYet {
+            status,
+            error,
+            retry_after,
+        } => retried(row, now, Some(status), error, retry_after, settings),
+    }
+}
+
+/// Attempt number `row.attempts + 1` failed for now: due again when the schedule says (no
+/// sooner than the provider asked), or dead once the schedule is spent.
+fn retried(
+    row: &email_outbox::Model,
+    now: DateTime<Utc>,
+    status: Option<u16>,
+    error: String,
+    retry_after: Option<std::time::Duration>,
+    settings: &RetrySettings,
+) -> Completion {
+    let attempts_made = u32::try_from(row.attempts.saturating_add(1)).unwrap_or(u32::MAX);
+    // An operator's retry starts a new schedule (and a new max_elapsed) from its time.
+    let schedule_start = row.retry_from.unwrap_or(row.created_at);
+    match retry::next_attempt_at(attempts_made, schedule_start, now, retry_after, settings) {
+        Some(at) => Completion::Retry { at, status, error },
+        None => Completion::Dead { status, error },
     }
 }
 
@@ -77,6 +94,8 @@ mod tests {
             event: email_outbox::EventType::UserRegistered,
             seq: 1,
             contact: None,
+            claimed_at: None,
+            provider_job: None,
         }
     }
 
@@ -102,13 +121,11 @@ mod tests {
         let fresh = row(0, at(11));
 
         assert!(matches!(
-            completion(
-                AttemptOutcome::Delivered { status: 204 },
-                &fresh,
-                now,
-                &settings
-            ),
-            Completion::Delivered { status: 204 }
+            completion(AttemptOutcome::delivered(204), &fresh, now, &settings),
+            Completion::Delivered {
+                status: 204,
+                job: None
+            }
         ));
         assert!(matches!(
             completion(

@@ -5,6 +5,7 @@
 pub mod circuit_breaker;
 pub mod completion;
 pub mod event;
+pub mod import;
 pub mod provider;
 pub mod retry;
 pub mod webhook;

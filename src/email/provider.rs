@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use super::event::{Event, UserDeleted, UserRegistered};
+use super::import::{self, EarlierUpsert, Job};
 use super::webhook::{self, AttemptOutcome, WebhookProvider, parse_retry_after};
 use crate::configuration::{
     BrevoSettings, MailchimpErase, MailchimpSettings, MailgunSettings, ResendSettings,
@@ -21,12 +22,14 @@ use crate::configuration::{
 };
 use entity::email_outbox::EventType;
 
-/// One due row: its outbox id (the delivery's idempotency key), its event and stored payload.
+/// One due row: its outbox id (the delivery's idempotency key), its event and stored payload,
+/// and for a deletion, the last upsert of its contact that may still be landing (SPEC §6).
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: Uuid,
     pub event: EventType,
     pub payload: String,
+    pub upsert: Option<EarlierUpsert>,
 }
 
 /// A provider's API as the EmailSyncActor uses it.
@@ -128,14 +131,7 @@ impl Gate {
     pub fn observe<'a>(&self, outcomes: impl IntoIterator<Item = &'a AttemptOutcome>) {
         let reset = outcomes
             .into_iter()
-            .filter_map(|outcome| match outcome {
-                AttemptOutcome::Transient {
-                    status: Some(429),
-                    retry_after: Some(wait),
-                    ..
-                } if !wait.is_zero() => Some(*wait),
-                _ => None,
-            })
+            .filter_map(AttemptOutcome::rate_limit_reset)
             .max();
         if let Some(wait) = reset {
             let until = Instant::now() + wait;
@@ -198,9 +194,13 @@ pub trait OneAtATime {
     ) -> impl std::future::Future<Output = AttemptOutcome> + Send;
 
     /// One attempt to remove an erased user from the provider (SPEC §6); "not found" there is
-    /// already gone: delivered.
-    fn erase(&self, user: &UserDeleted)
-    -> impl std::future::Future<Output = AttemptOutcome> + Send;
+    /// already gone: delivered, unless `earlier`, the last upsert of the address, may still be
+    /// landing at a provider that imports asynchronously.
+    fn erase(
+        &self,
+        user: &UserDeleted,
+        earlier: Option<&EarlierUpsert>,
+    ) -> impl std::future::Future<Output = AttemptOutcome> + Send;
 }
 
 /// Each row's payload read as the user it announces, sent one request each.
@@ -212,7 +212,7 @@ async fn contacts_one_by_one<A: OneAtATime + Sync>(
     one_by_one(rows, gate, |row| async move {
         match event(row) {
             Ok(Event::UserRegistered(user)) => api.send(&user).await,
-            Ok(Event::UserDeleted(user)) => api.erase(&user).await,
+            Ok(Event::UserDeleted(user)) => api.erase(&user, row.upsert.as_ref()).await,
             Err(unreadable) => unreadable,
         }
     })
@@ -258,7 +258,7 @@ async fn bisecting<A: InBatches + Sync>(
                 users.push(user);
                 places.push(place);
             }
-            Ok(Event::UserDeleted(user)) => erasures.push((place, user)),
+            Ok(Event::UserDeleted(user)) => erasures.push((place, user, row.upsert.as_ref())),
             Err(unreadable) => outcomes[place] = Some(unreadable),
         }
     }
@@ -308,9 +308,9 @@ async fn bisecting<A: InBatches + Sync>(
             }
         }
     }
-    for (place, user) in erasures {
+    for (place, user, earlier) in erasures {
         let outcome = match gate.admit().await {
-            Ok(()) => api.erase(&user).await,
+            Ok(()) => api.erase(&user, earlier).await,
             Err(retry_after) => AttemptOutcome::NotSent { retry_after },
         };
         gate.observe([&outcome]);
@@ -358,7 +358,7 @@ async fn erase_request(
 ) -> AttemptOutcome {
     match request.send().await {
         Ok(response) if response.status() == StatusCode::NOT_FOUND => {
-            AttemptOutcome::Delivered { status: 404 }
+            AttemptOutcome::delivered(404)
         }
         Ok(response) => classify(response.status(), response.headers(), reset_header, setting),
         Err(e) => request_failed(e),
@@ -486,7 +486,7 @@ impl OneAtATime for Brevo {
     }
 
     /// `DELETE /v3/contacts/{email}`.
-    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
+    async fn erase(&self, user: &UserDeleted, _: Option<&EarlierUpsert>) -> AttemptOutcome {
         let request = self
             .client
             .delete(with_segments(&self.endpoint, &[&user.email]))
@@ -530,9 +530,7 @@ impl OneAtATime for Resend {
         if matches!(status.as_u16(), 409 | 422) {
             let text = response.text().await.unwrap_or_default();
             if text.to_ascii_lowercase().contains("already exist") {
-                return AttemptOutcome::Delivered {
-                    status: status.as_u16(),
-                };
+                return AttemptOutcome::delivered(status.as_u16());
             }
         }
         let mut outcome = classify(
@@ -554,7 +552,7 @@ impl OneAtATime for Resend {
     }
 
     /// `DELETE /contacts/{email}`.
-    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
+    async fn erase(&self, user: &UserDeleted, _: Option<&EarlierUpsert>) -> AttemptOutcome {
         let request = self
             .client
             .delete(with_segments(&self.endpoint, &[&user.email]))
@@ -688,7 +686,7 @@ fn mailchimp_batch_outcomes(users: &[UserRegistered], body: &str) -> BatchAnswer
             .iter()
             .map(|user| match refused.get(&user.email.to_lowercase()) {
                 Some(e) => mailchimp_refusal(&format!("{} ({})", e.error, e.error_code)),
-                None => AttemptOutcome::Delivered { status: 200 },
+                None => AttemptOutcome::delivered(200),
             })
             .collect(),
     )
@@ -709,7 +707,7 @@ impl OneAtATime for Mailchimp {
 
     /// `POST …/members/{hash}/actions/delete-permanent` (`erase = "permanent"`) or
     /// `DELETE …/members/{hash}` (`erase = "archive"`).
-    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
+    async fn erase(&self, user: &UserDeleted, _: Option<&EarlierUpsert>) -> AttemptOutcome {
         let hash = subscriber_hash(&user.email);
         let request = match self.settings.erase {
             MailchimpErase::Permanent => self.client.post(with_segments(
@@ -756,6 +754,7 @@ impl Sendgrid {
     }
 
     /// `PUT /v3/marketing/contacts` with `users` and the lists: one request for one or many.
+    /// The 202's `job_id` is kept with the rows: a later deletion waits for that import.
     async fn put_contacts(&self, users: &[UserRegistered]) -> AttemptOutcome {
         let contacts: Vec<_> = users
             .iter()
@@ -773,7 +772,7 @@ impl Sendgrid {
             })
             .collect();
         let body = serde_json::json!({"list_ids": self.settings.list_ids, "contacts": contacts});
-        match self
+        let response = match self
             .client
             .put(self.endpoint.clone())
             .bearer_auth(self.settings.api_key.expose_secret())
@@ -781,55 +780,86 @@ impl Sendgrid {
             .send()
             .await
         {
-            Ok(response) => {
-                let status = response.status();
-                let mut outcome = classify(
-                    status,
-                    response.headers(),
-                    "",
-                    "email_sync.sendgrid.api_key",
-                );
-                if let AttemptOutcome::Transient { retry_after, .. } = &mut outcome
-                    && status == StatusCode::TOO_MANY_REQUESTS
-                    && let Some(at) = reset_after(response.headers(), "x-ratelimit-reset")
-                {
-                    // An epoch, not a delay.
-                    let now = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default();
-                    *retry_after = Some(at.saturating_sub(now));
-                }
-                outcome
-            }
-            Err(e) => request_failed(e),
-        }
-    }
-}
-
-impl OneAtATime for Sendgrid {
-    async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
-        self.put_contacts(std::slice::from_ref(user)).await
-    }
-
-    /// Looks the contact's id up (`POST /v3/marketing/contacts/search/emails`; 404: no such
-    /// contact, already gone), then `DELETE /v3/marketing/contacts?ids=<id>` (202: accepted).
-    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
-        let setting = "email_sync.sendgrid.api_key";
-        let search = self
-            .client
-            .post(with_segments(&self.endpoint, &["search", "emails"]))
-            .bearer_auth(self.settings.api_key.expose_secret())
-            .json(&serde_json::json!({ "emails": [user.email] }));
-        let response = match search.send().await {
             Ok(response) => response,
             Err(e) => return request_failed(e),
         };
         let status = response.status();
+        let mut outcome = classify(status, response.headers(), "", SENDGRID_KEY);
+        if let AttemptOutcome::Transient { retry_after, .. } = &mut outcome
+            && status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(at) = reset_after(response.headers(), "x-ratelimit-reset")
+        {
+            // An epoch, not a delay.
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            *retry_after = Some(at.saturating_sub(now));
+        }
+        if let AttemptOutcome::Delivered { job, .. } = &mut outcome {
+            // Accepted whatever the body says; without a readable `job_id` a deletion waits
+            // out `import_window` instead of polling the job.
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            *job = body["job_id"]
+                .as_str()
+                .filter(|id| !id.is_empty() && id.len() <= 128)
+                .map(str::to_owned);
+        }
+        outcome
+    }
+
+    /// Where import job `id` stands (`GET /v3/marketing/contacts/imports/{id}`): `pending` is
+    /// running; `completed`, `errored` and `failed` are finished; a job SendGrid no longer
+    /// knows (404) is unknown. Any other answer is the attempt's outcome.
+    async fn import_job(&self, id: &str) -> Result<Job, AttemptOutcome> {
+        let request = self
+            .client
+            .get(with_segments(&self.endpoint, &["imports", id]))
+            .bearer_auth(self.settings.api_key.expose_secret());
+        let response = request.send().await.map_err(request_failed)?;
+        let status = response.status();
         if status == StatusCode::NOT_FOUND {
-            return AttemptOutcome::Delivered { status: 404 };
+            return Ok(Job::Unknown);
         }
         if !status.is_success() {
-            return classify(status, response.headers(), "", setting);
+            return Err(classify(status, response.headers(), "", SENDGRID_KEY));
+        }
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        Ok(match body["status"].as_str() {
+            Some("completed" | "errored" | "failed") => Job::Finished,
+            // "pending", or a state this adapter does not know: wait (the retry schedule
+            // bounds it).
+            _ => Job::Running,
+        })
+    }
+
+    /// The id of the contact with `email`, if SendGrid finds one, and the search's status.
+    /// `POST /v3/marketing/contacts/search/emails` takes addresses of at most 100 characters;
+    /// longer ones (signup accepts up to 254) go to `search/identifiers/email`. Both answer 404
+    /// when nothing matches and list matches under `result`, keyed by address.
+    async fn find_contact(&self, email: &str) -> Result<(u16, Option<String>), AttemptOutcome> {
+        let search = if email.chars().count() <= SEARCH_EMAILS_MAX_CHARS {
+            self.client
+                .post(with_segments(&self.endpoint, &["search", "emails"]))
+                .json(&serde_json::json!({ "emails": [email] }))
+        } else {
+            self.client
+                .post(with_segments(
+                    &self.endpoint,
+                    &["search", "identifiers", "email"],
+                ))
+                .json(&serde_json::json!({ "identifiers": [email] }))
+        };
+        let response = search
+            .bearer_auth(self.settings.api_key.expose_secret())
+            .send()
+            .await
+            .map_err(request_failed)?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok((404, None));
+        }
+        if !status.is_success() {
+            return Err(classify(status, response.headers(), "", SENDGRID_KEY));
         }
         let found: serde_json::Value = response.json().await.unwrap_or_default();
         let id = found["result"]
@@ -837,13 +867,52 @@ impl OneAtATime for Sendgrid {
             .and_then(|result| {
                 result
                     .iter()
-                    .find(|(email, _)| email.eq_ignore_ascii_case(&user.email))
+                    .find(|(address, _)| address.eq_ignore_ascii_case(email))
             })
             .and_then(|(_, entry)| entry["contact"]["id"].as_str().map(str::to_owned));
+        Ok((status.as_u16(), id))
+    }
+}
+
+/// The setting a refused SendGrid key points at.
+const SENDGRID_KEY: &str = "email_sync.sendgrid.api_key";
+
+/// The longest address `search/emails` takes (SPEC §6).
+const SEARCH_EMAILS_MAX_CHARS: usize = 100;
+
+impl OneAtATime for Sendgrid {
+    async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
+        self.put_contacts(std::slice::from_ref(user)).await
+    }
+
+    /// Waits until the last upsert's import job has finished (SPEC §6), looks the contact's id
+    /// up, then `DELETE /v3/marketing/contacts?ids=<id>` (202: accepted). A contact SendGrid
+    /// does not find is already gone only once no import of the address can still create it.
+    async fn erase(&self, user: &UserDeleted, earlier: Option<&EarlierUpsert>) -> AttemptOutcome {
+        let job = match earlier.and_then(|e| e.job.as_deref()) {
+            Some(id) => match self.import_job(id).await {
+                Ok(Job::Running) => {
+                    return import::not_yet(200, &format!("SendGrid import job {id} is pending"));
+                }
+                Ok(job) => job,
+                Err(outcome) => return outcome,
+            },
+            None => Job::Unknown,
+        };
+        let (status, id) = match self.find_contact(&user.email).await {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
         let Some(id) = id else {
-            // Searched, and SendGrid has no contact with the address.
-            return AttemptOutcome::Delivered {
-                status: status.as_u16(),
+            return if import::absent_is_gone(
+                earlier,
+                job,
+                chrono::Utc::now(),
+                self.settings.import_window,
+            ) {
+                AttemptOutcome::delivered(status)
+            } else {
+                import::not_yet(status, "SendGrid does not find the contact")
             };
         };
         let mut delete = self.endpoint.clone();
@@ -852,7 +921,7 @@ impl OneAtATime for Sendgrid {
             .client
             .delete(delete)
             .bearer_auth(self.settings.api_key.expose_secret());
-        erase_request(request, "", setting).await
+        erase_request(request, "", SENDGRID_KEY).await
     }
 }
 
@@ -892,13 +961,27 @@ impl OneAtATime for Mailgun {
         attempt(request, "", "email_sync.mailgun.api_key").await
     }
 
-    /// `DELETE /v3/lists/{list}/members/{address}`.
-    async fn erase(&self, user: &UserDeleted) -> AttemptOutcome {
+    /// `DELETE /v3/lists/{list}/members/{address}`. Its lists are eventually consistent: a
+    /// 404 within `import_window` of the address's last upsert may only mean the list has not
+    /// caught up, and is asked again (SPEC §6).
+    async fn erase(&self, user: &UserDeleted, earlier: Option<&EarlierUpsert>) -> AttemptOutcome {
         let request = self
             .client
             .delete(with_segments(&self.endpoint, &["members", &user.email]))
             .basic_auth("api", Some(self.settings.api_key.expose_secret()));
-        erase_request(request, "", "email_sync.mailgun.api_key").await
+        match erase_request(request, "", "email_sync.mailgun.api_key").await {
+            AttemptOutcome::Delivered { status: 404, .. }
+                if !import::absent_is_gone(
+                    earlier,
+                    Job::Unknown,
+                    chrono::Utc::now(),
+                    self.settings.import_window,
+                ) =>
+            {
+                import::not_yet(404, "Mailgun's list does not show the member")
+            }
+            outcome => outcome,
+        }
     }
 }
 
@@ -1026,6 +1109,7 @@ mod tests {
             id: Uuid::nil(),
             event: EventType::UserRegistered,
             payload: "{}".into(),
+            upsert: None,
         }];
         let outcomes = one_by_one(&rows, &gate, |_| async {
             panic!("nothing is sent while paused")
@@ -1054,7 +1138,7 @@ mod tests {
         else {
             panic!("a 200 answer is per member")
         };
-        assert_eq!(outcomes[0], AttemptOutcome::Delivered { status: 200 });
+        assert_eq!(outcomes[0], AttemptOutcome::delivered(200));
         assert!(
             matches!(&outcomes[1], AttemptOutcome::Permanent { error, .. } if error.contains("permanently deleted")),
             "{outcomes:?}"

@@ -18,8 +18,9 @@ use super::event::{Event, WebhookBody};
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptOutcome {
-    /// 2xx.
-    Delivered { status: u16 },
+    /// 2xx. `job`: the provider's job that applies it later, where it imports asynchronously
+    /// (SendGrid's `job_id`); a deletion of the same contact waits for it (SPEC §6).
+    Delivered { status: u16, job: Option<String> },
     /// Worth retrying; counts against the circuit breaker.
     Transient {
         status: Option<u16>,
@@ -34,6 +35,35 @@ pub enum AttemptOutcome {
     /// Not sent: the provider told every request to wait (a 429's reset), for `retry_after`
     /// from now. No attempt is spent and the circuit is not touched.
     NotSent { retry_after: Duration },
+    /// The provider answered, but has not finished an earlier request about the same contact
+    /// (an import still running, so "not found" may only mean "not imported yet"): asked again
+    /// later. An attempt is spent, so the retry schedule bounds the wait; the provider is up, so
+    /// the circuit counts it as an answer.
+    NotYet {
+        status: u16,
+        error: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl AttemptOutcome {
+    /// Delivered, with no job to wait for.
+    pub fn delivered(status: u16) -> Self {
+        AttemptOutcome::Delivered { status, job: None }
+    }
+
+    /// How long the provider asked every request to wait: a 429 that says when its limit
+    /// resets. Such a pause holds for every request, not only this row's.
+    pub fn rate_limit_reset(&self) -> Option<Duration> {
+        match self {
+            AttemptOutcome::Transient {
+                status: Some(429),
+                retry_after: Some(wait),
+                ..
+            } if !wait.is_zero() => Some(*wait),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +200,7 @@ pub fn classify(
 ) -> AttemptOutcome {
     let code = status.as_u16();
     if status.is_success() {
-        return AttemptOutcome::Delivered { status: code };
+        return AttemptOutcome::delivered(code);
     }
     let retry_after = matches!(code, 429 | 503)
         .then(|| headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()))
@@ -324,11 +354,7 @@ mod tests {
         let h = HeaderMap::new();
         let class = |code: u16| classify(StatusCode::from_u16(code).expect("status"), &h, now);
         for code in [200, 201, 202, 204] {
-            assert_eq!(
-                class(code),
-                AttemptOutcome::Delivered { status: code },
-                "{code}"
-            );
+            assert_eq!(class(code), AttemptOutcome::delivered(code), "{code}");
         }
         for code in [408, 425, 429, 500, 502, 503, 504] {
             assert!(

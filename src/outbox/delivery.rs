@@ -12,7 +12,7 @@ use entity::email_outbox::{self, EventType, Status};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
-    EntityTrait, FromQueryResult, QueryFilter, QueryTrait, Statement, TransactionTrait,
+    EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QueryTrait, Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -45,13 +45,15 @@ pub async fn claim(
         .trunc_subsecs(6);
     let limit = limit as i64;
     // Order per user and per provider contact (SPEC §6): a row is due only once no earlier row
-    // of its user, and no earlier-written row about the same contact (the keyed hash of the
-    // normalised email, of any user), is pending or still leased by anyone (a cancelled row
+    // of its user, and no earlier-written deletion about the same contact (the keyed hash of
+    // the normalised email, of any user), is pending or still leased by anyone (a cancelled row
     // whose delivery is in flight included). So a deletion never overtakes the registration it
     // undoes, and an erased person's deletion reaches the provider before the registration of
-    // whoever takes the address next. Written order: SQLite's rowid (one writer at a time),
-    // PostgreSQL's `written` sequence. Rows from before `contact` existed (NULL) match no
-    // other row here and keep the per-user order.
+    // whoever takes the address next. Earlier deletions are enough: an address belongs to one
+    // live user at a time, so any earlier row about it of another user is an erased user's,
+    // whose deletion stays pending behind it (the simulation walks this rule). Written order:
+    // SQLite's rowid (one writer at a time), PostgreSQL's `written` sequence. Rows from before
+    // `contact` existed (NULL) match no other row here and keep the per-user order.
     let statement = claim_statement(db, until, now, limit);
     let mut rows = email_outbox::Model::find_by_statement(statement)
         .all(db)
@@ -74,7 +76,7 @@ fn claim_statement(
     if is_postgres(db) {
         Statement::from_sql_and_values(
             DatabaseBackend::Postgres,
-            "UPDATE email_outbox SET locked_until = $1 WHERE id IN (\
+            "UPDATE email_outbox SET locked_until = $1, claimed_at = $2 WHERE id IN (\
                SELECT o.id FROM email_outbox o \
                WHERE o.status = 'pending' AND o.next_attempt_at <= $2 \
                  AND (o.locked_until IS NULL OR o.locked_until <= $2) \
@@ -82,7 +84,8 @@ fn claim_statement(
                    WHERE e.user_id = o.user_id AND e.seq < o.seq \
                      AND (e.status = 'pending' OR e.locked_until > $2)) \
                  AND NOT EXISTS (SELECT 1 FROM email_outbox e \
-                   WHERE e.contact = o.contact AND e.written < o.written \
+                   WHERE e.contact = o.contact AND e.event = 'user.deleted' \
+                     AND e.written < o.written \
                      AND (e.status = 'pending' OR e.locked_until > $2)) \
                ORDER BY o.next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING *",
@@ -91,7 +94,7 @@ fn claim_statement(
     } else {
         Statement::from_sql_and_values(
             DatabaseBackend::Sqlite,
-            "UPDATE email_outbox SET locked_until = ?1 WHERE id IN (\
+            "UPDATE email_outbox SET locked_until = ?1, claimed_at = ?2 WHERE id IN (\
                SELECT o.id FROM email_outbox o \
                WHERE o.status = 'pending' AND o.next_attempt_at <= ?2 \
                  AND (o.locked_until IS NULL OR o.locked_until <= ?2) \
@@ -99,7 +102,8 @@ fn claim_statement(
                    WHERE e.user_id = o.user_id AND e.seq < o.seq \
                      AND (e.status = 'pending' OR e.locked_until > ?2)) \
                  AND NOT EXISTS (SELECT 1 FROM email_outbox e \
-                   WHERE e.contact = o.contact AND e.rowid < o.rowid \
+                   WHERE e.contact = o.contact AND e.event = 'user.deleted' \
+                     AND e.rowid < o.rowid \
                      AND (e.status = 'pending' OR e.locked_until > ?2)) \
                ORDER BY o.next_attempt_at LIMIT ?3) \
              RETURNING *",
@@ -144,8 +148,10 @@ pub async fn claim_plan(db: &DatabaseConnection) -> Result<String, DbErr> {
 /// How an attempt ended, as stored.
 #[derive(Debug, Clone)]
 pub enum Completion {
+    /// `job`: the provider's import job that applies it later, if it named one (SPEC §6).
     Delivered {
         status: u16,
+        job: Option<String>,
     },
     Retry {
         at: DateTime<Utc>,
@@ -192,12 +198,13 @@ pub async fn complete_all(
     let mut groups: Vec<(DeliveredGroup, Vec<usize>)> = Vec::new();
     for (place, one) in finished.iter().enumerate() {
         match &one.completion {
-            Completion::Delivered { status }
+            Completion::Delivered { status, job }
                 if one.claimed.row.event == EventType::UserRegistered =>
             {
                 let key = DeliveredGroup {
                     lease: one.claimed.lease,
                     status: *status,
+                    job: job.clone(),
                     at: one.at,
                 };
                 match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -217,7 +224,7 @@ pub async fn complete_all(
             }
             if updated.len() < ids.len() {
                 let lost: Vec<Uuid> = ids.into_iter().filter(|id| !updated.contains(id)).collect();
-                let_go_of_cancelled(&txn, &lost, group.lease).await?;
+                let_go_of_cancelled(&txn, &lost, group.lease, group.job.as_deref()).await?;
             }
         }
     }
@@ -229,10 +236,11 @@ pub async fn complete_all(
 const DELIVERED_PER_STATEMENT: usize = 500;
 
 /// What rows delivered by one request have in common.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct DeliveredGroup {
     lease: DateTime<Utc>,
     status: u16,
+    job: Option<String>,
     at: DateTime<Utc>,
 }
 
@@ -262,6 +270,10 @@ async fn deliver_many<C: ConnectionTrait>(
             Expr::col(email_outbox::Column::Attempts).add(1),
         )
         .col_expr(
+            email_outbox::Column::ProviderJob,
+            Expr::value(group.job.clone()),
+        )
+        .col_expr(
             email_outbox::Column::LockedUntil,
             Expr::value(Option::<DateTime<Utc>>::None),
         )
@@ -289,14 +301,19 @@ async fn complete<C: ConnectionTrait>(db: &C, finished: &Finished) -> Result<boo
         at: now,
     } = finished;
     let (attempts, now, completion) = (*attempts, *now, completion.clone());
+    let job = match &completion {
+        Completion::Delivered { job, .. } => job.clone(),
+        _ => None,
+    };
     let mut update = email_outbox::ActiveModel {
         attempts: Set(attempts),
         locked_until: Set(None),
         ..Default::default()
     };
     match completion {
-        Completion::Delivered { status } => {
+        Completion::Delivered { status, job } => {
             update.status = Set(Status::Delivered);
+            update.provider_job = Set(job);
             update.delivered_at = Set(Some(now.trunc_subsecs(6)));
             update.last_status = Set(Some(i32::from(status)));
             if claimed.row.event == EventType::UserDeleted {
@@ -328,29 +345,72 @@ async fn complete<C: ConnectionTrait>(db: &C, finished: &Finished) -> Result<boo
     if result.rows_affected == 1 {
         return Ok(true);
     }
-    let_go_of_cancelled(db, &[claimed.row.id], claimed.lease).await?;
+    let_go_of_cancelled(db, &[claimed.row.id], claimed.lease, job.as_deref()).await?;
     Ok(false)
 }
 
 /// Clears this claim's lease on rows cancelled while their delivery was in flight (their user
-/// was erased): nothing is stored for them, and the user's later rows (the deletion) wait only
-/// for the lease to go.
+/// was erased): nothing else is stored for them, and the user's later rows (the deletion) wait
+/// only for the lease to go. Except the provider's import `job`, if the request was accepted
+/// with one: the deletion must wait for that import to finish (SPEC §6).
 async fn let_go_of_cancelled<C: ConnectionTrait>(
     db: &C,
     ids: &[Uuid],
     lease: DateTime<Utc>,
+    job: Option<&str>,
 ) -> Result<(), DbErr> {
-    email_outbox::Entity::update_many()
-        .col_expr(
-            email_outbox::Column::LockedUntil,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
+    let mut update = email_outbox::Entity::update_many().col_expr(
+        email_outbox::Column::LockedUntil,
+        Expr::value(Option::<DateTime<Utc>>::None),
+    );
+    if let Some(job) = job {
+        update = update.col_expr(email_outbox::Column::ProviderJob, Expr::value(job));
+    }
+    update
         .filter(email_outbox::Column::Id.is_in(ids.iter().copied()))
         .filter(email_outbox::Column::Status.eq(Status::Cancelled))
         .filter(email_outbox::Column::LockedUntil.eq(lease))
         .exec(db)
         .await?;
     Ok(())
+}
+
+/// The last upsert of erased `user` that may have reached the provider (SPEC §6): their
+/// latest-claimed `user.registered` row, whatever became of it (a cancelled row's request may
+/// have landed too). Only this user's: an earlier holder of the address was erased with a
+/// deletion that went first and waited for their imports in turn. With it, with its provider import job and until when a request
+/// carrying it may have reached the provider: its answer, or else the end of its last claim's
+/// `lease`. None if no upsert was ever sent. Walks the (user, seq) index.
+pub async fn last_upsert(
+    db: &DatabaseConnection,
+    user: Uuid,
+    lease: std::time::Duration,
+) -> Result<Option<crate::email::import::EarlierUpsert>, DbErr> {
+    let last = email_outbox::Entity::find()
+        .filter(email_outbox::Column::UserId.eq(user))
+        .filter(email_outbox::Column::Event.eq(EventType::UserRegistered))
+        .filter(email_outbox::Column::ClaimedAt.is_not_null())
+        .order_by_desc(email_outbox::Column::ClaimedAt)
+        .one(db)
+        .await?;
+    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+    Ok(last.and_then(|row| {
+        let claimed = row.claimed_at?;
+        let lease_end = claimed
+            .checked_add_signed(lease)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        // Answered: no request about it can reach the provider after the answer. Otherwise
+        // (retried, dead, cancelled in flight, lost with its instance) one may until the lease
+        // ended.
+        let may_land_until = row
+            .delivered_at
+            .filter(|_| row.status == Status::Delivered)
+            .map_or(lease_end, |answered| Ord::min(answered, lease_end));
+        Some(crate::email::import::EarlierUpsert {
+            job: row.provider_job,
+            may_land_until,
+        })
+    }))
 }
 
 /// Gives claims back without spending an attempt (shutdown, an abandoned delivery).

@@ -165,9 +165,54 @@ async fn the_claim_finds_earlier_rows_about_a_contact_through_its_index() {
         .expect("the database explains the claim");
 
     let index = if signup::database::is_postgres(&app.db) {
-        "email_outbox_contact_written_idx"
+        "email_outbox_deletion_contact_written_idx"
     } else {
-        "email_outbox_contact_idx"
+        "email_outbox_deletion_contact_idx"
     };
     assert!(plan.contains(index), "the claim's plan:\n{plan}");
+}
+
+/// A row claimed and given back unsent is counted: here, rows claimed ahead that the
+/// provider's 429 (with its reset) holds back. Nothing counted them before, so a row going
+/// round claimed-released for ever was invisible.
+#[actix_web::test]
+async fn rows_given_back_unsent_are_counted_on_metrics() {
+    let provider = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "2"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&provider)
+        .await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&provider)
+        .await;
+    let base = provider.uri();
+    let app = spawn_app_with(move |s| {
+        use_provider(s, &base);
+        // One request at a time: the other rows of the claim wait, ready, behind the 429.
+        s.email_sync.max_in_flight = Some(std::num::NonZeroUsize::MIN);
+    })
+    .await;
+
+    app.register_directly(0..3, 3).await;
+    app.wait_all_delivered(3).await;
+
+    let released = released_claims(&app).await;
+    assert!(released >= 1.0, "claims given back: {released}");
+}
+
+/// `signup_email_sync_claims_released_total` as `/metrics` shows it.
+async fn released_claims(app: &crate::helpers::TestApp) -> f64 {
+    let text = app
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("the metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("signup_email_sync_claims_released_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no signup_email_sync_claims_released_total in:\n{text}"))
 }

@@ -223,7 +223,10 @@ async fn delivery_outcomes_are_stored_together_and_a_lost_claim_is_left_to_its_n
             claimed: claimed.clone(),
             attempts: 1,
             completion: if i < 2 {
-                Completion::Delivered { status: 204 }
+                Completion::Delivered {
+                    status: 204,
+                    job: None,
+                }
             } else {
                 Completion::Retry {
                     at: retry_at,
@@ -305,7 +308,10 @@ async fn a_failing_write_of_delivery_outcomes_stores_none_of_them() {
         Finished {
             claimed: claims[0].clone(),
             attempts: 1,
-            completion: Completion::Delivered { status: 204 },
+            completion: Completion::Delivered {
+                status: 204,
+                job: None,
+            },
             at: Utc::now(),
         },
         Finished {

@@ -23,6 +23,7 @@ mod health;
 mod helpers;
 mod hostile_edges;
 mod idempotency;
+mod imports;
 mod metrics;
 mod openapi;
 mod outbox;

@@ -46,6 +46,8 @@ fn rows(n: usize, claimed_at: DateTime<Utc>, lease: i64) -> Vec<Claimed> {
                 event: EventType::UserRegistered,
                 seq: 1,
                 contact: None,
+                claimed_at: None,
+                provider_job: None,
             },
             lease: claimed_at + chrono::Duration::seconds(lease),
         })
@@ -215,4 +217,38 @@ fn a_drain_gives_back_unsent_claims_cancels_at_the_grace_and_ends_once_all_is_st
     let last = core.released();
 
     assert!(last.drained);
+}
+
+#[test]
+fn an_import_still_running_spends_an_attempt_but_keeps_the_circuit_closed() {
+    // One failure opens this circuit: a "not yet" must not count as one.
+    let mut core = Core::new(settings(2, 60));
+    core.tick(t(0));
+    let sent = core.claimed(rows(1, t(0), 60), t(0));
+    let not_yet = Some(vec![AttemptOutcome::NotYet {
+        status: 200,
+        error: "import pending".into(),
+        retry_after: None,
+    }]);
+
+    let answered = core.answered(sent.send[0].id, not_yet, t(1));
+
+    assert!(answered.circuit.is_empty(), "{:?}", answered.circuit);
+    assert_eq!(core.circuit(), CircuitState::Closed);
+    let stored = answered.store.expect("stored");
+    assert_eq!(
+        stored[0].attempts, 1,
+        "an attempt is spent: the schedule bounds the wait"
+    );
+    assert!(
+        matches!(
+            stored[0].completion,
+            Completion::Retry {
+                status: Some(200),
+                ..
+            }
+        ),
+        "{:?}",
+        stored[0].completion
+    );
 }

@@ -39,6 +39,8 @@ impl Row {
             event: self.event,
             seq: 1,
             contact: Some(self.contact.to_string()),
+            claimed_at: None,
+            provider_job: None,
         }
     }
 }
@@ -87,18 +89,17 @@ impl Sim {
         });
     }
 
-    /// The claim statement: due rows, oldest due first, none while an earlier row about the
-    /// same contact is pending or leased by anyone.
+    /// The claim statement: due rows, oldest due first, none while an earlier row of its user
+    /// or an earlier deletion about its contact is pending or leased by anyone.
     pub(super) fn claim(&mut self, limit: usize) -> Vec<Claimed> {
         let now = at(self.now);
         let lease = now + self.config.core.lease;
         let free = |r: &Row| r.locked_until.is_none_or(|until| until <= now);
         let blocked = |r: &Row| {
             self.rows.iter().any(|e| {
-                let same = match ORDER_BY {
-                    OrderBy::Contact => e.contact == r.contact,
-                };
-                same && e.written < r.written && (e.status == Status::Pending || !free(e))
+                (e.user == r.user || (e.contact == r.contact && e.event == EventType::UserDeleted))
+                    && e.written < r.written
+                    && (e.status == Status::Pending || !free(e))
             })
         };
         let mut due: Vec<usize> = (0..self.rows.len())

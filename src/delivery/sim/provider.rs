@@ -125,7 +125,7 @@ impl Sim {
         } else if chaotic {
             self.random_answer()
         } else {
-            AttemptOutcome::Delivered { status: 200 }
+            AttemptOutcome::delivered(200)
         };
         // Batches: each row's own outcome, or one for all.
         let outcomes = if rows.len() > 1 && chaotic && !timed_out && self.rng.random_bool(0.3) {
@@ -171,8 +171,14 @@ impl Sim {
     }
 
     pub(super) fn random_answer(&mut self) -> AttemptOutcome {
-        match self.rng.random_range(0..10) {
-            0..=3 => AttemptOutcome::Delivered { status: 200 },
+        match self.rng.random_range(0..11) {
+            0..=3 => AttemptOutcome::delivered(200),
+            // An import still running: the provider is up, the row waits.
+            10 => AttemptOutcome::NotYet {
+                status: 404,
+                error: "not imported yet".into(),
+                retry_after: Some(Duration::from_secs(10)),
+            },
             4 => AttemptOutcome::Permanent {
                 status: [400, 409, 422][self.rng.random_range(0..3)],
                 error: "refused".into(),
