@@ -272,6 +272,7 @@ async fn raw_loop(url: &str, n: usize, per_commit: usize) -> f64 {
             password_hash: hash.clone(),
             idempotency: None,
             request_id: String::new(),
+            ticket: Default::default(),
         })
         .collect();
     // One writer for the whole loop, as the RegistrationActor has (on SQLite it keeps its
@@ -578,6 +579,7 @@ async fn seed_registrations(url: &str, rows: usize) {
             password_hash: hash.clone(),
             idempotency: None,
             request_id: String::new(),
+            ticket: Default::default(),
         })
         .collect();
     let writer = Writer::new(db.clone());

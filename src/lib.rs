@@ -42,6 +42,8 @@ pub mod routes;
 pub mod startup;
 /// The registration's transaction and the queries around users and the outbox.
 pub mod store;
+/// A registration's ticket to its COMMIT: a 503 is never stored.
+pub mod ticket;
 
 /// The registration's transaction, for the group-commit tests and the benchmark's raw loop
 /// only (feature `internals`, on in dev-dependencies): in a shipped build the RegistrationActor

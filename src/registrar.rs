@@ -12,6 +12,7 @@ use crate::hashing::{HashConsumer, HashError, PasswordHasher};
 use crate::idempotency::{self, API_KEY_PREFIX, IdempotencyKey, fingerprint};
 use crate::metrics::Metrics;
 use crate::store::{Candidate, Outcome};
+use crate::ticket::{Holder, Ticket};
 
 /// Why a registration did not reach an [`Outcome`]. A taken name or address is an outcome, not
 /// an error. The HTTP boundary maps each variant to its status in one place
@@ -24,9 +25,14 @@ pub enum RegistrationError {
     /// More requests wait for a hashing thread than `password.max_waiting`: shed at once.
     #[error(transparent)]
     Overloaded(HashError),
-    /// `registration.deadline` passed before the registration was stored.
+    /// `registration.deadline` passed before the registration's COMMIT began: it was
+    /// withdrawn, nothing is stored.
     #[error("registration.deadline passed before the registration was stored")]
     DeadlinePassed,
+    /// The COMMIT began before the deadline and has not finished a deadline later: whether it
+    /// is stored is unknown. A retry with the same username, email and password is safe.
+    #[error("the database has not confirmed the registration's commit")]
+    CommitUnconfirmed,
     /// The database (or the RegistrationActor) did not store it; nothing was written.
     #[error("the registration could not be stored")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -93,20 +99,30 @@ impl Registrar {
         request_id: &str,
     ) -> Result<Outcome, RegistrationError> {
         let started = Instant::now();
-        // Dropping the pipeline at the deadline drops its reply channel: a candidate still
-        // queued in the actor is then never written (see `Registrations::submit`).
-        let result = tokio::time::timeout(
-            self.deadline,
-            self.register_unmeasured(fields, submission, request_id),
-        )
-        .await
-        .unwrap_or(Err(RegistrationError::DeadlinePassed));
+        // At the deadline the caller gives up, which withdraws the registration before its
+        // COMMIT, or, if the COMMIT is under way, waits once more for its outcome: a 503 is
+        // never stored (SPEC §4.7). Dropped (the client left), the holder gives up too.
+        let holder = Holder(Ticket::new());
+        let pipeline = self.register_unmeasured(fields, submission, request_id, &holder.0);
+        tokio::pin!(pipeline);
+        let result = match tokio::time::timeout(self.deadline, &mut pipeline).await {
+            Ok(result) => result,
+            Err(_) if holder.0.give_up() => Err(RegistrationError::DeadlinePassed),
+            Err(_) => tokio::time::timeout(self.deadline, &mut pipeline)
+                .await
+                .unwrap_or(Err(RegistrationError::CommitUnconfirmed)),
+        };
+        // Withdrawn means the caller gave up, which only a caller past its deadline does.
+        let result = match result {
+            Ok(Outcome::Withdrawn) => Err(RegistrationError::DeadlinePassed),
+            other => other,
+        };
         let outcome = match &result {
             Ok(Outcome::Created(_) | Outcome::Replayed(_)) => "created",
             Ok(Outcome::UsernameTaken) => "username_taken",
             Ok(Outcome::EmailTaken) => "email_taken",
             Ok(Outcome::IdempotencyKeyReused) | Err(RegistrationError::Invalid(_)) => "invalid",
-            Err(_) => "error",
+            Ok(Outcome::Withdrawn) | Err(_) => "error",
         };
         self.metrics
             .registrations
@@ -123,6 +139,7 @@ impl Registrar {
         fields: Fields<'_>,
         submission: Submission,
         request_id: &str,
+        ticket: &Ticket,
     ) -> Result<Outcome, RegistrationError> {
         let password = fields.password;
         let new = NewRegistration::parse(fields.username, fields.email, password)
@@ -148,6 +165,10 @@ impl Registrar {
             .clone()
             .filter(|key| key.key.starts_with(API_KEY_PREFIX));
         let fingerprint = fingerprint(&new);
+        let person = (
+            new.username.normalized().to_owned(),
+            new.email.normalized().to_owned(),
+        );
         let (reply, answer) = oneshot::channel();
         // The hashing thread hands the candidate to the actor itself: this thread is woken once,
         // by the answer, not also in between to pass the hash on.
@@ -159,6 +180,7 @@ impl Registrar {
                 email: new.email,
                 idempotency,
                 request_id: request_id.to_owned(),
+                ticket: ticket.clone(),
                 reply,
             },
         )?;
@@ -174,10 +196,44 @@ impl Registrar {
                 .replay(&key.key, &fingerprint, password)
                 .await?
                 .unwrap_or(Outcome::IdempotencyKeyReused)),
+            (outcome @ (Outcome::UsernameTaken | Outcome::EmailTaken), _) => Ok(self
+                .just_created(&person.0, &person.1, password)
+                .await?
+                .map_or(outcome, Outcome::Replayed)),
             (outcome, _) => Ok(outcome),
         }
     }
+
+    /// The account this very person created less than [`RETRY_WINDOW`] ago: same username and
+    /// email, and the password verified against its stored hash (as an idempotent replay is).
+    /// A retry after an unclear answer (a 503 whose COMMIT's outcome was unknown, a lost
+    /// connection) then gets 201 and the same Location, not 409.
+    async fn just_created(
+        &self,
+        username: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<crate::store::RegisteredUser>, RegistrationError> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        let since = chrono::Utc::now()
+            - chrono::Duration::from_std(RETRY_WINDOW).unwrap_or(chrono::Duration::zero());
+        let found = entity::user::Entity::find()
+            .filter(entity::user::Column::EmailNormalized.eq(email))
+            .filter(entity::user::Column::UsernameNormalized.eq(username))
+            .filter(entity::user::Column::CreatedAt.gt(since))
+            .one(&self.db)
+            .await?;
+        let Some(user) = found else {
+            return Ok(None);
+        };
+        let same_password = self.hasher.verify(password, &user.password_hash).await?;
+        Ok(same_password.then(|| user.into()))
+    }
 }
+
+/// How long after creating an account the same person, registering again with the same
+/// username, email and password, gets that account back (201) instead of 409.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 impl Registrar {
     /// The answer to a repeated API key, if the key was used before (and is not expired).
@@ -214,12 +270,13 @@ struct ToActor {
     email: Email,
     idempotency: Option<IdempotencyKey>,
     request_id: String,
+    ticket: Ticket,
     reply: oneshot::Sender<Registered>,
 }
 
 impl HashConsumer for ToActor {
     fn wanted(&self) -> bool {
-        !self.reply.is_closed()
+        !self.reply.is_closed() && !self.ticket.gave_up()
     }
 
     fn take(self: Box<Self>, hash: Result<String, HashError>) {
@@ -236,6 +293,7 @@ impl HashConsumer for ToActor {
             password_hash,
             idempotency: self.idempotency,
             request_id: self.request_id,
+            ticket: self.ticket,
         };
         self.registrations.submit(candidate, self.reply);
     }

@@ -32,6 +32,8 @@ pub struct Candidate {
     pub idempotency: Option<IdempotencyKey>,
     /// The HTTP request's id, for the log line that links it to its outbox row.
     pub request_id: String,
+    /// Shared with the caller: withdrawn before COMMIT if the caller gave up (SPEC §4.7).
+    pub ticket: crate::ticket::Ticket,
 }
 
 /// A user as the API shows it.
@@ -66,6 +68,9 @@ pub enum Outcome {
     EmailTaken,
     /// The key was used before for a different request.
     IdempotencyKeyReused,
+    /// The caller gave up (its deadline passed, its client left) before the COMMIT began:
+    /// withdrawn, nothing was stored for it.
+    Withdrawn,
 }
 
 /// Where the RegistrationActor writes its batches: the pool, and on SQLite one connection kept
@@ -99,8 +104,10 @@ impl Writer {
     /// later.
     ///
     /// Either every accepted candidate is committed or none is (`Err`).
+    /// A candidate whose caller gave up before the COMMIT began is withdrawn (its transaction
+    /// rolled back and the others tried again without it): [`Outcome::Withdrawn`].
     pub async fn register_batch(&self, candidates: &[Candidate]) -> Result<Vec<Outcome>, DbErr> {
-        match self.try_batch(candidates).await {
+        match self.try_live(candidates).await {
             Err(e) if is_unique_violation(&e) => {
                 // Another instance on the same PostgreSQL inserted a name or address between
                 // our check and our insert. Replay the batch one by one: each check then sees
@@ -115,6 +122,33 @@ impl Writer {
         }
     }
 
+    /// `candidates` but those whose callers gave up, until a transaction commits with none who
+    /// did: each round withdraws at least one, so it ends.
+    async fn try_live(&self, candidates: &[Candidate]) -> Result<Vec<Outcome>, DbErr> {
+        loop {
+            let live: Vec<usize> = (0..candidates.len())
+                .filter(|i| !candidates[*i].ticket.gave_up())
+                .collect();
+            if live.is_empty() {
+                return Ok(vec![Outcome::Withdrawn; candidates.len()]);
+            }
+            let attempt = if live.len() == candidates.len() {
+                self.try_batch(candidates).await?
+            } else {
+                let subset: Vec<Candidate> = live.iter().map(|i| candidates[*i].clone()).collect();
+                self.try_batch(&subset).await?
+            };
+            let Attempt::Committed(outcomes) = attempt else {
+                continue;
+            };
+            let mut all = vec![Outcome::Withdrawn; candidates.len()];
+            for (place, outcome) in live.into_iter().zip(outcomes) {
+                all[place] = outcome;
+            }
+            return Ok(all);
+        }
+    }
+
     /// Alone, a lost race can only repeat if the rival keeps winning; after a few tries the
     /// violated index itself tells which field is taken.
     async fn register_one(&self, candidate: &Candidate) -> Result<Outcome, DbErr> {
@@ -122,7 +156,7 @@ impl Writer {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.try_batch(single).await {
+            match self.try_live(single).await {
                 Ok(mut outcomes) => return Ok(outcomes.remove(0)),
                 Err(e) if is_unique_violation(&e) && tries < LOST_RACE_TRIES => continue,
                 Err(e) => {
@@ -143,8 +177,9 @@ impl Writer {
     }
 
     /// One transaction: look up keys and taken names, decide each candidate, insert the
-    /// winners.
-    async fn try_batch(&self, candidates: &[Candidate]) -> Result<Vec<Outcome>, DbErr> {
+    /// winners, and commit them unless a winner's caller gave up meanwhile (then roll back:
+    /// [`Attempt::Withdrawn`]).
+    async fn try_batch(&self, candidates: &[Candidate]) -> Result<Attempt, DbErr> {
         let backend = self.db.get_database_backend();
         let contact = self
             .contact
@@ -167,9 +202,29 @@ impl Writer {
         for insert in decided.inserts(backend) {
             txn.run(insert).await?;
         }
-        txn.commit().await?;
+        // The last moment a caller may give up: from here each winner's answer is the
+        // COMMIT's outcome. Dropping the transaction rolls it back.
+        let tickets: Vec<&crate::ticket::Ticket> = decided
+            .created_log
+            .iter()
+            .map(|(c, _, _)| &c.ticket)
+            .collect();
+        let mut entered = Vec::with_capacity(tickets.len());
+        for ticket in tickets {
+            if !ticket.enter_commit() {
+                entered
+                    .iter()
+                    .for_each(|t: &&crate::ticket::Ticket| t.reopen());
+                return Ok(Attempt::Withdrawn);
+            }
+            entered.push(ticket);
+        }
+        if let Err(e) = txn.commit().await {
+            entered.iter().for_each(|t| t.reopen());
+            return Err(e);
+        }
         log_created(&decided.created_log);
-        Ok(decided.outcomes)
+        Ok(Attempt::Committed(decided.outcomes))
     }
 
     /// A transaction for one batch: on SQLite on the kept connection, `BEGIN IMMEDIATE` (the
@@ -184,6 +239,13 @@ impl Writer {
             .await?;
         Ok(BatchTransaction::Kept(conn))
     }
+}
+
+/// How one transaction ended, if not in an error.
+enum Attempt {
+    Committed(Vec<Outcome>),
+    /// A winner's caller gave up before the COMMIT: rolled back, nothing stored.
+    Withdrawn,
 }
 
 /// Where a batch's statements run, in its transaction.
@@ -607,6 +669,7 @@ mod tests {
             password_hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
             idempotency: None,
             request_id: String::new(),
+            ticket: Default::default(),
         }
     }
 

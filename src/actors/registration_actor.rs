@@ -138,10 +138,11 @@ impl Registrations {
     /// Queues one validated, hashed candidate; its answer goes to `reply` once its transaction
     /// has committed (or failed).
     ///
-    /// The caller keeps the receiving end: a caller that gives up (its client went away, or
-    /// `registration.deadline` passed and it answered 503) drops it, and a candidate whose
-    /// caller is gone before its batch starts is never written, so a 503 does not turn into an
-    /// account behind the person's back. The queue holds at most one candidate per request in
+    /// The caller keeps the receiving end and the candidate's [`crate::ticket::Ticket`]: a
+    /// caller that gives up (its client went away, or `registration.deadline` passed and it
+    /// answered 503) does so on the ticket, and a candidate whose caller gave up before its
+    /// batch's COMMIT began is never written (withdrawn from the transaction if need be), so a
+    /// 503 does not turn into an account behind the person's back. The queue holds at most one candidate per request in
     /// flight. If the actor has stopped, `reply` is dropped at once (the request answers 503).
     pub fn submit(&self, candidate: Candidate, reply: oneshot::Sender<Registered>) {
         if !self.actor.connected() {
@@ -223,7 +224,9 @@ impl RegistrationActor {
             let mut inbox = lock(&self.inbox);
             // Callers that gave up (deadline passed, client gone) were answered already or need
             // no answer: writing their user now would create an account someone was told was not.
-            inbox.queue.retain(|queued| !queued.reply.is_closed());
+            inbox
+                .queue
+                .retain(|queued| !queued.candidate.ticket.gave_up());
             if inbox.queue.is_empty() {
                 inbox.busy = false;
                 // Nobody waits: the other writers may go.
@@ -248,7 +251,7 @@ impl RegistrationActor {
             };
             // Waiting for the turn may outlast a caller's deadline: who gave up meanwhile was
             // answered 503 and must not get an account.
-            batch.retain(|queued| !queued.reply.is_closed());
+            batch.retain(|queued| !queued.candidate.ticket.gave_up());
             let (created_any, stored) = if batch.is_empty() {
                 // Nothing was tried: whether storing fails stays as it was known.
                 (false, !watch.failing())
@@ -297,7 +300,7 @@ async fn commit(writer: &Writer, batch: Vec<Queued>) -> (bool, bool) {
     let mut stored = false;
     let mut members = batch.into_iter();
     while let Some(queued) = members.next() {
-        if queued.reply.is_closed() {
+        if queued.candidate.ticket.gave_up() {
             continue;
         }
         match writer

@@ -156,8 +156,8 @@ pub async fn submit(
         Err(RegistrationError::Invalid(errors)) => {
             again(StatusCode::UNPROCESSABLE_ENTITY, errors, None)
         }
-        Err(e) => {
-            let e = ApiError::from(e);
+        Ok(Outcome::Withdrawn) | Err(_) => {
+            let e = ApiError::from(result.err().unwrap_or(RegistrationError::DeadlinePassed));
             let status = actix_web::ResponseError::status_code(&e);
             tracing::warn!(error = %crate::error::error_chain(&e), %status, "form registration failed");
             let mut response = again(

@@ -113,5 +113,7 @@ pub async fn create(
         Outcome::UsernameTaken => Err(ApiError::UsernameTaken),
         Outcome::EmailTaken => Err(ApiError::EmailTaken),
         Outcome::IdempotencyKeyReused => Err(ApiError::IdempotencyKeyReused),
+        // The registrar answers a withdrawn registration as the deadline it is.
+        Outcome::Withdrawn => Err(crate::registrar::RegistrationError::DeadlinePassed.into()),
     }
 }

@@ -29,6 +29,7 @@ fn kind(outcome: &Outcome) -> &'static str {
         Outcome::UsernameTaken => "username_taken",
         Outcome::EmailTaken => "email_taken",
         Outcome::IdempotencyKeyReused => "reused",
+        Outcome::Withdrawn => "withdrawn",
     }
 }
 
@@ -444,10 +445,12 @@ async fn a_registration_whose_caller_gave_up_before_its_batch_is_never_written()
     let registrations =
         registration_actor(&db, 64, signup::database::WriteTurns::for_database(&db));
 
-    // The caller answered 503 at the deadline and dropped its end before the actor got to it.
+    // The caller answered 503 at the deadline (gave its ticket up) before the actor got to it.
     let (gone, answer) = tokio::sync::oneshot::channel();
     drop(answer);
-    registrations.submit(candidate("abandoned", "abandoned@example.com"), gone);
+    let abandoned = candidate("abandoned", "abandoned@example.com");
+    assert!(abandoned.ticket.give_up());
+    registrations.submit(abandoned, gone);
     let (waiting, answer) = tokio::sync::oneshot::channel();
     registrations.submit(candidate("waiting", "waiting@example.com"), waiting);
 

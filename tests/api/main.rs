@@ -9,6 +9,7 @@ mod abuse;
 mod admin;
 mod browser;
 mod cli;
+mod commit_outcome;
 mod concurrency;
 mod console;
 mod db_faults;

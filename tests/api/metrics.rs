@@ -108,11 +108,10 @@ async fn registration_counters_move_by_exactly_what_happened() {
         app.post_registration(&taken_name).await.status().as_u16(),
         409
     );
+    // Both taken, by someone else (another password: the same person would get 201).
+    let both_taken = json!({"username": "user1", "email": "user1@example.com", "password": "someone else entirely"});
     assert_eq!(
-        app.post_registration(&registration(1))
-            .await
-            .status()
-            .as_u16(),
+        app.post_registration(&both_taken).await.status().as_u16(),
         409
     );
     let invalid = json!({"username": "x", "email": "y", "password": "z"});

@@ -86,8 +86,11 @@ async fn registration_returns_409_when_the_email_is_taken_in_another_case() {
 async fn when_both_are_taken_the_email_wins() {
     let app = spawn_app().await;
     app.register_all(1..2).await;
+    // Another person (another password): the same one retrying would get their account back.
+    let mut both_taken = registration(1);
+    both_taken["password"] = "someone else entirely".into();
 
-    let response = app.post_registration(&registration(1)).await;
+    let response = app.post_registration(&both_taken).await;
 
     problem(response, 409, "email_taken").await;
 }
