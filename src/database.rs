@@ -79,7 +79,10 @@ pub async fn connect_with(
                 // FULL: a commit is on disk before the 201 is sent, even across a power cut.
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(busy_timeout)
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Deleted content is overwritten with zeros, not merely unlinked: an erased
+                // person leaves no bytes in the file (SPEC §6).
+                .pragma("secure_delete", "ON");
             match cache_kib {
                 // Negative: a size in KiB rather than in pages.
                 Some(kib) => opts.pragma("cache_size", format!("-{kib}")),

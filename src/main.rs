@@ -194,6 +194,7 @@ async fn erase(
     database::migrate(&db).await?;
     match signup::erasure::erase(&db, &who, chrono::Utc::now()).await {
         Ok(erased) => {
+            signup::erasure::forget_on_disk(&db).await;
             tracing::info!(user_id = %erased.user_id, deletion_job = %erased.deletion_job, "erased a user from the command line");
             println!(
                 "erased user {}: {} undelivered job(s) cancelled, {} job(s) scrubbed of username and email; \

@@ -31,7 +31,7 @@ use crate::database::{WriteTurns, Writes};
 use crate::delivery::{Actions, Core, CoreSettings, Noted, Request, RequestId};
 use crate::email::{AttemptOutcome, CircuitState, Delivery, Paced};
 use crate::metrics::Metrics;
-use crate::outbox::{self, Claimed, Finished};
+use crate::outbox::{self, Claimed, Completion, Finished};
 
 /// "There may be new due rows in the outbox." Carries no data on purpose.
 #[derive(Debug, Clone, Copy, Message)]
@@ -255,10 +255,20 @@ impl EmailSyncActor {
         ctx.spawn(write.into_actor(self).map(|(batch, result), act, ctx| {
             match result {
                 Ok(stored) => {
+                    let mut scrubbed = false;
                     for (finished, stored) in batch.iter().zip(stored) {
                         if !stored {
                             tracing::warn!(outbox_id = %finished.claimed.row.id, "lease expired before the outcome was stored; another claim owns the row");
                         }
+                        scrubbed |= stored
+                            && finished.claimed.row.event
+                                == entity::email_outbox::EventType::UserDeleted
+                            && matches!(finished.completion, Completion::Delivered { .. });
+                    }
+                    if scrubbed {
+                        // The deletion's payload held the address: its old image goes too.
+                        let db = act.db.clone();
+                        actix::spawn(async move { crate::erasure::forget_on_disk(&db).await });
                     }
                 }
                 // The leases expire and the rows are attempted again: at least once, same webhook-id.

@@ -245,6 +245,9 @@ pub(super) async fn erase(
     let erased = crate::erasure::erase(&state.db, &crate::erasure::Who::Id(id), Utc::now()).await?;
     state.metrics.erasures.inc();
     wake(state);
+    // Off the request path: the checkpoint may wait for readers.
+    let db = state.db.clone();
+    actix_web::rt::spawn(async move { crate::erasure::forget_on_disk(&db).await });
     Ok(erased)
 }
 

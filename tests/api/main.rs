@@ -16,6 +16,7 @@ mod db_faults;
 mod delivery;
 mod deploy;
 mod email_sync;
+mod erased_bytes;
 mod erasure;
 mod exactly_once;
 mod form;

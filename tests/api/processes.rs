@@ -15,9 +15,9 @@ use crate::helpers::{
 };
 
 /// A `signup serve` child process, killed (SIGKILL) on drop.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     _dir: tempfile::TempDir,
 }
 
@@ -27,7 +27,11 @@ impl ServerProcess {
     }
 
     /// As [`start`](Self::start), with more `SIGNUP_…` settings.
-    async fn start_with(database_url: &str, provider: &str, extra: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start_with(
+        database_url: &str,
+        provider: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
         // The test's HTTP clients need the process's TLS provider like the server's do.
         signup::startup::install_crypto_provider();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -93,11 +97,11 @@ impl ServerProcess {
     }
 
     /// What the server has logged so far.
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default()
     }
 
-    async fn register(&self, n: usize) {
+    pub(crate) async fn register(&self, n: usize) {
         let response = reqwest::Client::new()
             .post(format!("{}/api/v1/registrations", self.base))
             .json(&registration(n))
@@ -108,7 +112,7 @@ impl ServerProcess {
     }
 
     /// SIGTERM, then waits (at most 60 s) for the exit status.
-    async fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
