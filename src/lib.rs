@@ -38,6 +38,8 @@ pub mod rate_limit;
 pub mod registrar;
 /// HTTP handlers.
 pub mod routes;
+/// Operator console sessions, stored so that signing out ends them on every instance.
+pub mod sessions;
 /// Building and running the server.
 pub mod startup;
 /// The registration's transaction and the queries around users and the outbox.

@@ -11,6 +11,7 @@ mod m20261130_000005_create_server_keys_and_write_probe;
 mod m20261130_000006_outbox_events_in_order;
 mod m20261207_000007_outbox_order_per_contact;
 mod m20261207_000008_outbox_provider_imports;
+mod m20261207_000009_create_console_sessions;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_outbox_events_in_order::Migration),
             Box::new(m20261207_000007_outbox_order_per_contact::Migration),
             Box::new(m20261207_000008_outbox_provider_imports::Migration),
+            Box::new(m20261207_000009_create_console_sessions::Migration),
         ]
     }
 }

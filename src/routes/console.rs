@@ -3,7 +3,7 @@
 //!
 //! Signing in with the admin token sets a session cookie signed with the server key and bound
 //! to the token (changing `admin.token` signs everyone out), `HttpOnly`, `SameSite=Strict`,
-//! 12 h. Every state-changing form carries a CSRF token bound to the session. Sign-in
+//! 12 h, and records the session (`sessions`): signing out revokes it for every instance. Every state-changing form carries a CSRF token bound to the session. Sign-in
 //! attempts are rate-limited per client address. Retry, retry-all and erase do what the admin
 //! API does (`outbox::requeue`, `outbox::requeue_all_dead`, `erasure::erase`).
 
@@ -150,12 +150,15 @@ pub struct Operator {
 
 impl actix_web::FromRequest for Operator {
     type Error = ConsoleError;
-    type Future = std::future::Ready<Result<Self, ConsoleError>>;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ConsoleError>>;
 
     fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        std::future::ready(match request.app_data::<web::Data<AppState>>() {
-            Some(state) => signed_in(request, state),
-            None => Err(ConsoleError::NotFound),
+        let request = request.clone();
+        Box::pin(async move {
+            match request.app_data::<web::Data<AppState>>() {
+                Some(state) => signed_in(&request, state).await,
+                None => Err(ConsoleError::NotFound),
+            }
         })
     }
 }
@@ -167,16 +170,19 @@ pub struct Action(Option<Operator>);
 
 impl actix_web::FromRequest for Action {
     type Error = ConsoleError;
-    type Future = std::future::Ready<Result<Self, ConsoleError>>;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ConsoleError>>;
 
     fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        std::future::ready(match request.app_data::<web::Data<AppState>>() {
-            Some(state) => match signed_in(request, state) {
-                Ok(operator) => Ok(Action(Some(operator))),
-                Err(ConsoleError::SignIn) => Ok(Action(None)),
-                Err(e) => Err(e),
-            },
-            None => Err(ConsoleError::NotFound),
+        let request = request.clone();
+        Box::pin(async move {
+            match request.app_data::<web::Data<AppState>>() {
+                Some(state) => match signed_in(&request, state).await {
+                    Ok(operator) => Ok(Action(Some(operator))),
+                    Err(ConsoleError::SignIn) => Ok(Action(None)),
+                    Err(e) => Err(e),
+                },
+                None => Err(ConsoleError::NotFound),
+            }
         })
     }
 }
@@ -188,18 +194,24 @@ impl Action {
     }
 }
 
-fn signed_in(request: &HttpRequest, state: &AppState) -> Result<Operator, ConsoleError> {
+/// The operator a request's cookie signs in: a cookie signed for the current `admin.token`,
+/// not expired, whose session the database still holds open (signing out revokes it there,
+/// for every instance).
+async fn signed_in(request: &HttpRequest, state: &AppState) -> Result<Operator, ConsoleError> {
     let token = state.admin_token.as_ref().ok_or(ConsoleError::NotFound)?;
     let cookie = request
         .cookie(state.cookies.console())
         .ok_or(ConsoleError::SignIn)?;
+    let now = Utc::now();
     let session = state
         .csrf
-        .open_console(cookie.value(), Utc::now().timestamp(), &token_digest(token))
-        .ok_or(ConsoleError::SignIn)?;
-    Ok(Operator {
-        session: session.to_owned(),
-    })
+        .open_console(cookie.value(), now.timestamp(), &token_digest(token))
+        .ok_or(ConsoleError::SignIn)?
+        .to_owned();
+    if !crate::sessions::is_open(&state.db, &session, now).await? {
+        return Err(ConsoleError::SignIn);
+    }
+    Ok(Operator { session })
 }
 
 impl Operator {
@@ -293,7 +305,7 @@ pub async fn show_login(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    match signed_in(&request, &state) {
+    match signed_in(&request, &state).await {
         Ok(_) => Ok(see_other("/admin")),
         Err(ConsoleError::SignIn) => Ok(login_page(&request, &state, StatusCode::OK, None)),
         Err(e) => Err(e),
@@ -361,11 +373,15 @@ pub async fn login(
             Some("That is not the admin token."),
         ));
     }
-    // A fresh session id: nothing from before the sign-in carries over.
-    let expires = Utc::now().timestamp() + SESSION_HOURS * 3600;
+    // A fresh session id: nothing from before the sign-in carries over. Recorded, so that
+    // signing out can end it on every instance.
+    let now = Utc::now();
+    let expires = now + chrono::Duration::hours(SESSION_HOURS);
+    let new_session = csrf::new_session();
+    crate::sessions::open(&state.db, &new_session, now, expires).await?;
     let value = state
         .csrf
-        .sign_console(&csrf::new_session(), expires, &token_digest(token));
+        .sign_console(&new_session, expires.timestamp(), &token_digest(token));
     let mut response = see_other("/admin");
     let session = cookie(
         &state,
@@ -407,6 +423,8 @@ pub async fn logout(
 ) -> Result<HttpResponse, ConsoleError> {
     let operator = action.operator()?;
     operator.check(&state, &form.csrf_token)?;
+    crate::sessions::revoke(&state.db, &operator.session, Utc::now()).await?;
+    tracing::info!("console: operator signed out");
     let mut response = see_other("/admin/login");
     let gone = cookie(
         &state,

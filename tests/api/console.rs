@@ -521,3 +521,56 @@ async fn changing_the_admin_token_signs_every_console_session_out() {
     .await;
     assert_eq!(location(&open(&other).await.expect("sent")), "/admin/login");
 }
+
+/// Sign-out ends the session on the server: a copy of the cookie taken before it no longer
+/// opens the console, on this instance or on another one sharing the database (SPEC §7). The
+/// session used to be a stateless signed cookie, good for 12 h whatever sign-out did.
+#[actix_web::test]
+async fn a_cookie_copied_before_sign_out_opens_nothing_after_it_on_any_instance() {
+    let app = console_app(None).await;
+    let database = app.database_url.clone();
+    let other = spawn_app_with(move |s| {
+        s.database.url = database.clone().into();
+        s.admin.token = Some(TOKEN.into());
+    })
+    .await;
+    let browser = Browser::new(&app);
+    let response = browser.sign_in_with(TOKEN).await;
+    let copied = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("signup_console="))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let bare = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .expect("client");
+    let with_copy = |instance: &TestApp| {
+        bare.get(instance.url("/admin"))
+            .header("cookie", copied.clone())
+            .send()
+    };
+    for instance in [&app, &other] {
+        let before = with_copy(instance).await.expect("sent");
+        assert_eq!(before.status(), 200, "the copy works before sign-out");
+    }
+
+    let csrf = browser.csrf().await;
+    let out = browser
+        .post("/admin/logout", &[("csrf_token", &csrf)])
+        .await;
+    assert_eq!(out.status(), 303);
+
+    for (name, instance) in [("this instance", &app), ("another instance", &other)] {
+        let after = with_copy(instance).await.expect("sent");
+        assert_eq!(
+            location(&after),
+            "/admin/login",
+            "{name}: the copied cookie after sign-out"
+        );
+    }
+}
