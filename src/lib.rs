@@ -9,6 +9,8 @@ pub mod actors;
 pub mod configuration;
 /// Connecting to SQLite / PostgreSQL and migrating.
 pub mod database;
+/// SQLite: the database file is still the one the server opened.
+pub mod db_file;
 /// The delivery core: every decision of the email sync as plain data and functions, driven
 /// by inputs that carry their own time (the EmailSyncActor is its shell).
 pub mod delivery;

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub wakeups_dropped: IntCounter,
     /// `signup_email_sync_claims_released_total`: claimed rows given back unsent (SPEC §3.5.1).
     pub claims_released: IntCounter,
+    /// `signup_database_file_ok`: 0 once the SQLite file at `database.url` is not the one the
+    /// server opened (removed, replaced, its WAL deleted), else 1; set with readiness.
+    pub database_file_ok: IntGauge,
     /// `signup_http_requests_total{method,route,status}`: every request, by route pattern.
     pub http_requests: IntCounterVec,
     /// `signup_http_request_duration_seconds{method,route}`.
@@ -147,6 +150,11 @@ impl Metrics {
             "signup_email_sync_claims_released_total",
             "Claimed outbox rows given back unsent (open circuit, provider pause, shutdown, or a lease too short to send them).",
         )?;
+        let database_file_ok = IntGauge::new(
+            "signup_database_file_ok",
+            "0 once the SQLite file at database.url is not the one the server opened (removed, replaced, its WAL deleted): restart on the right file.",
+        )?;
+        database_file_ok.set(1);
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "signup_http_requests_total",
@@ -184,6 +192,7 @@ impl Metrics {
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(wakeups_dropped.clone()))?;
         registry.register(Box::new(claims_released.clone()))?;
+        registry.register(Box::new(database_file_ok.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         // process_cpu_seconds_total, process_resident_memory_bytes, … (Linux).
@@ -214,6 +223,7 @@ impl Metrics {
             circuit_state,
             wakeups_dropped,
             claims_released,
+            database_file_ok,
             http_requests,
             http_duration,
         };

@@ -173,7 +173,7 @@ impl Application {
             hooks,
             turns.clone(),
         )?;
-        let commit_watch = Arc::new(CommitWatch::default());
+        let commit_watch = Arc::new(CommitWatch::watching(crate::db_file::DbFile::of(&db)));
         let registrations = RegistrationActor::new(
             db.clone(),
             settings.registration.max_batch,

@@ -59,6 +59,8 @@ pub struct CommitWatch {
     /// The last registration transaction failed (and none has committed since): the database
     /// answers reads but cannot store registrations (disk full, read-only, I/O error).
     failing: AtomicBool,
+    /// SQLite: the file the server opened, checked before each batch and by readiness.
+    file: Option<crate::db_file::DbFile>,
 }
 
 impl Default for CommitWatch {
@@ -67,11 +69,27 @@ impl Default for CommitWatch {
             epoch: Instant::now(),
             committing_since: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            file: None,
         }
     }
 }
 
 impl CommitWatch {
+    /// Watching `file` too (SQLite): see [`crate::db_file`].
+    pub fn watching(file: Option<crate::db_file::DbFile>) -> Self {
+        Self {
+            file,
+            ..Self::default()
+        }
+    }
+
+    /// Ok while the database file is the one the server opened (always, on PostgreSQL).
+    pub fn file_ok(&self) -> Result<(), crate::db_file::Mismatch> {
+        self.file
+            .as_ref()
+            .map_or(Ok(()), crate::db_file::DbFile::check)
+    }
+
     fn started(&self) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         self.committing_since.store(ms + 1, Ordering::Relaxed);
@@ -255,6 +273,10 @@ impl RegistrationActor {
             let (created_any, stored) = if batch.is_empty() {
                 // Nothing was tried: whether storing fails stays as it was known.
                 (false, !watch.failing())
+            } else if let Err(e) = watch.file_ok() {
+                // Written into a file nobody will read again, a 201 would be a lie.
+                fail_all(batch, &DbErr::Custom(e.to_string()));
+                (false, false)
             } else {
                 commit(&writer, batch).await
             };

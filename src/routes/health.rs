@@ -88,6 +88,11 @@ pub async fn live() -> HttpResponse {
 /// again without waiting for someone to try.
 async fn storing(state: &AppState) -> bool {
     let watch = &state.commit_watch;
+    let file_ok = watch.file_ok().is_ok();
+    state.metrics.database_file_ok.set(i64::from(file_ok));
+    if !file_ok {
+        return false;
+    }
     if watch.commit_age().is_some_and(|age| age > state.deadline) {
         return false;
     }

@@ -13,6 +13,7 @@ mod commit_outcome;
 mod concurrency;
 mod console;
 mod db_faults;
+mod db_file;
 mod delivery;
 mod deploy;
 mod email_sync;

@@ -1,0 +1,142 @@
+//! The database file is the configured one (SPEC §4.7). On SQLite, a file removed or replaced
+//! at `database.url` while serving (an operator's mistake, a restore), or its WAL deleted,
+//! leaves our open connections writing into a file nobody will read again: every 201 after it
+//! would be lost at the next start. So the file's identity (device and inode) is taken when the
+//! server starts, and checked before each registration batch and by readiness: two `stat`s.
+//! A WAL that is missing or changed is confirmed by looking for a file of ours that was
+//! deleted under us in `/proc/self/fd` (Linux), a rare and slower path.
+//!
+//! A mismatch is sticky: readiness 503, registrations 503, one log line at error naming the
+//! path, `signup_database_file_ok` 0, until the server is restarted on the right file.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sea_orm::DatabaseConnection;
+
+/// A file's identity.
+type Identity = (u64, u64);
+
+fn identity(path: &Path) -> Option<Identity> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// What went wrong with the file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the database file {path} was {what} while the server had it open; restart the server on the right file (nothing written since is stored there)"
+)]
+pub struct Mismatch {
+    pub path: String,
+    pub what: &'static str,
+}
+
+/// The SQLite file the server opened, and whether it is still the one at its path.
+#[derive(Debug)]
+pub struct DbFile {
+    path: PathBuf,
+    wal: PathBuf,
+    main: Identity,
+    /// The WAL as last seen (it appears after the first connection opens the database).
+    wal_seen: Mutex<Option<Identity>>,
+    broken: AtomicBool,
+}
+
+impl DbFile {
+    /// The file behind `db`, as it is now; None on PostgreSQL or an in-memory database.
+    pub fn of(db: &DatabaseConnection) -> Option<Self> {
+        if crate::database::is_postgres(db) {
+            return None;
+        }
+        let options = db.get_sqlite_connection_pool().connect_options();
+        let path = options.get_filename().to_path_buf();
+        let main = identity(&path)?;
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        Some(Self {
+            wal_seen: Mutex::new(identity(&wal)),
+            path,
+            wal,
+            main,
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    /// Ok while the file at the path is the one opened and its WAL is the one in use.
+    pub fn check(&self) -> Result<(), Mismatch> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(self.mismatch("removed, replaced or its WAL deleted"));
+        }
+        let what = match identity(&self.path) {
+            None => Some("removed"),
+            Some(now) if now != self.main => Some("replaced"),
+            Some(_) => self
+                .wal_changed()
+                .then_some("left without its WAL (deleted)"),
+        };
+        match what {
+            None => Ok(()),
+            Some(what) => {
+                if !self.broken.swap(true, Ordering::AcqRel) {
+                    tracing::error!(path = %self.path.display(), what, "the database file is not the one the server opened: registrations and readiness answer 503 until the server is restarted on the right file");
+                }
+                Err(self.mismatch(what))
+            }
+        }
+    }
+
+    fn mismatch(&self, what: &'static str) -> Mismatch {
+        Mismatch {
+            path: self.path.display().to_string(),
+            what,
+        }
+    }
+
+    /// Whether the WAL we write into is gone from its path. A WAL that appears for the first
+    /// time, or is recreated by SQLite after every connection closed, is taken as the new one
+    /// unless a file descriptor of ours still points at a deleted WAL.
+    fn wal_changed(&self) -> bool {
+        let now = identity(&self.wal);
+        let mut seen = self.wal_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && now == *seen {
+            return false;
+        }
+        if writing_into_deleted(&self.wal) {
+            return true;
+        }
+        *seen = now;
+        false
+    }
+}
+
+/// Whether this process holds `path` open although it was deleted (Linux: `/proc/self/fd`
+/// links read "<path> (deleted)"). Elsewhere: whether the path is missing.
+fn writing_into_deleted(path: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return !path.exists();
+    };
+    let deleted = format!("{} (deleted)", path.display());
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == deleted.as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_file_still_open_is_seen_in_proc() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("x-wal");
+        let file = std::fs::File::create(&path).expect("created");
+        assert!(!writing_into_deleted(&path));
+        std::fs::remove_file(&path).expect("removed");
+        assert!(writing_into_deleted(&path));
+        drop(file);
+        assert!(!writing_into_deleted(&path) || !Path::new("/proc/self/fd").exists());
+    }
+}
