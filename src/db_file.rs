@@ -7,7 +7,8 @@
 //! deleted under us in `/proc/self/fd` (Linux), a rare and slower path.
 //!
 //! A mismatch is sticky: readiness 503, registrations 503, one log line at error naming the
-//! path, `signup_database_file_ok` 0, until the server is restarted on the right file.
+//! path, `signup_database_file_ok` 0, until the right file is back: the server then reopens it
+//! by itself (see [`DbFile::replacement_ready`] and `startup`), or is restarted.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,9 @@ pub struct DbFile {
     /// The WAL as last seen (it appears after the first connection opens the database).
     wal_seen: Mutex<Option<Identity>>,
     broken: AtomicBool,
+    /// The server key (`csrf`) of the database opened: a file put back at the path is the right
+    /// one only if it holds the same key (a restore of this database, not a new one).
+    key: Mutex<Option<Vec<u8>>>,
 }
 
 impl DbFile {
@@ -62,7 +66,47 @@ impl DbFile {
             wal,
             main,
             broken: AtomicBool::new(false),
+            key: Mutex::new(None),
         })
+    }
+
+    /// Remembers the database's server key, by which a restored file is recognised.
+    pub fn remember_key(&self, key: Vec<u8>) {
+        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+
+    /// After a mismatch: whether a file is back at the path that may be opened in its place,
+    /// this database (the same server key), whole (`PRAGMA quick_check`). Read-only: it
+    /// creates nothing.
+    pub async fn replacement_ready(&self) -> bool {
+        use sea_orm::sqlx::{Connection, sqlite::SqliteConnectOptions};
+        if !self.broken.load(Ordering::Acquire) || !self.path.exists() {
+            return false;
+        }
+        let Some(key) = self.key.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return false;
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .read_only(true);
+        let Ok(mut conn) = sea_orm::sqlx::SqliteConnection::connect_with(&options).await else {
+            return false;
+        };
+        let whole = sea_orm::sqlx::query_scalar::<_, String>("PRAGMA quick_check")
+            .fetch_one(&mut conn)
+            .await
+            .is_ok_and(|answer| answer == "ok");
+        let same = sea_orm::sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT secret FROM server_keys WHERE name = 'csrf'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .is_ok_and(|found| found == key);
+        let _ = conn.close().await;
+        if whole && !same {
+            tracing::warn!(path = %self.path.display(), "a database file is back at the path, but not this database (another server key, or none): not opened");
+        }
+        whole && same
     }
 
     /// Ok while the file at the path is the one opened and its WAL is the one in use.

@@ -77,7 +77,30 @@ pub struct Application {
     shutdown_grace: std::time::Duration,
     /// Halts the email sync when the server's future ends or is dropped.
     email_sync_halt: HaltOnDrop,
+    /// Whether the database file is the one opened (SQLite), for the reopen watch.
+    commit_watch: Arc<CommitWatch>,
+    /// What it takes to build this application again on the same socket (a reopen).
+    rebuild: Rebuild,
 }
+
+/// The settings, test seams and a handle on the bound socket: a reopen builds the application
+/// again from these, and the socket stays bound (connections wait in its backlog) meanwhile.
+struct Rebuild {
+    settings: Settings,
+    hooks: Hooks,
+    listener: TcpListener,
+}
+
+/// How one run of the server ended.
+enum Ended {
+    /// Shut down (a signal, or the shutdown future).
+    Stopped,
+    /// The database file was replaced and the right one is back: build again on it.
+    Reopen,
+}
+
+/// How often a server whose database file is not the one it opened looks for the right one.
+const REOPEN_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Halts the EmailSyncActor on drop: it lives on an Arbiter of its own and would otherwise
 /// outlive its server (in tests, where several apps run in one process). The Arbiter is not
@@ -103,6 +126,16 @@ impl Application {
 
     /// As [`build`](Self::build), with test seams.
     pub async fn build_with_hooks(settings: Settings, hooks: Hooks) -> Result<Self, StartupError> {
+        Self::build_on(settings, hooks, None).await
+    }
+
+    /// As [`build_with_hooks`](Self::build_with_hooks), on `listener` if given (a reopen keeps
+    /// its socket), else binding `server.bind`.
+    async fn build_on(
+        settings: Settings,
+        hooks: Hooks,
+        listener: Option<TcpListener>,
+    ) -> Result<Self, StartupError> {
         // Migrations may take longer than a registration's deadline: a pool of their own,
         // without the request pool's statement timeouts.
         let migrator = database::connect(&settings.database)
@@ -124,7 +157,7 @@ impl Application {
         database::check_writable(&db)
             .await
             .map_err(StartupError::ReadOnly)?;
-        Self::build_with_db(settings, db, hooks).await
+        Self::build_with_db_on(settings, db, hooks, listener).await
     }
 
     /// As [`build`](Self::build), on an already migrated connection.
@@ -133,12 +166,30 @@ impl Application {
         db: DatabaseConnection,
         hooks: Hooks,
     ) -> Result<Self, StartupError> {
+        Self::build_with_db_on(settings, db, hooks, None).await
+    }
+
+    async fn build_with_db_on(
+        settings: Settings,
+        db: DatabaseConnection,
+        hooks: Hooks,
+        listener: Option<TcpListener>,
+    ) -> Result<Self, StartupError> {
         install_crypto_provider();
-        let listener =
-            TcpListener::bind(settings.server.bind).map_err(|source| StartupError::Bind {
-                addr: settings.server.bind,
-                source,
-            })?;
+        let listener = match listener {
+            Some(listener) => listener,
+            None => {
+                TcpListener::bind(settings.server.bind).map_err(|source| StartupError::Bind {
+                    addr: settings.server.bind,
+                    source,
+                })?
+            }
+        };
+        let kept = listener.try_clone().map_err(|source| StartupError::Bind {
+            addr: settings.server.bind,
+            source,
+        })?;
+        let rebuild_hooks = hooks.clone();
         let port = listener
             .local_addr()
             .map_err(|source| StartupError::Bind {
@@ -186,6 +237,14 @@ impl Application {
         let csrf = CsrfKey::load_or_create(&db)
             .await
             .map_err(StartupError::ServerKey)?;
+        if let Some(file) = commit_watch.file() {
+            // Read back (the key exists now): a file put back at the path must hold it.
+            let key = crate::outbox::load_or_create_server_key(&db, "csrf")
+                .await
+                .map_err(StartupError::ServerKey)?;
+            file.remember_key(key);
+        }
+        let watched = Arc::clone(&commit_watch);
         let cookies = CookiePolicy {
             secure: settings
                 .server
@@ -258,6 +317,12 @@ impl Application {
             email_sync,
             write_turns: turns,
             shutdown_grace: settings.server.shutdown_grace,
+            commit_watch: watched,
+            rebuild: Rebuild {
+                settings,
+                hooks: rebuild_hooks,
+                listener: kept,
+            },
         })
     }
 
@@ -295,23 +360,68 @@ impl Application {
 
     /// As [`run_until_stopped`](Self::run_until_stopped), with the shutdown signal given as a
     /// future.
+    ///
+    /// On SQLite, if the database file was removed or replaced under the server and the right
+    /// one is back at the path (the same database, whole), the server stops as for a shutdown
+    /// and builds itself again on it, on the same socket (see [`crate::db_file`]).
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let mut app = self;
+        tokio::pin!(shutdown);
+        loop {
+            let Rebuild {
+                settings,
+                hooks,
+                listener,
+            } = match app.run_once(shutdown.as_mut()).await? {
+                (Ended::Stopped, _) => return Ok(()),
+                (Ended::Reopen, rebuild) => rebuild,
+            };
+            tracing::warn!("the right database file is back at database.url: reopening it");
+            app = Self::build_on(settings, hooks, Some(listener))
+                .await
+                .map_err(std::io::Error::other)?;
+            tracing::info!("reopened the database file; serving again");
+        }
+    }
+
+    /// Serves until the shutdown future ends or a reopen is due; then stops as for a shutdown.
+    async fn run_once(
+        self,
+        shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> std::io::Result<(Ended, Rebuild)> {
         let _halt = self.email_sync_halt;
         let handle = self.server.handle();
         let mut server = self.server;
-        tokio::select! {
-            result = &mut server => return result,
+        let watch = self.commit_watch;
+        let reopen = async move {
+            loop {
+                tokio::time::sleep(REOPEN_POLL).await;
+                let Some(file) = watch.file() else {
+                    return std::future::pending::<()>().await;
+                };
+                if watch.file_ok().is_err() && file.replacement_ready().await {
+                    return;
+                }
+            }
+        };
+        let ended = tokio::select! {
+            result = &mut server => {
+                result?;
+                return Ok((Ended::Stopped, self.rebuild));
+            }
             () = shutdown => {
                 tracing::info!("shutting down: no new connections; finishing requests in flight");
-                // Graceful: in-flight requests get up to server.shutdown_grace. The server
-                // future itself carries out the stop, so both are awaited together.
-                let (_, result) = tokio::join!(handle.stop(true), &mut server);
-                result?;
+                Ended::Stopped
             }
-        }
+            () = reopen => Ended::Reopen,
+        };
+        // Graceful: in-flight requests get up to server.shutdown_grace. The server future
+        // itself carries out the stop, so both are awaited together.
+        let (_, result) = tokio::join!(handle.stop(true), &mut server);
+        result?;
         let grace = self.shutdown_grace;
         let drained = self.email_sync.send(Drain { grace });
         if tokio::time::timeout(grace + std::time::Duration::from_secs(5), drained)
@@ -322,7 +432,15 @@ impl Application {
                 "email sync did not drain in time; unreleased claims expire after email_sync.lease"
             );
         }
-        Ok(())
+        if matches!(ended, Ended::Reopen) {
+            // Its connections hold the old, unlinked file open: let them go before the new
+            // pool opens the path (the email sync's pool goes with its halted actor).
+            let closing = self.db.close();
+            if tokio::time::timeout(grace, closing).await.is_err() {
+                tracing::warn!("the old database pool did not close in time");
+            }
+        }
+        Ok((ended, self.rebuild))
     }
 }
 

@@ -83,6 +83,11 @@ impl CommitWatch {
         }
     }
 
+    /// The SQLite file watched, if any.
+    pub fn file(&self) -> Option<&crate::db_file::DbFile> {
+        self.file.as_ref()
+    }
+
     /// Ok while the database file is the one the server opened (always, on PostgreSQL).
     pub fn file_ok(&self) -> Result<(), crate::db_file::Mismatch> {
         self.file

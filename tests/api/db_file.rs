@@ -66,3 +66,71 @@ async fn deleting_the_database_files_while_serving_gets_503_not_lost_201s() {
 async fn deleting_only_the_wal_while_serving_gets_503_not_lost_201s() {
     registers_nothing_after_removing(&["-wal"]).await;
 }
+
+/// The right file put back at the path (a restore of this very database, whole) is reopened by
+/// the server itself, on the same port: registrations are stored in it again. Until then, and
+/// for anything else at the path, 503.
+#[actix_web::test]
+async fn the_right_file_put_back_is_reopened_by_itself_and_registrations_land_in_it() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app().await;
+    let Some(file) = sqlite_file(&app) else {
+        return;
+    };
+    app.register_all(0..5).await;
+    let backup = file.with_file_name("backup.db");
+    app.db
+        .execute_unprepared(&format!("VACUUM INTO '{}'", backup.display()))
+        .await
+        .expect("a backup");
+
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = file.clone().into_os_string();
+        path.push(suffix);
+        std::fs::remove_file(&path).expect("removed");
+    }
+    assert_eq!(
+        app.post_registration(&registration(50))
+            .await
+            .status()
+            .as_u16(),
+        503
+    );
+    // Whatever appears at the path meanwhile (a connection may create an empty file) is not
+    // this database: still 503 a few polls later.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(app.get("/health/ready").await.status().as_u16(), 503);
+
+    std::fs::rename(&backup, &file).expect("restored");
+    crate::helpers::wait_until(
+        "the restored file is reopened",
+        std::time::Duration::from_secs(30),
+        || async { app.get("/health/ready").await.status().as_u16() == 200 },
+    )
+    .await;
+    assert_eq!(
+        app.post_registration(&registration(60))
+            .await
+            .status()
+            .as_u16(),
+        201
+    );
+
+    let fresh = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("a fresh connection to the path");
+    let names: Vec<String> = <entity::user::Entity as sea_orm::EntityTrait>::find()
+        .all(&fresh)
+        .await
+        .expect("users")
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    for name in ["user0", "user4", "user60"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n == "user50"),
+        "the 503 is not stored"
+    );
+}
