@@ -80,8 +80,7 @@ pub async fn connect_with(
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(busy_timeout)
                 .foreign_keys(true)
-                // Deleted content is overwritten with zeros, not merely unlinked: an erased
-                // person leaves no bytes in the file (SPEC §6).
+                // Deleted content is zeroed, not only unlinked: erasure leaves no bytes (SPEC §6).
                 .pragma("secure_delete", "ON");
             match cache_kib {
                 // Negative: a size in KiB rather than in pages.
@@ -90,12 +89,9 @@ pub async fn connect_with(
             }
         })
         // SQLite runs the rollback that dropping a transaction queued on its worker thread:
-        // wait for it (a ping, in-process) before judging. PostgreSQL's drop lowers the depth at
-        // once, so no round trip is spent there.
-        //
-        // No ping before handing a SQLite connection out (sqlx's default): it lives in this
-        // process and cannot have been hung up on, and each ping is a round trip to its worker
-        // thread, two thread wake-ups per registration batch for nothing.
+        // wait for it (a ping, in-process) before judging; PostgreSQL's drop lowers the depth at
+        // once. No ping before handing a SQLite connection out (sqlx's default): it lives in
+        // this process, and each ping costs two thread wake-ups per registration batch.
         .map_sqlx_sqlite_pool_opts(|pool| {
             pool.test_before_acquire(false)
                 .after_release(|conn, _| Box::pin(close_if_in_transaction::<Sqlite>(conn, true)))
