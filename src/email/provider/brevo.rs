@@ -1,0 +1,47 @@
+//! Brevo's contacts API.
+
+use super::*;
+
+/// Brevo (`email_sync.kind = "brevo"`): `POST /v3/contacts` with `updateEnabled: true` (an
+/// upsert: without it a repeat is 400 `duplicate_parameter`), one contact per request; 201 or
+/// 204 is delivered; a 429 carries `x-sib-ratelimit-reset` (seconds).
+pub type Brevo = Api<BrevoSettings>;
+
+impl Brevo {
+    pub fn new(settings: &BrevoSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
+        Self::at(join(&settings.base_url, "v3/contacts"), settings, timeout)
+    }
+}
+
+impl OneAtATime for Brevo {
+    async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert(
+            self.settings.username_attribute.clone(),
+            serde_json::Value::String(user.username.clone()),
+        );
+        let body = serde_json::json!({
+            "email": user.email,
+            "attributes": attributes,
+            "listIds": self.settings.list_ids,
+            "updateEnabled": true,
+        });
+        let request = self
+            .client
+            .post(self.endpoint.clone())
+            .header("api-key", self.settings.api_key.expose_secret())
+            .header("accept", "application/json")
+            .json(&body);
+        attempt(request, "x-sib-ratelimit-reset", "email_sync.brevo.api_key").await
+    }
+
+    /// `DELETE /v3/contacts/{email}`.
+    async fn erase(&self, user: &UserDeleted, _: Option<&EarlierUpsert>) -> AttemptOutcome {
+        let request = self
+            .client
+            .delete(with_segments(&self.endpoint, &[&user.email]))
+            .header("api-key", self.settings.api_key.expose_secret())
+            .header("accept", "application/json");
+        erase_request(request, "x-sib-ratelimit-reset", "email_sync.brevo.api_key").await
+    }
+}

@@ -1,0 +1,74 @@
+//! Mailgun's mailing list members API.
+
+use super::*;
+
+/// Mailgun (`email_sync.kind = "mailgun"`): `POST /v3/lists/{list}/members`, a form with
+/// `address`, `name` and `upsert=yes`; Basic auth `api:<key>`. A 404 is transient (its lists
+/// are eventually consistent), as §3.2 already has it.
+pub type Mailgun = Api<MailgunSettings>;
+
+impl Mailgun {
+    pub fn new(settings: &MailgunSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let list = format!("v3/lists/{}", settings.list);
+        Self::at(join(&settings.base_url, &list), settings, timeout)
+    }
+}
+
+impl OneAtATime for Mailgun {
+    /// `POST /v3/lists/{list}/members`, form `address`, `name`, `upsert=yes`.
+    async fn send(&self, user: &UserRegistered) -> AttemptOutcome {
+        let form = [
+            ("address", user.email.as_str()),
+            ("name", user.username.as_str()),
+            ("upsert", "yes"),
+        ];
+        let request = self
+            .client
+            .post(join(&self.endpoint, "members"))
+            .basic_auth("api", Some(self.settings.api_key.expose_secret()))
+            .form(&form);
+        attempt(request, "", "email_sync.mailgun.api_key").await
+    }
+
+    /// `DELETE /v3/lists/{list}/members/{address}`. Its lists are eventually consistent: a
+    /// 404 within `import_window` of the address's last upsert may only mean the list has not
+    /// caught up, and is asked again (SPEC §6).
+    async fn erase(&self, user: &UserDeleted, earlier: Option<&EarlierUpsert>) -> AttemptOutcome {
+        let request = self
+            .client
+            .delete(with_segments(&self.endpoint, &["members", &user.email]))
+            .basic_auth("api", Some(self.settings.api_key.expose_secret()));
+        match erase_request(request, "", "email_sync.mailgun.api_key").await {
+            AttemptOutcome::Delivered { status: 404, .. }
+                if !import::absent_is_gone(
+                    earlier,
+                    Job::Unknown,
+                    chrono::Utc::now(),
+                    self.settings.import_window,
+                ) =>
+            {
+                import::not_yet(404, "Mailgun's list does not show the member")
+            }
+            outcome => outcome,
+        }
+    }
+}
+
+impl InBatches for Mailgun {
+    /// `POST /v3/lists/{list}/members.json`, form `members` (a JSON array of `{address, name}`)
+    /// and `upsert=yes`: the list takes them all or refuses the request.
+    async fn send_batch(&self, users: &[UserRegistered]) -> BatchAnswer {
+        let members: Vec<_> = users
+            .iter()
+            .map(|user| serde_json::json!({"address": user.email, "name": user.username}))
+            .collect();
+        let members = serde_json::Value::Array(members).to_string();
+        let form = [("members", members.as_str()), ("upsert", "yes")];
+        let request = self
+            .client
+            .post(join(&self.endpoint, "members.json"))
+            .basic_auth("api", Some(self.settings.api_key.expose_secret()))
+            .form(&form);
+        BatchAnswer::Whole(attempt(request, "", "email_sync.mailgun.api_key").await)
+    }
+}

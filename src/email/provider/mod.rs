@@ -1,0 +1,274 @@
+//! The email provider, whichever kind `email_sync.kind` names (SPEC §5): one small trait that
+//! turns due rows into requests and the answers into one outcome per row, in §3.2's classes.
+//! The outbox, retry schedule, circuit breaker, dead letters and operator tools are the same for
+//! every kind.
+//!
+//! One file per provider kind (`brevo`, `resend`, `mailchimp`, `sendgrid`, `mailgun`); the
+//! gate in front of them all (`gate`); one-at-a-time and batched sending (`batching`).
+//!
+//! Built from each provider's published API reference and tested against local fakes that
+//! check method, path, auth and body: no provider is reachable from where signup is built.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+use super::event::{Event, UserDeleted, UserRegistered};
+use super::import::{self, EarlierUpsert, Job};
+use super::webhook::{self, AttemptOutcome, WebhookProvider, parse_retry_after};
+use crate::configuration::{
+    BrevoSettings, MailchimpErase, MailchimpSettings, MailgunSettings, ResendSettings,
+    SendgridSettings,
+};
+use entity::email_outbox::EventType;
+
+mod batching;
+mod brevo;
+mod gate;
+mod mailchimp;
+mod mailgun;
+mod resend;
+mod sendgrid;
+
+pub use batching::{BatchAnswer, InBatches, OneAtATime};
+use batching::{bisecting, contacts_one_by_one};
+pub use brevo::Brevo;
+use gate::one_by_one;
+pub use gate::{Gate, Paced};
+pub use mailchimp::{Mailchimp, subscriber_hash};
+pub use mailgun::Mailgun;
+pub use resend::Resend;
+pub use sendgrid::Sendgrid;
+
+/// One due row: its outbox id (the delivery's idempotency key), its event and stored payload,
+/// and for a deletion, the last upsert of its contact that may still be landing (SPEC §6).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub event: EventType,
+    pub payload: String,
+    pub upsert: Option<EarlierUpsert>,
+}
+
+/// A provider's API as the EmailSyncActor uses it.
+pub trait Adapter {
+    /// One attempt for each of `rows`, each request admitted by `gate`: the outcomes, one per
+    /// row, in order.
+    fn deliver(
+        &self,
+        rows: &[Delivery],
+        gate: &Gate,
+    ) -> impl std::future::Future<Output = Vec<AttemptOutcome>> + Send;
+}
+
+/// The configured provider.
+pub enum Provider {
+    /// Standard Webhooks (SPEC §3.1).
+    Webhook(WebhookProvider),
+    /// Brevo's contacts API.
+    Brevo(Brevo),
+    /// Resend's contacts API.
+    Resend(Resend),
+    /// Mailchimp's list members API.
+    Mailchimp(Mailchimp),
+    /// SendGrid's marketing contacts API.
+    Sendgrid(Sendgrid),
+    /// Mailgun's mailing list members API.
+    Mailgun(Mailgun),
+}
+
+impl Adapter for Provider {
+    async fn deliver(&self, rows: &[Delivery], gate: &Gate) -> Vec<AttemptOutcome> {
+        match self {
+            Provider::Webhook(p) => {
+                one_by_one(rows, gate, |row| {
+                    p.deliver_payload(row.id, row.event, &row.payload)
+                })
+                .await
+            }
+            Provider::Brevo(p) => contacts_one_by_one(p, rows, gate).await,
+            Provider::Resend(p) => contacts_one_by_one(p, rows, gate).await,
+            Provider::Mailchimp(p) => bisecting(p, rows, gate).await,
+            Provider::Sendgrid(p) => bisecting(p, rows, gate).await,
+            Provider::Mailgun(p) => bisecting(p, rows, gate).await,
+        }
+    }
+}
+
+/// Sends `request` and classifies its answer (§3.2, the provider's `reset_header` on 429).
+async fn attempt(
+    request: reqwest::RequestBuilder,
+    reset_header: &str,
+    setting: &str,
+) -> AttemptOutcome {
+    match request.send().await {
+        Ok(response) => classify(response.status(), response.headers(), reset_header, setting),
+        Err(e) => request_failed(e),
+    }
+}
+
+/// The event a row announces, or the permanent outcome of a payload nobody can read.
+fn event(row: &Delivery) -> Result<Event, AttemptOutcome> {
+    Event::from_row(row.event, &row.payload).map_err(|e| AttemptOutcome::Permanent {
+        status: 0,
+        error: format!("stored payload is not a {} event: {e}", row.event.as_str()),
+    })
+}
+
+/// Sends an erasure's `request`: a 404 means the provider does not know the person (any
+/// more): already gone, delivered. Anything else as §3.2 and the provider's reset header say.
+async fn erase_request(
+    request: reqwest::RequestBuilder,
+    reset_header: &str,
+    setting: &str,
+) -> AttemptOutcome {
+    match request.send().await {
+        Ok(response) if response.status() == StatusCode::NOT_FOUND => {
+            AttemptOutcome::delivered(404)
+        }
+        Ok(response) => classify(response.status(), response.headers(), reset_header, setting),
+        Err(e) => request_failed(e),
+    }
+}
+
+/// `base` with `segments` appended as path segments, each percent-encoded (an address in a
+/// path: `/v3/contacts/a%40b.co`).
+fn with_segments(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
+/// The HTTP client every adapter uses: the attempt timeout, no redirects.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("signup/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A provider's rate-limit header as a delay: seconds until the limit resets.
+fn reset_after(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// §3.2's classification, with a provider's own rate-limit reset header read on 429, and the
+/// key named in the misconfiguration message.
+fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    reset_header: &str,
+    setting: &str,
+) -> AttemptOutcome {
+    let mut outcome = webhook::classify(status, headers, SystemTime::now());
+    if let AttemptOutcome::Transient {
+        retry_after,
+        misconfigured,
+        error,
+        ..
+    } = &mut outcome
+    {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            *retry_after = reset_after(headers, reset_header).or(*retry_after);
+        }
+        if *misconfigured {
+            *error = format!("provider answered {status}: check {setting}");
+        }
+    }
+    outcome
+}
+
+/// A failed request, without its URL (it may hold credentials).
+fn request_failed(e: reqwest::Error) -> AttemptOutcome {
+    AttemptOutcome::Transient {
+        status: None,
+        error: format!(
+            "request failed: {}",
+            crate::error::error_chain(&e.without_url())
+        ),
+        retry_after: None,
+        misconfigured: false,
+    }
+}
+
+/// One provider kind's API: the HTTP client, the URL its requests go to, and the kind's
+/// settings (`email_sync.<kind>`).
+pub struct Api<S> {
+    client: reqwest::Client,
+    /// Where requests go: the settings' `base_url` and the API's path.
+    endpoint: Url,
+    settings: S,
+}
+
+impl<S: Clone> Api<S> {
+    fn at(endpoint: Url, settings: &S, timeout: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            client: client(timeout)?,
+            endpoint,
+            settings: settings.clone(),
+        })
+    }
+}
+
+/// `base` with `path` appended below it (a base URL with or without a trailing slash).
+fn join(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let joined = format!("{}/{path}", base.path().trim_end_matches('/'));
+    url.set_path(&joined);
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_join_below_the_base_url_with_or_without_a_slash() {
+        let with = Url::parse("http://127.0.0.1:9/brevo/").expect("url");
+        let without = Url::parse("http://127.0.0.1:9/brevo").expect("url");
+        assert_eq!(join(&with, "v3/contacts").path(), "/brevo/v3/contacts");
+        assert_eq!(join(&without, "v3/contacts").path(), "/brevo/v3/contacts");
+        let root = Url::parse("https://api.brevo.com").expect("url");
+        assert_eq!(
+            join(&root, "v3/contacts").as_str(),
+            "https://api.brevo.com/v3/contacts"
+        );
+    }
+
+    #[test]
+    fn a_429_is_retried_after_the_providers_own_reset_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-sib-ratelimit-reset", "7".parse().expect("value"));
+        let outcome = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            "x-sib-ratelimit-reset",
+            "email_sync.brevo.api_key",
+        );
+        assert!(
+            matches!(outcome, AttemptOutcome::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(7)),
+            "{outcome:?}"
+        );
+        let outcome = classify(
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new(),
+            "x-sib-ratelimit-reset",
+            "email_sync.brevo.api_key",
+        );
+        assert!(
+            matches!(&outcome, AttemptOutcome::Transient { misconfigured: true, error, .. } if error.contains("email_sync.brevo.api_key")),
+            "{outcome:?}"
+        );
+    }
+}
