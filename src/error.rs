@@ -60,22 +60,6 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl From<crate::registrar::RegistrationError> for ApiError {
-    fn from(e: crate::registrar::RegistrationError) -> Self {
-        use crate::registrar::RegistrationError as R;
-        match e {
-            R::Invalid(errors) => ApiError::Invalid(errors),
-            R::Overloaded(e) => ApiError::Unavailable(Box::new(e)),
-            e @ R::DeadlinePassed => ApiError::Unavailable(Box::new(e)),
-            // Unknown whether stored: 503 all the same, and a retry with the same details gets
-            // the account if it was (201, the same Location).
-            e @ R::CommitUnconfirmed => ApiError::Unavailable(Box::new(e)),
-            R::Unavailable(e) => ApiError::Unavailable(e),
-            R::Hashing(e) => ApiError::Internal(Box::new(e)),
-        }
-    }
-}
-
 /// A database that refused or did not answer is the server's condition: 503, never 500.
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {

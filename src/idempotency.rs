@@ -8,7 +8,7 @@ use entity::{idempotency_key, user};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::domain::NewRegistration;
-use crate::store::RegisteredUser;
+use crate::domain::RegisteredUser;
 
 /// A submission's key and the fingerprint of what it asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,6 +41,24 @@ pub enum RegistrationError {
     Hashing(#[source] HashError),
 }
 
+/// Each way a registration fails, as its HTTP answer (the boundary keeps one mapping).
+impl From<RegistrationError> for crate::error::ApiError {
+    fn from(e: crate::registrar::RegistrationError) -> Self {
+        use crate::error::ApiError;
+        use RegistrationError as R;
+        match e {
+            R::Invalid(errors) => ApiError::Invalid(errors),
+            R::Overloaded(e) => ApiError::Unavailable(Box::new(e)),
+            e @ R::DeadlinePassed => ApiError::Unavailable(Box::new(e)),
+            // Unknown whether stored: 503 all the same, and a retry with the same details gets
+            // the account if it was (201, the same Location).
+            e @ R::CommitUnconfirmed => ApiError::Unavailable(Box::new(e)),
+            R::Unavailable(e) => ApiError::Unavailable(e),
+            R::Hashing(e) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
 impl From<HashError> for RegistrationError {
     fn from(e: HashError) -> Self {
         match e {

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{SubsecRound, Utc};
 use entity::{email_outbox, idempotency_key, user};
 use sea_orm::sea_query::Values;
 use sea_orm::sqlx::{self, SqliteConnection, SqlitePool};
@@ -36,25 +36,7 @@ pub struct Candidate {
     pub ticket: crate::ticket::Ticket,
 }
 
-/// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegisteredUser {
-    pub id: Uuid,
-    pub username: String,
-    pub email: String,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<user::Model> for RegisteredUser {
-    fn from(m: user::Model) -> Self {
-        Self {
-            id: m.id,
-            username: m.username,
-            email: m.email,
-            created_at: m.created_at,
-        }
-    }
-}
+pub use crate::domain::RegisteredUser;
 
 /// What became of one candidate.
 #[derive(Debug, Clone, PartialEq, Eq)]

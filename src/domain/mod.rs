@@ -5,11 +5,13 @@
 mod email;
 mod new_registration;
 mod password;
+mod registered_user;
 mod username;
 
 pub use email::{Email, mask_addresses_in};
 pub use new_registration::NewRegistration;
 pub use password::Password;
+pub use registered_user::RegisteredUser;
 pub use username::Username;
 
 /// Why one field was refused: `code` is stable and machine-readable, `message` is for people.

@@ -1,5 +1,5 @@
-//! The `webhook` provider (SPEC §3.1): Standard Webhooks signing, one HTTP attempt, and the
-//! classification of its answer (SPEC §3.2).
+//! The `webhook` provider (SPEC §3.1): Standard Webhooks signing and one HTTP attempt (its
+//! answer is classified by `outcome`, as every provider's).
 
 use std::time::Duration;
 
@@ -7,64 +7,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 use uuid::Uuid;
 
 use super::event::{Event, WebhookBody};
-
-/// What one attempt came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// 2xx. `job`: the provider's job that applies it later, where it imports asynchronously
-    /// (SendGrid's `job_id`); a deletion of the same contact waits for it (SPEC §6).
-    Delivered { status: u16, job: Option<String> },
-    /// Worth retrying; counts against the circuit breaker.
-    Transient {
-        status: Option<u16>,
-        error: String,
-        /// The provider's `Retry-After`, if any.
-        retry_after: Option<Duration>,
-        /// 401/403/404/410: the endpoint or its credentials are wrong, not the message.
-        misconfigured: bool,
-    },
-    /// Any other 4xx: the message itself is refused; retrying cannot help.
-    Permanent { status: u16, error: String },
-    /// Not sent: the provider told every request to wait (a 429's reset), for `retry_after`
-    /// from now. No attempt is spent and the circuit is not touched.
-    NotSent { retry_after: Duration },
-    /// The provider answered, but has not finished an earlier request about the same contact
-    /// (an import still running, so "not found" may only mean "not imported yet"): asked again
-    /// later. An attempt is spent, so the retry schedule bounds the wait; the provider is up, so
-    /// the circuit counts it as an answer.
-    NotYet {
-        status: u16,
-        error: String,
-        retry_after: Option<Duration>,
-    },
-}
-
-impl AttemptOutcome {
-    /// Delivered, with no job to wait for.
-    pub fn delivered(status: u16) -> Self {
-        AttemptOutcome::Delivered { status, job: None }
-    }
-
-    /// How long the provider asked every request to wait: a 429 that says when its limit
-    /// resets. Such a pause holds for every request, not only this row's.
-    pub fn rate_limit_reset(&self) -> Option<Duration> {
-        match self {
-            AttemptOutcome::Transient {
-                status: Some(429),
-                retry_after: Some(wait),
-                ..
-            } if !wait.is_zero() => Some(*wait),
-            _ => None,
-        }
-    }
-}
+use super::outcome::{AttemptOutcome, classify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -80,7 +29,10 @@ pub struct WebhookKey(std::sync::Arc<SecretSlice<u8>>);
 impl WebhookKey {
     /// A random key: webhooks the provider cannot verify (when no secret is configured).
     pub fn random() -> Self {
-        Self::from_bytes(crate::routes::random_bytes(32))
+        use rand::RngCore;
+        let mut bytes = vec![0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        Self::from_bytes(bytes)
     }
 
     fn from_bytes(bytes: Vec<u8>) -> Self {
@@ -192,59 +144,6 @@ pub fn verify(
     }
 }
 
-/// Judges an HTTP answer.
-pub fn classify(
-    status: StatusCode,
-    headers: &HeaderMap,
-    now: std::time::SystemTime,
-) -> AttemptOutcome {
-    let code = status.as_u16();
-    if status.is_success() {
-        return AttemptOutcome::delivered(code);
-    }
-    let retry_after = matches!(code, 429 | 503)
-        .then(|| headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()))
-        .flatten()
-        .and_then(|v| parse_retry_after(v, now));
-    match code {
-        401 | 403 | 404 | 410 => AttemptOutcome::Transient {
-            status: Some(code),
-            error: format!(
-                "provider answered {status}: check email_sync.url and email_sync.secret"
-            ),
-            retry_after: None,
-            misconfigured: true,
-        },
-        408 | 425 | 429 | 500..=599 => AttemptOutcome::Transient {
-            status: Some(code),
-            error: format!("provider answered {status}"),
-            retry_after,
-            misconfigured: false,
-        },
-        400..=499 => AttemptOutcome::Permanent {
-            status: code,
-            error: format!("provider refused the message: {status}"),
-        },
-        // 1xx/3xx (redirects are not followed: a moved endpoint is a configuration matter).
-        _ => AttemptOutcome::Transient {
-            status: Some(code),
-            error: format!("unexpected answer {status}: check email_sync.url"),
-            retry_after: None,
-            misconfigured: true,
-        },
-    }
-}
-
-/// `Retry-After` as delay-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 /// Delivers outbox rows to `email_sync.url`. One `reqwest` client (one connection pool).
 pub struct WebhookProvider {
     client: reqwest::Client,
@@ -260,7 +159,7 @@ impl WebhookProvider {
         key: WebhookKey,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let client = super::provider::client(timeout)?;
+        let client = super::outcome::client(timeout)?;
         Ok(Self { client, url, key })
     }
 
@@ -346,69 +245,6 @@ mod tests {
         ] {
             assert!(decode_secret(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn answers_are_classified_per_the_spec() {
-        let now = std::time::SystemTime::now();
-        let h = HeaderMap::new();
-        let class = |code: u16| classify(StatusCode::from_u16(code).expect("status"), &h, now);
-        for code in [200, 201, 202, 204] {
-            assert_eq!(class(code), AttemptOutcome::delivered(code), "{code}");
-        }
-        for code in [408, 425, 429, 500, 502, 503, 504] {
-            assert!(
-                matches!(
-                    class(code),
-                    AttemptOutcome::Transient {
-                        misconfigured: false,
-                        ..
-                    }
-                ),
-                "{code}"
-            );
-        }
-        for code in [401, 403, 404, 410] {
-            assert!(
-                matches!(
-                    class(code),
-                    AttemptOutcome::Transient {
-                        misconfigured: true,
-                        ..
-                    }
-                ),
-                "{code}"
-            );
-        }
-        for code in [400, 409, 413, 415, 422] {
-            assert!(
-                matches!(class(code), AttemptOutcome::Permanent { .. }),
-                "{code}"
-            );
-        }
-    }
-
-    #[test]
-    fn retry_after_is_read_as_seconds_or_an_http_date() {
-        let now = std::time::SystemTime::now();
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-        let parsed = parse_retry_after(&later, now).expect("date");
-        assert!(
-            parsed <= Duration::from_secs(90) && parsed >= Duration::from_secs(88),
-            "{parsed:?}"
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-
-        let mut headers = HeaderMap::new();
-        headers.insert(RETRY_AFTER, "30".parse().expect("header"));
-        let outcome = classify(StatusCode::TOO_MANY_REQUESTS, &headers, now);
-        assert!(
-            matches!(outcome, AttemptOutcome::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(30))
-        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod admin;
 mod console;
+mod console_views;
 pub mod csrf;
 mod form;
 mod health;

@@ -134,7 +134,7 @@ fn html_with(csp: &str, status: StatusCode, body: askama::Result<String>) -> Htt
 // ---------------------------------------------------------------------------------------------
 // The operator console's pages (routes in `console`).
 
-use super::console::{JobRow, JobsView, OverviewView, SearchView};
+use super::console_views::{JobRow, JobsView, OverviewView, SearchView};
 use crate::store::RegisteredUser;
 
 #[derive(Template)]

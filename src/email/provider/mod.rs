@@ -18,7 +18,8 @@ use uuid::Uuid;
 
 use super::event::{Event, UserDeleted, UserRegistered};
 use super::import::{self, EarlierUpsert, Job};
-use super::webhook::{self, AttemptOutcome, WebhookProvider, parse_retry_after};
+use super::outcome::{self, AttemptOutcome, client, parse_retry_after};
+use super::webhook::WebhookProvider;
 use crate::configuration::{
     BrevoSettings, MailchimpErase, MailchimpSettings, MailgunSettings, ResendSettings,
     SendgridSettings,
@@ -144,16 +145,6 @@ fn with_segments(base: &Url, segments: &[&str]) -> Url {
     url
 }
 
-/// The HTTP client every adapter uses: the attempt timeout, no redirects.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("signup/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
 /// A provider's rate-limit header as a delay: seconds until the limit resets.
 fn reset_after(headers: &HeaderMap, name: &str) -> Option<Duration> {
     headers
@@ -171,7 +162,7 @@ fn classify(
     reset_header: &str,
     setting: &str,
 ) -> AttemptOutcome {
-    let mut outcome = webhook::classify(status, headers, SystemTime::now());
+    let mut outcome = outcome::classify(status, headers, SystemTime::now());
     if let AttemptOutcome::Transient {
         retry_after,
         misconfigured,
