@@ -1,0 +1,23 @@
+//! Reads of users for the routes.
+
+use super::*;
+
+/// The user with `id`, if registered.
+pub async fn find_user(db: &DatabaseConnection, id: Uuid) -> Result<Option<RegisteredUser>, DbErr> {
+    Ok(user::Entity::find_by_id(id).one(db).await?.map(Into::into))
+}
+
+/// The user registered with `email`, in any case.
+pub async fn find_user_by_email(
+    db: &DatabaseConnection,
+    email: &str,
+) -> Result<Option<RegisteredUser>, DbErr> {
+    let normalized = crate::domain::Email::parse(email)
+        .map(|e| e.normalized().to_owned())
+        .unwrap_or_else(|_| email.trim().to_lowercase());
+    Ok(user::Entity::find()
+        .filter(user::Column::EmailNormalized.eq(normalized))
+        .one(db)
+        .await?
+        .map(Into::into))
+}
