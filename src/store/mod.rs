@@ -143,16 +143,12 @@ impl Writer {
                 Ok(mut outcomes) => return Ok(outcomes.remove(0)),
                 Err(e) if is_unique_violation(&e) && tries < LOST_RACE_TRIES => continue,
                 Err(e) => {
-                    return match e.sql_err() {
-                        Some(SqlErr::UniqueConstraintViolation(m)) if EMAIL_UNIQUE.named_in(&m) => {
-                            Ok(Outcome::EmailTaken)
-                        }
-                        Some(SqlErr::UniqueConstraintViolation(m))
-                            if USERNAME_UNIQUE.named_in(&m) =>
-                        {
-                            Ok(Outcome::UsernameTaken)
-                        }
-                        _ => Err(e),
+                    return if EMAIL_UNIQUE.violated_by(&e) {
+                        Ok(Outcome::EmailTaken)
+                    } else if USERNAME_UNIQUE.violated_by(&e) {
+                        Ok(Outcome::UsernameTaken)
+                    } else {
+                        Err(e)
                     };
                 }
             }
@@ -245,9 +241,36 @@ struct UniqueIndex {
 }
 
 impl UniqueIndex {
+    /// Whether `e` is a violation of this index: by the constraint the driver names
+    /// (PostgreSQL's error carries it), else by the `table.column` SQLite's message lists.
+    fn violated_by(&self, e: &DbErr) -> bool {
+        let Some(SqlErr::UniqueConstraintViolation(message)) = e.sql_err() else {
+            return false;
+        };
+        match constraint_of(e) {
+            Some(constraint) => constraint == self.name,
+            None => self.named_in(&message),
+        }
+    }
+
     fn named_in(&self, message: &str) -> bool {
         message.contains(&format!("\"{}\"", self.name))
             || message.contains(&format!("failed: {}", self.column))
+    }
+}
+
+/// The constraint a database error names, where the driver reports one (PostgreSQL).
+fn constraint_of(e: &DbErr) -> Option<String> {
+    let runtime = match e {
+        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return None,
+    };
+    match runtime {
+        RuntimeErr::SqlxError(error) => error
+            .as_database_error()
+            .and_then(|db| db.constraint())
+            .map(str::to_owned),
+        _ => None,
     }
 }
 
