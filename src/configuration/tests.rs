@@ -70,6 +70,9 @@ fn environment_variables_override_nested_keys_with_the_right_types() {
             ("SIGNUP_ADMIN__TOKEN", "0123456789abcdef0123456789abcdef"),
             ("SIGNUP_SERVER__TRUSTED_PROXIES", "10.0.0.1, 10.0.0.2"),
             ("PATH", "/usr/bin"),
+            // The simulation's knob, as CI sets it for the whole `cargo test`: not a key (the
+            // command-line tests' `signup` processes inherit it).
+            ("SIGNUP_SIM_SCHEDULES", "20000"),
         ]),
     )
     .expect("valid overrides");
