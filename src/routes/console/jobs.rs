@@ -136,9 +136,8 @@ pub async fn retry(
     path: web::Path<String>,
     form: web::Form<RetryForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let operator = action.operator()?;
-    operator.check(&state, &form.csrf_token)?;
-    let id = Uuid::parse_str(&path).map_err(|_| ConsoleError::NotFound)?;
+    action.checked(&state, &form.csrf_token)?;
+    let id = path_id(&path)?;
     let back = Back::parse(&form.back);
     match outbox::requeue(&state.db, id, Utc::now()).await? {
         Requeue::Due(_) => {
@@ -175,8 +174,7 @@ pub async fn retry_dead(
     state: web::Data<AppState>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let operator = action.operator()?;
-    operator.check(&state, &form.csrf_token)?;
+    action.checked(&state, &form.csrf_token)?;
     let requeued = outbox::requeue_all_dead(&state.db, Utc::now(), REQUEUE_BATCH).await?;
     wake(&state);
     tracing::info!(requeued, "operator requeued every dead job (console)");

@@ -193,6 +193,18 @@ impl Action {
     fn operator(self) -> Result<Operator, ConsoleError> {
         self.0.ok_or(ConsoleError::SignIn)
     }
+
+    /// The operator, if the form carries this session's CSRF token: every action's check.
+    fn checked(self, state: &AppState, csrf_token: &str) -> Result<Operator, ConsoleError> {
+        let operator = self.operator()?;
+        operator.check(state, csrf_token)?;
+        Ok(operator)
+    }
+}
+
+/// A console path's `{id}`: a malformed one names nothing, 404.
+fn path_id(path: &str) -> Result<Uuid, ConsoleError> {
+    Uuid::parse_str(path).map_err(|_| ConsoleError::NotFound)
 }
 
 /// The operator a request's cookie signs in: a cookie signed for the current `admin.token`,

@@ -79,7 +79,7 @@ pub async fn confirm_erase(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let id = Uuid::parse_str(&path).map_err(|_| ConsoleError::NotFound)?;
+    let id = path_id(&path)?;
     let user = store::find_user(&state.db, id)
         .await?
         .ok_or(ConsoleError::NotFound)?;
@@ -103,9 +103,8 @@ pub async fn erase(
     path: web::Path<String>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let operator = action.operator()?;
-    operator.check(&state, &form.csrf_token)?;
-    let id = Uuid::parse_str(&path).map_err(|_| ConsoleError::NotFound)?;
+    action.checked(&state, &form.csrf_token)?;
+    let id = path_id(&path)?;
     let erased = super::super::admin::erase(&state, id).await?;
     tracing::info!(user_id = %erased.user_id, deletion_job = %erased.deletion_job, cancelled = erased.cancelled, "operator erased a user (console)");
     Ok(see_other(&format!("/admin/search?q={id}&done=erased")))

@@ -163,8 +163,7 @@ pub async fn logout(
     state: web::Data<AppState>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let operator = action.operator()?;
-    operator.check(&state, &form.csrf_token)?;
+    let operator = action.checked(&state, &form.csrf_token)?;
     crate::sessions::revoke(&state.db, &operator.session, Utc::now()).await?;
     tracing::info!("console: operator signed out");
     let mut response = see_other("/admin/login");
