@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use entity::email_outbox::{EventType, Status};
 use sea_orm::{Database, EntityTrait};
 use serde_json::json;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{outbox_rows, wait_until};
-use crate::processes::ServerProcess;
+use crate::helpers::wait_until;
+use crate::processes::{ServerProcess, wait_deletion_delivered};
 
 const TOKEN: &str = "an-admin-token-of-at-least-32-characters";
 
@@ -69,24 +68,8 @@ async fn an_erased_person_leaves_no_byte_in_the_database_files_once_the_server_s
         .expect("the person")
         .password_hash;
 
-    let erased = client
-        .delete(format!("{}/admin/users/{id}", server.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(erased.status().as_u16(), 202);
-    wait_until(
-        "the deletion is delivered",
-        Duration::from_secs(30),
-        || async {
-            outbox_rows(&db)
-                .await
-                .iter()
-                .any(|r| r.event == EventType::UserDeleted && r.status == Status::Delivered)
-        },
-    )
-    .await;
+    server.erase(&id, TOKEN).await;
+    wait_deletion_delivered(&db).await;
     // Life goes on after the erasure.
     for n in 20..30 {
         server.register(n).await;

@@ -138,6 +138,34 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// `DELETE /admin/users/{user}` with the admin `token`: 202.
+    pub(crate) async fn erase(&self, user: impl std::fmt::Display, token: &str) {
+        let response = reqwest::Client::new()
+            .delete(format!("{}/admin/users/{user}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 202);
+    }
+}
+
+/// Waits (30 s at most) until a `user.deleted` row in `db` is delivered.
+pub(crate) async fn wait_deletion_delivered(db: &sea_orm::DatabaseConnection) {
+    wait_until(
+        "the deletion is delivered",
+        Duration::from_secs(30),
+        || async {
+            outbox_rows(db).await.iter().any(|r| {
+                r.event == entity::email_outbox::EventType::UserDeleted
+                    && r.status == Status::Delivered
+            })
+        },
+    )
+    .await;
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -241,7 +269,6 @@ async fn two_instances_on_one_postgresql_deliver_every_user_exactly_once() {
 #[actix_web::test]
 async fn with_two_instances_a_deletion_waits_for_the_registration_the_other_one_is_delivering() {
     use crate::erasure::{Recording, TOKEN};
-    use entity::email_outbox::EventType;
     let Some(admin) = postgres_admin_url() else {
         return;
     };
@@ -271,24 +298,8 @@ async fn with_two_instances_a_deletion_waits_for_the_registration_the_other_one_
     let user = outbox_rows(&db).await[0].user_id;
 
     // Erased through the other instance, which is free to claim the deletion at once.
-    let response = reqwest::Client::new()
-        .delete(format!("{}/admin/users/{user}", second.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status().as_u16(), 202);
-    wait_until(
-        "the deletion is delivered",
-        Duration::from_secs(30),
-        || async {
-            outbox_rows(&db)
-                .await
-                .iter()
-                .any(|r| r.event == EventType::UserDeleted && r.status == Status::Delivered)
-        },
-    )
-    .await;
+    second.erase(user, TOKEN).await;
+    wait_deletion_delivered(&db).await;
 
     crate::erasure::assert_the_deletion_came_second(&arrivals, hold);
 }
