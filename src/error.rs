@@ -55,6 +55,13 @@ pub enum ApiError {
     /// Nothing was half-written.
     #[error("the service is temporarily unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// 503 `unavailable` with `Retry-After`: the registration's COMMIT began in time but had not
+    /// finished a deadline later (SPEC §4.7): whether it is stored is not known, and the answer
+    /// says so, and that the same registration again is safe (it gets the account if it exists).
+    #[error(
+        "the database has not confirmed this registration in time; it may have been stored: registering again with the same username, email and password is safe"
+    )]
+    Unconfirmed,
     /// 500 `internal`: a bug, never bad input.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -106,7 +113,7 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Unconfirmed => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -135,7 +142,7 @@ impl ResponseError for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Unconfirmed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -145,6 +152,11 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unavailable(e) => {
                 tracing::warn!(error = %error_chain(e.as_ref()), "answering 503")
+            }
+            ApiError::Unconfirmed => {
+                tracing::warn!(
+                    "answering 503: the registration's COMMIT has not finished a deadline after the deadline"
+                )
             }
             ApiError::Internal(e) => {
                 tracing::error!(error = %error_chain(e.as_ref()), "answering 500")
@@ -174,7 +186,7 @@ impl ResponseError for ApiError {
         if let ApiError::RateLimited { retry_after } = self {
             response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
         }
-        if matches!(self, ApiError::Unavailable(_)) {
+        if matches!(self, ApiError::Unavailable(_) | ApiError::Unconfirmed) {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE));
         }
         response.body(serde_json::to_string(&problem).unwrap_or_default())

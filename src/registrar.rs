@@ -50,9 +50,9 @@ impl From<RegistrationError> for crate::error::ApiError {
             R::Invalid(errors) => ApiError::Invalid(errors),
             R::Overloaded(e) => ApiError::Unavailable(Box::new(e)),
             e @ R::DeadlinePassed => ApiError::Unavailable(Box::new(e)),
-            // Unknown whether stored: 503 all the same, and a retry with the same details gets
-            // the account if it was (201, the same Location).
-            e @ R::CommitUnconfirmed => ApiError::Unavailable(Box::new(e)),
+            // Unknown whether stored: 503, saying so, and that a retry with the same details
+            // gets the account if it was (201, the same Location).
+            R::CommitUnconfirmed => ApiError::Unconfirmed,
             R::Unavailable(e) => ApiError::Unavailable(e),
             R::Hashing(e) => ApiError::Internal(Box::new(e)),
         }

@@ -238,11 +238,8 @@ impl Application {
             .await
             .map_err(StartupError::ServerKey)?;
         if let Some(file) = commit_watch.file() {
-            // Read back (the key exists now): a file put back at the path must hold it.
-            let key = crate::outbox::load_or_create_server_key(&db, "csrf")
-                .await
-                .map_err(StartupError::ServerKey)?;
-            file.remember_key(key);
+            // A file put back at the path must hold this database's key.
+            file.remember_key(csrf.bytes());
         }
         let watched = Arc::clone(&commit_watch);
         let cookies = CookiePolicy {

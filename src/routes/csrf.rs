@@ -104,6 +104,12 @@ impl CsrfKey {
         Self(SecretSlice::from(bytes))
     }
 
+    /// The key's bytes, by which a restored database file is recognised as this database's
+    /// (`db_file`); never logged or sent.
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        self.0.expose_secret().to_vec()
+    }
+
     fn mac(&self, purpose: &[u8], parts: &[&[u8]]) -> HmacSha256 {
         // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
         let mut mac =

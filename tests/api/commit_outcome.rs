@@ -264,3 +264,60 @@ async fn the_same_person_retrying_gets_their_account_back_and_anyone_else_409() 
     }
     assert_eq!(app.user_count().await, 1);
 }
+
+/// A COMMIT that outlasts the deadline twice (the disk frozen for longer): the answer still
+/// comes within `registration.deadline` once more (SPEC §4.7), says the commit is not confirmed,
+/// and the same person retrying once the disk is back gets their account (201), created once.
+#[actix_web::test]
+async fn a_commit_stalled_past_two_deadlines_is_answered_in_time_and_a_retry_gets_the_account() {
+    const SHORT: Duration = Duration::from_secs(1);
+    if !can_freeze() {
+        return;
+    }
+    let mount = LoopMount::new();
+    let url = format!("sqlite://{}", mount.path().join("signup.db").display());
+    let app = spawn_app_with(move |s| {
+        s.database.url = url.clone().into();
+        s.registration.deadline = SHORT;
+    })
+    .await;
+    app.register_all(10..12).await;
+
+    let frozen = mount.path();
+    run(&format!("fsfreeze -f {}", frozen.display()));
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(4));
+        run(&format!("fsfreeze -u {}", frozen.display()));
+    });
+    let started = Instant::now();
+    let response = app.post_registration(&registration(300)).await;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    thaw.join().expect("thawed");
+
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        took < 2 * SHORT + Duration::from_millis(1500),
+        "answered after {took:?}: bounded by the deadline once more"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(
+            |d| d.contains("not confirmed") && d.contains("same username, email and password")
+        ),
+        "{body}"
+    );
+    crate::helpers::wait_until(
+        "the same person's retry is answered 201",
+        Duration::from_secs(30),
+        || async {
+            app.post_registration(&registration(300))
+                .await
+                .status()
+                .as_u16()
+                == 201
+        },
+    )
+    .await;
+    assert_eq!(app.user_count().await, 3, "created once");
+}
