@@ -214,7 +214,6 @@ impl EmailSyncActor {
                     status: None,
                     error: format!("delivery task failed: {e}"),
                     retry_after: None,
-                    misconfigured: false,
                 }]),
             }
         };
@@ -333,21 +332,17 @@ impl EmailSyncActor {
                 self.metrics.activity.failed(now);
                 // Providers quote the address in their messages: masked here, whole in the row.
                 let error = crate::domain::mask_addresses_in(error);
-                tracing::error!(outbox_id = %id, status, %error, "the provider refused a row permanently; it is dead until an operator retries it");
+                tracing::error!(outbox_id = %id, ?status, %error, "the provider refused a row permanently; it is dead until an operator retries it");
             }
-            AttemptOutcome::Transient {
-                status,
-                error,
-                misconfigured,
-                ..
-            } => {
+            AttemptOutcome::Transient { status, error, .. }
+            | AttemptOutcome::Misconfigured { status, error } => {
                 self.metrics
                     .sync_attempts
                     .with_label_values(&["transient"])
                     .inc();
                 self.metrics.activity.failed(now);
                 let error = crate::domain::mask_addresses_in(error);
-                if *misconfigured {
+                if matches!(outcome, AttemptOutcome::Misconfigured { .. }) {
                     tracing::error!(outbox_id = %id, ?status, %error, "email provider rejects our requests: check email_sync.kind and its section's base_url and api_key (webhook: email_sync.url and email_sync.secret)");
                 } else {
                     tracing::warn!(outbox_id = %id, ?status, %error, attempts, "delivery failed; will retry");

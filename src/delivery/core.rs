@@ -251,7 +251,6 @@ impl Core {
                 status: None,
                 error: "the provider adapter gave no outcome".into(),
                 retry_after: None,
-                misconfigured: false,
             });
             outcomes = vec![whole; rows.len()];
         }
@@ -259,10 +258,8 @@ impl Core {
         for (claimed, outcome) in rows.into_iter().zip(outcomes) {
             let spent = !matches!(outcome, AttemptOutcome::NotSent { .. });
             let attempts = claimed.row.attempts.saturating_add(i32::from(spent));
-            let transient = matches!(
-                outcome,
-                AttemptOutcome::Transient { .. } | AttemptOutcome::NotYet { .. }
-            );
+            let transient =
+                outcome.is_failure() || matches!(outcome, AttemptOutcome::NotYet { .. });
             let completion =
                 crate::email::completion(outcome.clone(), &claimed.row, now, &self.settings.retry);
             let dead = matches!(completion, Completion::Dead { .. });
@@ -497,7 +494,7 @@ impl Core {
         if sent.peek().is_none() {
             // Held back by the provider's pause: not an answer, for the circuit either.
             self.breaker.on_abandoned();
-        } else if sent.all(|outcome| matches!(outcome, AttemptOutcome::Transient { .. })) {
+        } else if sent.all(AttemptOutcome::is_failure) {
             self.breaker.on_failure(now);
         } else {
             // The provider is up and answered (a permanent refusal of a member included).

@@ -27,17 +27,15 @@ pub fn completion(
                 + chrono::Duration::from_std(retry_after.min(settings.max_interval))
                     .unwrap_or_default(),
         },
-        AttemptOutcome::Permanent { status, error } => Completion::Dead {
-            // 0: the attempt never got an answer (an unreadable stored payload).
-            status: Some(status).filter(|s| *s != 0),
-            error,
-        },
+        AttemptOutcome::Permanent { status, error } => Completion::Dead { status, error },
         AttemptOutcome::Transient {
             status,
             error,
             retry_after,
-            ..
         } => retried(row, now, status, error, retry_after, settings),
+        AttemptOutcome::Misconfigured { status, error } => {
+            retried(row, now, status, error, None, settings)
+        }
         // The provider is up but not done with an earlier request about the contact: retried
         // on the same schedule, so a job that never finishes ends dead, an operator's matter.
         AttemptOutcome::NotYet {
@@ -104,7 +102,6 @@ mod tests {
             status: Some(status),
             error: format!("provider answered {status}"),
             retry_after,
-            misconfigured: false,
         }
     }
 
@@ -130,7 +127,7 @@ mod tests {
         assert!(matches!(
             completion(
                 AttemptOutcome::Permanent {
-                    status: 422,
+                    status: Some(422),
                     error: "no".into()
                 },
                 &fresh,

@@ -13,17 +13,21 @@ pub enum AttemptOutcome {
     /// 2xx. `job`: the provider's job that applies it later, where it imports asynchronously
     /// (SendGrid's `job_id`); a deletion of the same contact waits for it (SPEC §6).
     Delivered { status: u16, job: Option<String> },
-    /// Worth retrying; counts against the circuit breaker.
+    /// Worth retrying; counts against the circuit breaker. `status`: none when no answer came
+    /// (a timeout, a refused connection).
     Transient {
         status: Option<u16>,
         error: String,
         /// The provider's `Retry-After`, if any.
         retry_after: Option<Duration>,
-        /// 401/403/404/410: the endpoint or its credentials are wrong, not the message.
-        misconfigured: bool,
     },
-    /// Any other 4xx: the message itself is refused; retrying cannot help.
-    Permanent { status: u16, error: String },
+    /// 401/403/404/410 (or a redirect): the endpoint or its credentials are wrong, not the
+    /// message. Retried like [`AttemptOutcome::Transient`] (an operator may fix the setting
+    /// meanwhile) and counts against the circuit breaker, but logged as the operator's matter.
+    Misconfigured { status: Option<u16>, error: String },
+    /// Any other 4xx: the message itself is refused; retrying cannot help. `status`: none when
+    /// the request could not even be built (a stored payload nobody can read).
+    Permanent { status: Option<u16>, error: String },
     /// Not sent: the provider told every request to wait (a 429's reset), for `retry_after`
     /// from now. No attempt is spent and the circuit is not touched.
     NotSent { retry_after: Duration },
@@ -42,6 +46,15 @@ impl AttemptOutcome {
     /// Delivered, with no job to wait for.
     pub fn delivered(status: u16) -> Self {
         AttemptOutcome::Delivered { status, job: None }
+    }
+
+    /// An attempt that got no usable answer and is retried: what the circuit breaker counts
+    /// as the provider failing.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            AttemptOutcome::Transient { .. } | AttemptOutcome::Misconfigured { .. }
+        )
     }
 
     /// How long the provider asked every request to wait: a 429 that says when its limit
@@ -73,30 +86,25 @@ pub fn classify(
         .flatten()
         .and_then(|v| parse_retry_after(v, now));
     match code {
-        401 | 403 | 404 | 410 => AttemptOutcome::Transient {
+        401 | 403 | 404 | 410 => AttemptOutcome::Misconfigured {
             status: Some(code),
             error: format!(
                 "provider answered {status}: check email_sync.url and email_sync.secret"
             ),
-            retry_after: None,
-            misconfigured: true,
         },
         408 | 425 | 429 | 500..=599 => AttemptOutcome::Transient {
             status: Some(code),
             error: format!("provider answered {status}"),
             retry_after,
-            misconfigured: false,
         },
         400..=499 => AttemptOutcome::Permanent {
-            status: code,
+            status: Some(code),
             error: format!("provider refused the message: {status}"),
         },
         // 1xx/3xx (redirects are not followed: a moved endpoint is a configuration matter).
-        _ => AttemptOutcome::Transient {
+        _ => AttemptOutcome::Misconfigured {
             status: Some(code),
             error: format!("unexpected answer {status}: check email_sync.url"),
-            retry_after: None,
-            misconfigured: true,
         },
     }
 }
@@ -135,25 +143,13 @@ mod tests {
         }
         for code in [408, 425, 429, 500, 502, 503, 504] {
             assert!(
-                matches!(
-                    class(code),
-                    AttemptOutcome::Transient {
-                        misconfigured: false,
-                        ..
-                    }
-                ),
+                matches!(class(code), AttemptOutcome::Transient { .. }),
                 "{code}"
             );
         }
         for code in [401, 403, 404, 410] {
             assert!(
-                matches!(
-                    class(code),
-                    AttemptOutcome::Transient {
-                        misconfigured: true,
-                        ..
-                    }
-                ),
+                matches!(class(code), AttemptOutcome::Misconfigured { .. }),
                 "{code}"
             );
         }

@@ -175,7 +175,7 @@ impl WebhookProvider {
             Ok(body) => body,
             Err(e) => {
                 return AttemptOutcome::Permanent {
-                    status: 0,
+                    status: None,
                     error: format!("stored payload is not JSON: {e}"),
                 };
             }
@@ -205,7 +205,6 @@ impl WebhookProvider {
                 status: None,
                 error: describe(&e.without_url()),
                 retry_after: None,
-                misconfigured: false,
             },
         }
     }

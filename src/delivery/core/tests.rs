@@ -59,7 +59,6 @@ fn failed() -> Option<Vec<AttemptOutcome>> {
         status: Some(503),
         error: "down".into(),
         retry_after: None,
-        misconfigured: false,
     }])
 }
 
@@ -165,7 +164,6 @@ fn a_provider_pause_claims_nothing_until_its_reset_and_spends_no_attempt() {
         status: Some(429),
         error: "slow down".into(),
         retry_after: Some(Duration::from_secs(20)),
-        misconfigured: false,
     }]);
 
     let answered = core.answered(sent.send[0].id, limited, t(1));

@@ -120,7 +120,6 @@ impl Sim {
                 status: None,
                 error: "timed out".into(),
                 retry_after: None,
-                misconfigured: false,
             }
         } else if chaotic {
             self.random_answer()
@@ -180,26 +179,22 @@ impl Sim {
                 retry_after: Some(Duration::from_secs(10)),
             },
             4 => AttemptOutcome::Permanent {
-                status: [400, 409, 422][self.rng.random_range(0..3)],
+                status: Some([400, 409, 422][self.rng.random_range(0..3)]),
                 error: "refused".into(),
             },
             5 => AttemptOutcome::Transient {
                 status: Some(429),
                 error: "rate limited".into(),
                 retry_after: Some(Duration::from_millis(self.rng.random_range(0..10_000))),
-                misconfigured: false,
             },
-            6 => AttemptOutcome::Transient {
+            6 => AttemptOutcome::Misconfigured {
                 status: Some([401, 403, 404, 410][self.rng.random_range(0..4)]),
                 error: "check the key".into(),
-                retry_after: None,
-                misconfigured: true,
             },
             _ => AttemptOutcome::Transient {
                 status: Some([500, 502, 503, 408][self.rng.random_range(0..4)]),
                 error: "unavailable".into(),
                 retry_after: None,
-                misconfigured: false,
             },
         }
     }

@@ -106,7 +106,6 @@ pub(super) async fn bisecting<A: InBatches + Sync>(
                         members.len()
                     ),
                     retry_after: None,
-                    misconfigured: false,
                 };
                 for place in &places[part] {
                     outcomes[*place] = Some(whole.clone());
@@ -140,7 +139,6 @@ pub(super) async fn bisecting<A: InBatches + Sync>(
                 status: None,
                 error: "the provider adapter gave no outcome".into(),
                 retry_after: None,
-                misconfigured: false,
             })
         })
         .collect()

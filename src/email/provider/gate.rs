@@ -127,7 +127,6 @@ mod tests {
             status: Some(status),
             error: "limited".into(),
             retry_after,
-            misconfigured: false,
         };
         // A 503 asking to wait, or a 429 without a reset: that row's matter, not a pause.
         gate.observe([

@@ -83,11 +83,10 @@ fn mailchimp_refusal(words: &str) -> AttemptOutcome {
             status: Some(400),
             error: format!("Mailchimp: {words}"),
             retry_after: Some(Duration::from_secs(3600)),
-            misconfigured: false,
         };
     }
     AttemptOutcome::Permanent {
-        status: 400,
+        status: Some(400),
         error: format!("Mailchimp: {words}"),
     }
 }
@@ -114,7 +113,6 @@ fn mailchimp_batch_outcomes(users: &[UserRegistered], body: &str) -> BatchAnswer
             status: Some(200),
             error: "Mailchimp answered the batch with an unreadable body".into(),
             retry_after: None,
-            misconfigured: false,
         });
     };
     let refused: std::collections::HashMap<String, MemberError> = answer
@@ -209,7 +207,7 @@ mod tests {
             ),
         );
         assert!(
-            matches!(&permanent, AttemptOutcome::Permanent { status: 400, error } if error.contains("Member In Compliance State")),
+            matches!(&permanent, AttemptOutcome::Permanent { status: Some(400), error } if error.contains("Member In Compliance State")),
             "{permanent:?}"
         );
         // After a permanent delete (erasure), the same address signing up again: final, so the
@@ -223,7 +221,7 @@ mod tests {
             ),
         );
         assert!(
-            matches!(&forgotten, AttemptOutcome::Permanent { status: 400, error } if error.contains("Forgotten Email Not Subscribed")),
+            matches!(&forgotten, AttemptOutcome::Permanent { status: Some(400), error } if error.contains("Forgotten Email Not Subscribed")),
             "{forgotten:?}"
         );
         let recent = mailchimp_outcome(

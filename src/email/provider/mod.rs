@@ -114,7 +114,7 @@ async fn attempt(
 /// The event a row announces, or the permanent outcome of a payload nobody can read.
 fn event(row: &Delivery) -> Result<Event, AttemptOutcome> {
     Event::from_row(row.event, &row.payload).map_err(|e| AttemptOutcome::Permanent {
-        status: 0,
+        status: None,
         error: format!("stored payload is not a {} event: {e}", row.event.as_str()),
     })
 }
@@ -163,19 +163,16 @@ fn classify(
     setting: &str,
 ) -> AttemptOutcome {
     let mut outcome = outcome::classify(status, headers, SystemTime::now());
-    if let AttemptOutcome::Transient {
-        retry_after,
-        misconfigured,
-        error,
-        ..
-    } = &mut outcome
-    {
-        if status == StatusCode::TOO_MANY_REQUESTS {
+    match &mut outcome {
+        AttemptOutcome::Transient { retry_after, .. }
+            if status == StatusCode::TOO_MANY_REQUESTS =>
+        {
             *retry_after = reset_after(headers, reset_header).or(*retry_after);
         }
-        if *misconfigured {
+        AttemptOutcome::Misconfigured { error, .. } => {
             *error = format!("provider answered {status}: check {setting}");
         }
+        _ => {}
     }
     outcome
 }
@@ -189,7 +186,6 @@ fn request_failed(e: reqwest::Error) -> AttemptOutcome {
             crate::error::error_chain(&e.without_url())
         ),
         retry_after: None,
-        misconfigured: false,
     }
 }
 
@@ -258,7 +254,7 @@ mod tests {
             "email_sync.brevo.api_key",
         );
         assert!(
-            matches!(&outcome, AttemptOutcome::Transient { misconfigured: true, error, .. } if error.contains("email_sync.brevo.api_key")),
+            matches!(&outcome, AttemptOutcome::Misconfigured { error, .. } if error.contains("email_sync.brevo.api_key")),
             "{outcome:?}"
         );
     }
