@@ -20,8 +20,8 @@ pub mod domain;
 pub mod email;
 
 pub mod erasure;
-/// The JSON API's error type and its problem+json responses.
-pub mod error;
+/// An error with its causes as one line.
+pub mod error_chain;
 /// argon2id hashing on threads of its own, one per core.
 pub mod hashing;
 /// Idempotent submissions: keys, their fingerprints, replays, expiry.
@@ -42,6 +42,8 @@ pub mod registrar;
 pub mod routes;
 /// Operator console sessions, stored so that signing out ends them on every instance.
 pub mod sessions;
+/// Field deserializers shared by the settings sections.
+mod settings_de;
 /// Building and running the server.
 pub mod startup;
 /// The registration's transaction and the queries around users and the outbox.

@@ -16,7 +16,7 @@ use crate::ticket::{Holder, Ticket};
 
 /// Why a registration did not reach an [`Outcome`]. A taken name or address is an outcome, not
 /// an error. The HTTP boundary maps each variant to its status in one place
-/// (`From<RegistrationError> for ApiError`).
+/// (`From<RegistrationError> for ApiError`, in `routes::error`).
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
     /// Bad input, every failing field listed; nothing was touched.
@@ -39,24 +39,6 @@ pub enum RegistrationError {
     /// Hashing failed: a bug or a dead hashing thread, never bad input.
     #[error("password hashing failed")]
     Hashing(#[source] HashError),
-}
-
-/// Each way a registration fails, as its HTTP answer (the boundary keeps one mapping).
-impl From<RegistrationError> for crate::error::ApiError {
-    fn from(e: crate::registrar::RegistrationError) -> Self {
-        use crate::error::ApiError;
-        use RegistrationError as R;
-        match e {
-            R::Invalid(errors) => ApiError::Invalid(errors),
-            R::Overloaded(e) => ApiError::Unavailable(Box::new(e)),
-            e @ R::DeadlinePassed => ApiError::Unavailable(Box::new(e)),
-            // Unknown whether stored: 503, saying so, and that a retry with the same details
-            // gets the account if it was (201, the same Location).
-            R::CommitUnconfirmed => ApiError::Unconfirmed,
-            R::Unavailable(e) => ApiError::Unavailable(e),
-            R::Hashing(e) => ApiError::Internal(Box::new(e)),
-        }
-    }
 }
 
 impl From<HashError> for RegistrationError {

@@ -474,16 +474,20 @@ fn start_email_sync(
             ProviderKind::Webhook => {
                 WebhookProvider::new(sync.url.clone(), key, sync.timeout).map(Provider::Webhook)
             }
-            ProviderKind::Brevo => Brevo::new(&sync.brevo, sync.timeout).map(Provider::Brevo),
-            ProviderKind::Resend => Resend::new(&sync.resend, sync.timeout).map(Provider::Resend),
+            ProviderKind::Brevo => {
+                Brevo::from_settings(&sync.brevo, sync.timeout).map(Provider::Brevo)
+            }
+            ProviderKind::Resend => {
+                Resend::from_settings(&sync.resend, sync.timeout).map(Provider::Resend)
+            }
             ProviderKind::Mailchimp => {
-                Mailchimp::new(&sync.mailchimp, sync.timeout).map(Provider::Mailchimp)
+                Mailchimp::from_settings(&sync.mailchimp, sync.timeout).map(Provider::Mailchimp)
             }
             ProviderKind::Sendgrid => {
-                Sendgrid::new(&sync.sendgrid, sync.timeout).map(Provider::Sendgrid)
+                Sendgrid::from_settings(&sync.sendgrid, sync.timeout).map(Provider::Sendgrid)
             }
             ProviderKind::Mailgun => {
-                Mailgun::new(&sync.mailgun, sync.timeout).map(Provider::Mailgun)
+                Mailgun::from_settings(&sync.mailgun, sync.timeout).map(Provider::Mailgun)
             }
         }
         .map_err(StartupError::Provider)?,

@@ -130,47 +130,9 @@ impl Settings {
                 "must exceed email_sync.timeout by at least 1s",
             );
         }
-        let key_needed = match self.email_sync.kind {
-            ProviderKind::Webhook => None,
-            ProviderKind::Brevo => {
-                Some(("email_sync.brevo.api_key", &self.email_sync.brevo.api_key))
-            }
-            ProviderKind::Resend => {
-                Some(("email_sync.resend.api_key", &self.email_sync.resend.api_key))
-            }
-            ProviderKind::Mailchimp => Some((
-                "email_sync.mailchimp.api_key",
-                &self.email_sync.mailchimp.api_key,
-            )),
-            ProviderKind::Sendgrid => Some((
-                "email_sync.sendgrid.api_key",
-                &self.email_sync.sendgrid.api_key,
-            )),
-            ProviderKind::Mailgun => Some((
-                "email_sync.mailgun.api_key",
-                &self.email_sync.mailgun.api_key,
-            )),
-        };
-        if let Some((key, value)) = key_needed
-            && value.expose_secret().is_empty()
-        {
-            return fail(
-                key,
-                "is required by email_sync.kind; best given in the environment",
-            );
-        }
         let sync = &self.email_sync;
-        let list_needed = match sync.kind {
-            ProviderKind::Mailchimp => {
-                Some(("email_sync.mailchimp.list_id", &sync.mailchimp.list_id))
-            }
-            ProviderKind::Mailgun => Some(("email_sync.mailgun.list", &sync.mailgun.list)),
-            _ => None,
-        };
-        if let Some((key, value)) = list_needed
-            && value.trim().is_empty()
-        {
-            return fail(key, "is required by email_sync.kind");
+        if let Some((key, message)) = sync.missing() {
+            return fail(&key, message);
         }
         if let Some(batch) = sync.max_batch
             && batch.get() > sync.kind.batch_limit()

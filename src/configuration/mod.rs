@@ -21,8 +21,13 @@ use serde::Deserialize;
 use tracing_subscriber::filter::Directive;
 
 pub use crate::email::circuit_breaker::CircuitBreakerSettings;
+pub use crate::email::provider::{
+    BrevoSettings, MailchimpErase, MailchimpSettings, MailgunSettings, ProviderKind,
+    ResendSettings, SendgridSettings, StatusIfNew,
+};
 pub use crate::email::retry::RetrySettings;
 use crate::email::webhook::WebhookKey;
+use crate::settings_de::{http_url, list_or_commas, required_http_url};
 
 /// The repository's `config.toml`. It documents every key with its default; a unit test keeps
 /// it equal to [`Settings::default`].
@@ -323,58 +328,6 @@ impl<'de> Deserialize<'de> for LogFilter {
         String::deserialize(deserializer)?
             .parse()
             .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A list written as a TOML array or, friendlier in an environment variable, `a, b`.
-fn list_or_commas<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Written {
-        List(Vec<String>),
-        Text(String),
-    }
-    let items: Vec<String> = match Written::deserialize(deserializer)? {
-        Written::List(items) => items,
-        Written::Text(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    };
-    items
-        .iter()
-        .map(|item| item.parse().map_err(serde::de::Error::custom))
-        .collect()
-}
-
-/// An optional http(s) URL.
-fn http_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Url>, D::Error> {
-    match Option::<String>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(text) => parse_http_url(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
-/// A required http(s) URL.
-fn required_http_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
-    parse_http_url(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
-}
-
-fn parse_http_url(text: &str) -> Result<Url, String> {
-    match Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(url),
-        _ => Err(format!(
-            "expected an http(s) URL, e.g. https://signup.example.com, not `{text}`"
-        )),
     }
 }
 

@@ -15,5 +15,4 @@ pub use circuit_breaker::{Admission, CircuitBreaker, CircuitState};
 pub use completion::completion;
 pub use event::{Event, UserRegistered, WebhookBody};
 pub use outcome::AttemptOutcome;
-pub use provider::{Adapter, Delivery, Paced, Provider};
-pub use webhook::WebhookProvider;
+pub use provider::{Adapter, Delivery, Paced, Provider, WebhookProvider};

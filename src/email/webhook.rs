@@ -1,19 +1,14 @@
-//! The `webhook` provider (SPEC §3.1): Standard Webhooks signing and one HTTP attempt (its
-//! answer is classified by `outcome`, as every provider's).
-
-use std::time::Duration;
+//! Standard Webhooks (SPEC §3.1): the signing key, the signature, its verification and the
+//! body. The `webhook` adapter (`provider::webhook`) signs with it; `mock-provider` verifies.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use reqwest::header::CONTENT_TYPE;
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
-use uuid::Uuid;
 
 use super::event::{Event, WebhookBody};
-use super::outcome::{AttemptOutcome, classify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -142,83 +137,6 @@ pub fn verify(
     } else {
         Err(VerifyError::NoMatch)
     }
-}
-
-/// Delivers outbox rows to `email_sync.url`. One `reqwest` client (one connection pool).
-pub struct WebhookProvider {
-    client: reqwest::Client,
-    /// `email_sync.url`.
-    url: reqwest::Url,
-    /// `email_sync.secret`, decoded.
-    key: WebhookKey,
-}
-
-impl WebhookProvider {
-    pub fn new(
-        url: reqwest::Url,
-        key: WebhookKey,
-        timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        let client = super::outcome::client(timeout)?;
-        Ok(Self { client, url, key })
-    }
-
-    /// One attempt for outbox row `id` with its `payload`.
-    pub(crate) async fn deliver_payload(
-        &self,
-        id: Uuid,
-        event: entity::email_outbox::EventType,
-        payload: &str,
-    ) -> AttemptOutcome {
-        let now = Utc::now();
-        let body = match body(event, payload, now) {
-            Ok(body) => body,
-            Err(e) => {
-                return AttemptOutcome::Permanent {
-                    status: None,
-                    error: format!("stored payload is not JSON: {e}"),
-                };
-            }
-        };
-        let id = id.to_string();
-        let timestamp = now.timestamp();
-        let signature = sign(self.key.expose(), &id, timestamp, &body);
-        let result = self
-            .client
-            .post(self.url.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await;
-        match result {
-            Ok(response) => classify(
-                response.status(),
-                response.headers(),
-                std::time::SystemTime::now(),
-            ),
-            // Without the URL: its query string or user-info may hold the provider's API key,
-            // and this text is stored on the row and logged.
-            Err(e) => AttemptOutcome::Transient {
-                status: None,
-                error: describe(&e.without_url()),
-                retry_after: None,
-            },
-        }
-    }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    format!("{kind}: {}", crate::error::error_chain(e))
 }
 
 #[cfg(test)]

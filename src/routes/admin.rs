@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::actors::WakeUp;
-use crate::error::ApiError;
 use crate::outbox::{self, Requeue};
+use crate::routes::error::ApiError;
 use crate::store;
 
 /// Dead rows requeued per statement by retry-dead.
@@ -129,7 +129,7 @@ pub struct ListQuery {
 
 #[utoipa::path(get, path = "/admin/email-sync/jobs", tag = "admin", params(ListQuery),
     security(("bearer" = [])),
-    responses((status = 200, description = "A page of jobs", body = JobPage), (status = 400, description = "Bad status, limit or before", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "A page of jobs", body = JobPage), (status = 400, description = "Bad status, limit or before", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
 pub async fn list_jobs(
     _admin: Admin,
     request: HttpRequest,
@@ -175,7 +175,7 @@ fn job_id(path: &str) -> Result<Uuid, ApiError> {
 
 #[utoipa::path(get, path = "/admin/email-sync/jobs/{id}", tag = "admin",
     params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
-    responses((status = 200, description = "The job", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The job", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
 pub async fn get_job(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -188,7 +188,7 @@ pub async fn get_job(
 
 #[utoipa::path(post, path = "/admin/email-sync/jobs/{id}/retry", tag = "admin",
     params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
-    responses((status = 202, description = "Due now, attempts reset", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Delivered already, or cancelled by an erasure", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Due now, attempts reset", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Delivered already, or cancelled by an erasure", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_job(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -206,7 +206,7 @@ pub async fn retry_job(
 }
 
 #[utoipa::path(post, path = "/admin/email-sync/retry-dead", tag = "admin", security(("bearer" = [])),
-    responses((status = 202, description = "Every dead job is due now", body = Requeued), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Every dead job is due now", body = Requeued), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_dead(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -219,7 +219,7 @@ pub async fn retry_dead(
 
 #[utoipa::path(delete, path = "/admin/users/{id}", tag = "admin",
     params(("id" = String, Path, description = "The user's id (the registration's id)")), security(("bearer" = [])),
-    responses((status = 202, description = "Erased here; the user.deleted job removes them at the provider", body = crate::erasure::Erased), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such user (or erased already), or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Erased here; the user.deleted job removes them at the provider", body = crate::erasure::Erased), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such user (or erased already), or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
 /// `DELETE /admin/users/{id}`: erases the user (SPEC §6).
 pub async fn erase_user(
     _admin: Admin,
@@ -254,7 +254,7 @@ pub(super) async fn erase(
 /// `GET /api/v1/registrations/{id}`: the registration and its email sync job.
 #[utoipa::path(get, path = "/api/v1/registrations/{id}", tag = "admin",
     params(("id" = String, Path, description = "The registration's id (the Location of its 201)")), security(("bearer" = [])),
-    responses((status = 200, description = "The registration", body = RegistrationDetail), (status = 401, description = "Missing or wrong bearer token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The registration", body = RegistrationDetail), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
 pub async fn get_registration(
     _admin: Admin,
     state: web::Data<AppState>,

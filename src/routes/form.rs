@@ -5,11 +5,11 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
+use super::error::{ApiError, html_error};
 use super::observe::RequestId;
 use super::pages::{self, FormView};
 use super::{AppState, csrf};
 use crate::domain::FieldError;
-use crate::error::{ApiError, RETRY_AFTER_UNAVAILABLE};
 use crate::registrar::{Fields, RegistrationError, Submission};
 use crate::store::{self, Outcome};
 
@@ -65,12 +65,12 @@ pub async fn show(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     request_body(content = RegisterForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Registered (or the same form again): to the welcome page", headers(("Location" = String, description = "/register/welcome"))),
-        (status = 400, description = "Unreadable form body", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Unreadable form body", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Missing or wrong CSRF token; nothing created", body = String, content_type = "text/html"),
-        (status = 408, description = "The body did not arrive within server.request_timeout", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within server.request_timeout", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The form again: username or email taken", body = String, content_type = "text/html"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/x-www-form-urlencoded", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "The form again: a message by each invalid field", body = String, content_type = "text/html"),
         (status = 429, description = "The form again: too many sign-ups from this address", body = String, content_type = "text/html"),
         (status = 503, description = "The form again: try again in a moment", body = String, content_type = "text/html"),
@@ -158,20 +158,13 @@ pub async fn submit(
         }
         Ok(Outcome::Withdrawn) | Err(_) => {
             let e = ApiError::from(result.err().unwrap_or(RegistrationError::DeadlinePassed));
-            let status = actix_web::ResponseError::status_code(&e);
-            tracing::warn!(error = %crate::error::error_chain(&e), %status, "form registration failed");
-            let mut response = again(
-                status,
-                Vec::new(),
-                Some("We could not complete your registration just now. Please try again in a moment.".into()),
-            );
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    header::HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE),
-                );
-            }
-            response
+            html_error(&e, |status| {
+                again(
+                    status,
+                    Vec::new(),
+                    Some("We could not complete your registration just now. Please try again in a moment.".into()),
+                )
+            })
         }
     }
 }
@@ -186,16 +179,9 @@ pub fn rate_limited(request: &HttpRequest, state: &AppState, retry_after: u64) -
         )),
         ..FormView::default()
     };
-    let mut response = with_session_cookie(
-        pages::register(StatusCode::TOO_MANY_REQUESTS, &view),
-        state,
-        &session,
-        is_new,
-    );
-    if let Ok(value) = header::HeaderValue::from_str(&retry_after.to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
+    html_error(&ApiError::RateLimited { retry_after }, |status| {
+        with_session_cookie(pages::register(status, &view), state, &session, is_new)
+    })
 }
 
 /// Greets the person this browser just registered.
@@ -215,19 +201,13 @@ pub async fn welcome(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
     match store::find_user(&state.db, id).await {
         Ok(Some(user)) => pages::welcome(&user.username),
         Ok(None) => see_other("/register"),
-        Err(e) => {
-            tracing::warn!(error = %e, "welcome page cannot read the user");
-            let mut response = pages::message(
-                StatusCode::SERVICE_UNAVAILABLE,
+        Err(e) => html_error(&ApiError::from(e), |status| {
+            pages::message(
+                status,
                 "Welcome!",
                 "Your account exists. This page could not be shown just now; please reload it.",
-            );
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE),
-            );
-            response
-        }
+            )
+        }),
     }
 }
 

@@ -7,8 +7,8 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, ResponseError, web};
 
 use super::{AppState, form};
-use crate::error::ApiError;
 use crate::rate_limit::client_address;
+use crate::routes::error::ApiError;
 
 /// How a route answers a client over its rate: the page again, or a problem document.
 #[derive(Clone, Copy)]

@@ -5,6 +5,7 @@ mod admin;
 mod console;
 mod console_views;
 pub mod csrf;
+pub mod error;
 mod form;
 mod health;
 mod limits;
@@ -20,9 +21,9 @@ use sea_orm::DatabaseConnection;
 use std::sync::Arc;
 
 use crate::actors::WakeUp;
-use crate::error::{ApiError, form_error, json_error};
 use crate::metrics::Metrics;
 use crate::registrar::Registrar;
+use crate::routes::error::{ApiError, form_error, json_error};
 
 /// Shared by every worker (cheap clones of handles).
 #[derive(Clone)]

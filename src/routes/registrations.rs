@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::observe::RequestId;
-use crate::error::ApiError;
 use crate::registrar::{Fields, Submission};
+use crate::routes::error::ApiError;
 use crate::store::{Outcome, RegisteredUser};
 
 /// The request body. Unknown members are ignored; missing ones or wrong types are 400.
@@ -74,14 +74,14 @@ impl From<RegisteredUser> for RegistrationResponse {
     params(("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters; a retry with the same key and request within 24 h gets the first response", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 201, description = "Created", body = RegistrationResponse, headers(("Location" = String, description = "/api/v1/registrations/{id}"))),
-        (status = 400, description = "Malformed JSON, a missing field, a wrong type, a malformed Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive within server.request_timeout", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "username_taken or email_taken", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "invalid (every failing field listed) or idempotency_key_reused", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "rate_limited", body = crate::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = String, description = "seconds"))),
-        (status = 503, description = "unavailable: the database did not answer; nothing was written", body = crate::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = String, description = "seconds"))),
+        (status = 400, description = "Malformed JSON, a missing field, a wrong type, a malformed Idempotency-Key", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within server.request_timeout", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "username_taken or email_taken", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "invalid (every failing field listed) or idempotency_key_reused", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = String, description = "seconds"))),
+        (status = 503, description = "unavailable: the database did not answer; nothing was written", body = crate::routes::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = String, description = "seconds"))),
     )
 )]
 pub async fn create(

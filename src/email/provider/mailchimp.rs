@@ -2,6 +2,91 @@
 
 use super::*;
 
+/// Mailchimp's `status_if_new`: what a new member becomes.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusIfNew {
+    /// Subscribed at once (the person consented on the sign-up form).
+    Subscribed,
+    /// Mailchimp sends a confirmation email first (double opt-in).
+    Pending,
+}
+
+impl StatusIfNew {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusIfNew::Subscribed => "subscribed",
+            StatusIfNew::Pending => "pending",
+        }
+    }
+}
+
+/// `email_sync.mailchimp`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailchimpSettings {
+    /// The API key, `<key>-<dc>`; required with `kind = "mailchimp"`.
+    pub api_key: SecretString,
+    /// The audience (list) id; required with `kind = "mailchimp"`.
+    pub list_id: String,
+    /// The API's base URL; unset: `https://<dc>.api.mailchimp.com` from the key's suffix.
+    #[serde(deserialize_with = "http_url")]
+    pub base_url: Option<Url>,
+    /// The merge field (tag) that receives the username, e.g. `USERNAME`.
+    pub username_merge_field: String,
+    /// What a new member becomes: `pending` (double opt-in, the default) or `subscribed`.
+    pub status_if_new: StatusIfNew,
+    /// How an erased user leaves the audience: `permanent` (delete-permanent, the default: the
+    /// address cannot be re-imported, and a later sign-up with it is refused by Mailchimp as
+    /// "Forgotten Email Not Subscribed") or `archive` (DELETE: kept archived, may come back).
+    pub erase: MailchimpErase,
+}
+
+/// `email_sync.mailchimp.erase`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MailchimpErase {
+    /// `POST …/members/{hash}/actions/delete-permanent`.
+    Permanent,
+    /// `DELETE …/members/{hash}` (archive).
+    Archive,
+}
+
+impl Default for MailchimpSettings {
+    fn default() -> Self {
+        Self {
+            api_key: SecretString::from(""),
+            list_id: String::new(),
+            base_url: None,
+            username_merge_field: "USERNAME".into(),
+            status_if_new: StatusIfNew::Pending,
+            erase: MailchimpErase::Permanent,
+        }
+    }
+}
+
+impl MailchimpSettings {
+    /// The first required key that is not set (checked at start-up).
+    pub(crate) fn missing(&self) -> Missing {
+        missing_key(&self.api_key).or_else(|| missing_text("list_id", &self.list_id))
+    }
+    /// `base_url`, or the data center's API host named by the key's suffix (`…-us21`).
+    pub fn api_base(&self) -> Url {
+        if let Some(url) = &self.base_url {
+            return url.clone();
+        }
+        let dc = self
+            .api_key
+            .expose_secret()
+            .rsplit_once('-')
+            .map(|(_, dc)| dc.to_owned())
+            .filter(|dc| !dc.is_empty() && dc.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .unwrap_or_else(|| "us1".into());
+        Url::parse(&format!("https://{dc}.api.mailchimp.com"))
+            .unwrap_or_else(|_| unreachable!("an alphanumeric host label"))
+    }
+}
+
 /// Mailchimp (`email_sync.kind = "mailchimp"`): `PUT /3.0/lists/{list_id}/members/{md5 of the
 /// lower-cased email}`, an idempotent upsert (a POST on an existing member is 400 "Member
 /// Exists"). Sends `status_if_new` only: `status` would re-subscribe someone who unsubscribed.
@@ -9,7 +94,10 @@ use super::*;
 pub type Mailchimp = Api<MailchimpSettings>;
 
 impl Mailchimp {
-    pub fn new(settings: &MailchimpSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn from_settings(
+        settings: &MailchimpSettings,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         let list = join(
             &settings.api_base(),
             &format!("3.0/lists/{}", settings.list_id),

@@ -13,17 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::event::{Event, UserDeleted, UserRegistered};
 use super::import::{self, EarlierUpsert, Job};
 use super::outcome::{self, AttemptOutcome, client, parse_retry_after};
-use super::webhook::WebhookProvider;
-use crate::configuration::{
-    BrevoSettings, MailchimpErase, MailchimpSettings, MailgunSettings, ResendSettings,
-    SendgridSettings,
-};
+use crate::settings_de::{http_url, required_http_url};
 use entity::email_outbox::EventType;
 
 mod batching;
@@ -33,16 +30,68 @@ mod mailchimp;
 mod mailgun;
 mod resend;
 mod sendgrid;
+mod webhook;
 
 pub use batching::{BatchAnswer, InBatches, OneAtATime};
 use batching::{bisecting, contacts_one_by_one};
-pub use brevo::Brevo;
+pub use brevo::{Brevo, BrevoSettings};
 use gate::one_by_one;
 pub use gate::{Gate, Paced};
-pub use mailchimp::{Mailchimp, subscriber_hash};
-pub use mailgun::Mailgun;
-pub use resend::Resend;
-pub use sendgrid::Sendgrid;
+pub use mailchimp::{Mailchimp, MailchimpErase, MailchimpSettings, StatusIfNew, subscriber_hash};
+pub use mailgun::{Mailgun, MailgunSettings};
+pub use resend::{Resend, ResendSettings};
+pub use sendgrid::{Sendgrid, SendgridSettings};
+pub use webhook::WebhookProvider;
+
+/// `email_sync.kind`: which provider's API deliveries speak (SPEC §5).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Standard Webhooks to `email_sync.url`.
+    Webhook,
+    /// Brevo's contacts API (`email_sync.brevo`).
+    Brevo,
+    /// Resend's contacts API (`email_sync.resend`).
+    Resend,
+    /// Mailchimp's list members API (`email_sync.mailchimp`).
+    Mailchimp,
+    /// SendGrid's marketing contacts API (`email_sync.sendgrid`).
+    Sendgrid,
+    /// Mailgun's mailing list members API (`email_sync.mailgun`).
+    Mailgun,
+}
+
+impl ProviderKind {
+    /// The most rows one request may carry: the API's batch limit (SPEC §5; SendGrid's own
+    /// is 30 000 contacts / 6 MB, held to 1000 so a request stays far below the size limit),
+    /// 1 where the API takes one contact per request.
+    pub fn batch_limit(self) -> usize {
+        match self {
+            ProviderKind::Mailchimp => 500,
+            ProviderKind::Sendgrid | ProviderKind::Mailgun => 1000,
+            ProviderKind::Webhook | ProviderKind::Brevo | ProviderKind::Resend => 1,
+        }
+    }
+
+    /// Requests in flight at once unless `email_sync.max_in_flight` says: Mailchimp allows 10
+    /// concurrent connections per key (more are 429); the others document no such limit.
+    pub fn default_in_flight(self) -> usize {
+        match self {
+            ProviderKind::Mailchimp => 10,
+            _ => 16,
+        }
+    }
+
+    /// `email_sync.max_requests_per_second` unless set: the provider's documented limit
+    /// (Brevo 10/s on contacts, Resend 5/s per team), else unlimited (0).
+    pub fn default_requests_per_second(self) -> u32 {
+        match self {
+            ProviderKind::Brevo => 10,
+            ProviderKind::Resend => 5,
+            _ => 0,
+        }
+    }
+}
 
 /// One due row: its outbox id (the delivery's idempotency key), its event and stored payload,
 /// and for a deletion, the last upsert of its contact that may still be landing (SPEC §6).
@@ -177,14 +226,20 @@ fn classify(
     outcome
 }
 
-/// A failed request, without its URL (it may hold credentials).
+/// A request that got no answer, described without its URL: its query string or user-info may
+/// hold the provider's API key, and this text is stored on the row and logged.
 fn request_failed(e: reqwest::Error) -> AttemptOutcome {
+    let e = e.without_url();
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
     AttemptOutcome::Transient {
         status: None,
-        error: format!(
-            "request failed: {}",
-            crate::error::error_chain(&e.without_url())
-        ),
+        error: format!("{kind}: {}", crate::error_chain::error_chain(&e)),
         retry_after: None,
     }
 }
@@ -206,6 +261,25 @@ impl<S: Clone> Api<S> {
             settings: settings.clone(),
         })
     }
+}
+
+/// A key a section's `missing` names, and what to say about it.
+type Missing = Option<(&'static str, &'static str)>;
+
+/// `api_key`, if the section has none: every provider's API needs one.
+fn missing_key(api_key: &SecretString) -> Missing {
+    api_key.expose_secret().is_empty().then_some((
+        "api_key",
+        "is required by email_sync.kind; best given in the environment",
+    ))
+}
+
+/// `key`, if `value` is blank.
+fn missing_text(key: &'static str, value: &str) -> Missing {
+    value
+        .trim()
+        .is_empty()
+        .then_some((key, "is required by email_sync.kind"))
 }
 
 /// `base` with `path` appended below it (a base URL with or without a trailing slash).

@@ -2,13 +2,44 @@
 
 use super::*;
 
+/// `email_sync.resend`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResendSettings {
+    /// The API key (bearer); required with `kind = "resend"`.
+    pub api_key: SecretString,
+    /// The API's base URL; tests point it at a local fake.
+    #[serde(deserialize_with = "required_http_url")]
+    pub base_url: Url,
+}
+
+impl Default for ResendSettings {
+    fn default() -> Self {
+        Self {
+            api_key: SecretString::from(""),
+            base_url: Url::parse("https://api.resend.com")
+                .unwrap_or_else(|_| unreachable!("a valid URL")),
+        }
+    }
+}
+
+impl ResendSettings {
+    /// The first required key that is not set (checked at start-up).
+    pub(crate) fn missing(&self) -> Missing {
+        missing_key(&self.api_key)
+    }
+}
+
 /// Resend (`email_sync.kind = "resend"`): `POST /contacts` `{"email", "first_name", "unsubscribed":
 /// false}`; 201 is delivered, and so is an answer saying the contact already exists (a retry of
 /// a request whose answer was lost); a 429 carries `retry-after` or `ratelimit-reset`.
 pub type Resend = Api<ResendSettings>;
 
 impl Resend {
-    pub fn new(settings: &ResendSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn from_settings(
+        settings: &ResendSettings,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         Self::at(join(&settings.base_url, "contacts"), settings, timeout)
     }
 }

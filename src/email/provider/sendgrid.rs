@@ -2,13 +2,56 @@
 
 use super::*;
 
+/// `email_sync.sendgrid`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendgridSettings {
+    /// The API key (bearer); required with `kind = "sendgrid"`.
+    pub api_key: SecretString,
+    /// Lists every contact is added to (SendGrid list ids).
+    pub list_ids: Vec<String>,
+    /// The API's base URL; tests point it at a local fake.
+    #[serde(deserialize_with = "required_http_url")]
+    pub base_url: Url,
+    /// The contact field that receives the username (`first_name`, or a custom field).
+    pub username_field: String,
+    /// How long after an upsert whose import job is unknown (its answer was lost) a contact
+    /// that is not found may only be not imported yet: a deletion waits that long (SPEC §6).
+    /// An upsert answered with its `job_id` is waited for by polling the job instead.
+    #[serde(with = "humantime_serde")]
+    pub import_window: Duration,
+}
+
+impl Default for SendgridSettings {
+    fn default() -> Self {
+        Self {
+            api_key: SecretString::from(""),
+            list_ids: Vec::new(),
+            base_url: Url::parse("https://api.sendgrid.com")
+                .unwrap_or_else(|_| unreachable!("a valid URL")),
+            username_field: "first_name".into(),
+            import_window: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl SendgridSettings {
+    /// The first required key that is not set (checked at start-up).
+    pub(crate) fn missing(&self) -> Missing {
+        missing_key(&self.api_key)
+    }
+}
+
 /// SendGrid (`email_sync.kind = "sendgrid"`): `PUT /v3/marketing/contacts` with the contact and
 /// the lists; 202 `{job_id}` means accepted, processed later: delivered (a courier that counted
 /// 202 as failure sent one duplicate per retry). A 429 carries `X-RateLimit-Reset`, an epoch.
 pub type Sendgrid = Api<SendgridSettings>;
 
 impl Sendgrid {
-    pub fn new(settings: &SendgridSettings, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn from_settings(
+        settings: &SendgridSettings,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         Self::at(
             join(&settings.base_url, "v3/marketing/contacts"),
             settings,

@@ -126,7 +126,7 @@ pub struct RetryForm {
         (status = 303, description = "Due now: back to the list (or to the search, or to the sign-in when signed out)", headers(("Location" = String, description = "The page the button was on"))),
         FormRefused,
         Expired,
-        (status = 404, description = "No such job, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Delivered meanwhile, or cancelled by an erasure", body = String, content_type = "text/html"),
         Unavailable,
     ))]
@@ -166,7 +166,7 @@ pub async fn retry(
         (status = 303, description = "Every dead job is due: to the dead jobs (or to the sign-in when signed out)", headers(("Location" = String, description = "/admin/jobs?status=dead&done=requeued-N"))),
         FormRefused,
         Expired,
-        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         Unavailable,
     ))]
 pub async fn retry_dead(

@@ -20,11 +20,11 @@ use uuid::Uuid;
 
 use super::admin::{REQUEUE_BATCH, token_digest, token_matches, wake};
 use super::console_views::{JobRow, JobsView, OverviewView, SearchView};
+use super::error::{ApiError, html_error};
 use super::{AppState, csrf, pages};
 use crate::activity::{MINUTES, MinuteCounts, Snapshot};
 use crate::email::CircuitState;
 use crate::erasure::{EraseError, Who};
-use crate::error::{ApiError, RETRY_AFTER_UNAVAILABLE};
 use crate::outbox::{self, Requeue};
 use crate::store;
 
@@ -70,17 +70,13 @@ impl ResponseError for ConsoleError {
                 "Go back, reload the page and try again.",
             ),
             ConsoleError::Database(e) => {
-                tracing::warn!(error = %e, "console: the database did not answer");
-                let mut response = pages::console_message(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The database did not answer",
-                    "Nothing was changed. Try again in a moment.",
-                );
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    header::HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE),
-                );
-                response
+                html_error(&ApiError::Unavailable(Box::new(e.clone())), |status| {
+                    pages::console_message(
+                        status,
+                        "The database did not answer",
+                        "Nothing was changed. Try again in a moment.",
+                    )
+                })
             }
         }
     }
@@ -101,13 +97,13 @@ impl From<EraseError> for ConsoleError {
 enum FormRefused<'p> {
     /// Unreadable form body
     #[response(status = 400, content_type = "application/problem+json")]
-    Unreadable(crate::error::Problem<'p>),
+    Unreadable(crate::routes::error::Problem<'p>),
     /// Body over server.max_body_bytes
     #[response(status = 413, content_type = "application/problem+json")]
-    TooLarge(crate::error::Problem<'p>),
+    TooLarge(crate::routes::error::Problem<'p>),
     /// Not application/x-www-form-urlencoded
     #[response(status = 415, content_type = "application/problem+json")]
-    NotAForm(crate::error::Problem<'p>),
+    NotAForm(crate::routes::error::Problem<'p>),
 }
 
 /// How a console page is refused: signed out, or no console at all (OpenAPI only).
@@ -119,7 +115,7 @@ enum PageRefused<'p> {
     SignIn,
     /// admin.token is not set
     #[response(status = 404, content_type = "application/problem+json")]
-    NotFound(crate::error::Problem<'p>),
+    NotFound(crate::routes::error::Problem<'p>),
 }
 
 /// [`ConsoleError::Expired`] (OpenAPI only).

@@ -71,7 +71,7 @@ pub async fn search(
     responses(
         (status = 200, description = "What an erasure does, and its button", body = String, content_type = "text/html"),
         (status = 303, description = "Signed out: to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
-        (status = 404, description = "No such user, or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         Unavailable,
     ))]
 pub async fn confirm_erase(
@@ -94,7 +94,7 @@ pub async fn confirm_erase(
         (status = 303, description = "Erased: to the search for their id (or to the sign-in when signed out)", headers(("Location" = String, description = "/admin/search?q=<id>&done=erased"))),
         FormRefused,
         Expired,
-        (status = 404, description = "No such user (or erased already), or admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user (or erased already), or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         Unavailable,
     ))]
 pub async fn erase(

@@ -41,7 +41,7 @@ fn login_page(
     responses(
         (status = 200, description = "The sign-in form, with a csrf_token bound to a cookie", body = String, content_type = "text/html"),
         (status = 303, description = "Signed in already: to the overview", headers(("Location" = String, description = "/admin"))),
-        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn show_login(
     request: HttpRequest,
@@ -62,7 +62,7 @@ pub async fn show_login(
         FormRefused,
         (status = 401, description = "The page again: not the admin token", body = String, content_type = "text/html"),
         (status = 403, description = "The page again: the sign-in form's CSRF token is missing or wrong", body = String, content_type = "text/html"),
-        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The page again: too many sign-in attempts from this address", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
     ))]
 pub async fn login(
@@ -77,18 +77,19 @@ pub async fn login(
     {
         let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
         tracing::warn!(%client, "console: too many sign-in attempts");
-        let mut response = login_page(
-            &request,
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(&format!(
-                "Too many sign-in attempts from your address. Try again in {retry_after} s."
-            )),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-        return Ok(response);
+        return Ok(html_error(
+            &ApiError::RateLimited { retry_after },
+            |status| {
+                login_page(
+                    &request,
+                    &state,
+                    status,
+                    Some(&format!(
+                        "Too many sign-in attempts from your address. Try again in {retry_after} s."
+                    )),
+                )
+            },
+        ));
     }
     let login_session = request
         .cookie(state.cookies.console_login())
@@ -156,7 +157,7 @@ pub struct CsrfForm {
         (status = 303, description = "Signed out (or was not signed in): to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
         FormRefused,
         Expired,
-        (status = 404, description = "admin.token is not set", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn logout(
     action: Action,

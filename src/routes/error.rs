@@ -1,5 +1,7 @@
-//! The JSON API's one error type. Every failure a handler can meet becomes one of these
-//! variants, and this file alone turns them into RFC 9457 problem responses (SPEC §2.1).
+//! The HTTP boundary's one error type. Every failure a handler can meet becomes one of these
+//! variants, and this file alone turns them into answers: RFC 9457 problem responses for the
+//! API (SPEC §2.1), and for the form's and the console's HTML pages the same status and
+//! `Retry-After` around the page they render ([`html_error`]).
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -7,6 +9,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::domain::FieldError;
+use crate::error_chain::error_chain;
+use crate::registrar::RegistrationError;
 
 /// Seconds a client should wait before retrying after a 503 (the API's and the form's).
 pub const RETRY_AFTER_UNAVAILABLE: &str = "2";
@@ -67,6 +71,23 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Each way a registration fails, as its HTTP answer.
+impl From<RegistrationError> for ApiError {
+    fn from(e: RegistrationError) -> Self {
+        use RegistrationError as R;
+        match e {
+            R::Invalid(errors) => ApiError::Invalid(errors),
+            R::Overloaded(e) => ApiError::Unavailable(Box::new(e)),
+            e @ R::DeadlinePassed => ApiError::Unavailable(Box::new(e)),
+            // Unknown whether stored: 503, saying so, and that a retry with the same details
+            // gets the account if it was (201, the same Location).
+            R::CommitUnconfirmed => ApiError::Unconfirmed,
+            R::Unavailable(e) => ApiError::Unavailable(e),
+            R::Hashing(e) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
 /// A database that refused or did not answer is the server's condition: 503, never 500.
 impl From<sea_orm::DbErr> for ApiError {
     fn from(e: sea_orm::DbErr) -> Self {
@@ -118,6 +139,37 @@ impl ApiError {
         }
     }
 
+    /// `Retry-After`'s value, where the status asks the client to come back: a 429's wait, a
+    /// 503's [`RETRY_AFTER_UNAVAILABLE`].
+    fn retry_after(&self) -> Option<String> {
+        match self {
+            ApiError::RateLimited { retry_after } => Some(retry_after.to_string()),
+            ApiError::Unavailable(_) | ApiError::Unconfirmed => {
+                Some(RETRY_AFTER_UNAVAILABLE.to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    /// Logs what the operator should see: the server's own conditions (503, 500), not the
+    /// client's mistakes.
+    fn log(&self) {
+        match self {
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = %error_chain(e.as_ref()), "answering 503")
+            }
+            ApiError::Unconfirmed => {
+                tracing::warn!(
+                    "answering 503: the registration's COMMIT has not finished a deadline after the deadline"
+                )
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %error_chain(e.as_ref()), "answering 500")
+            }
+            _ => {}
+        }
+    }
+
     fn field(&self) -> Option<&'static str> {
         match self {
             ApiError::UsernameTaken => Some("username"),
@@ -149,20 +201,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        match self {
-            ApiError::Unavailable(e) => {
-                tracing::warn!(error = %error_chain(e.as_ref()), "answering 503")
-            }
-            ApiError::Unconfirmed => {
-                tracing::warn!(
-                    "answering 503: the registration's COMMIT has not finished a deadline after the deadline"
-                )
-            }
-            ApiError::Internal(e) => {
-                tracing::error!(error = %error_chain(e.as_ref()), "answering 500")
-            }
-            _ => {}
-        }
+        self.log();
         let problem = Problem {
             kind: format!("urn:signup:problem:{}", self.code()),
             title: status.canonical_reason().unwrap_or("Error"),
@@ -183,26 +222,26 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        if let ApiError::RateLimited { retry_after } = self {
-            response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
-        }
-        if matches!(self, ApiError::Unavailable(_) | ApiError::Unconfirmed) {
-            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_UNAVAILABLE));
+        if let Some(retry_after) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, retry_after));
         }
         response.body(serde_json::to_string(&problem).unwrap_or_default())
     }
 }
 
-/// `error: cause: cause…`, for logs.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// `error` answered with an HTML page instead of a problem document: `page` renders it for the
+/// status, and the answer carries the same `Retry-After` and is logged the same way as the
+/// API's. The form and the console answer their errors through it.
+pub fn html_error(error: &ApiError, page: impl FnOnce(StatusCode) -> HttpResponse) -> HttpResponse {
+    error.log();
+    let mut response = page(error.status_code());
+    if let Some(value) = error
+        .retry_after()
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
     }
-    text
+    response
 }
 
 /// Maps actix-web's JSON extractor failures onto the problem types (SPEC §2.1).
