@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::email::CircuitState;
 
 /// Minutes kept.
-pub const MINUTES: usize = 60;
+pub(crate) const MINUTES: usize = 60;
 /// Lag buckets: upper bounds `FIRST_BOUND · GROWTH^k` seconds, k = 0..LAG_BUCKETS (1 ms to
 /// about a day, each bound 20 % above the last: a quantile is read within 20 %).
 const LAG_BUCKETS: usize = 102;

@@ -37,14 +37,14 @@ pub enum HashError {
 /// hash here (15.2 ms → 12.7 ms). The threads are also the bound: at most one hash per core
 /// runs, so a burst of sign-ups queues (bounded memory) instead of thrashing.
 #[derive(Clone)]
-pub struct PasswordHasher {
+pub(crate) struct PasswordHasher {
     jobs: mpsc::Sender<Job>,
 }
 
 /// Where a hash goes once made. It is handed over on the hashing thread, so a registration's
 /// hash can go straight on to the RegistrationActor instead of first waking the request's thread
 /// only for that thread to pass it on (one thread wake-up less per registration).
-pub trait HashConsumer: Send + 'static {
+pub(crate) trait HashConsumer: Send + 'static {
     /// False once nobody waits for this hash any more (its request gave up at
     /// `registration.deadline` or its client left): the job is skipped, no CPU spent on it.
     fn wanted(&self) -> bool;
@@ -79,7 +79,7 @@ const OUTPUT_LEN: usize = crate::configuration::HASH_OUTPUT_LEN;
 
 impl PasswordHasher {
     /// Starts one hashing thread per core. They stop when the last clone of the hasher is dropped.
-    pub fn new(settings: &PasswordSettings) -> Result<Self, HashError> {
+    pub(crate) fn new(settings: &PasswordSettings) -> Result<Self, HashError> {
         let params = &settings.params;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         // A job waits here only while every thread is busy; a full queue refuses the next one.
@@ -97,7 +97,8 @@ impl PasswordHasher {
     }
 
     /// Returns the PHC string (`$argon2id$v=19$m=…`) of `password` with a fresh random salt.
-    pub async fn hash(&self, password: Password) -> Result<String, HashError> {
+    #[cfg(test)]
+    pub(crate) async fn hash(&self, password: Password) -> Result<String, HashError> {
         let (reply, answer) = oneshot::channel();
         self.hash_then(password, reply)?;
         answer.await.map_err(|_| HashError::Closed)?
@@ -105,7 +106,11 @@ impl PasswordHasher {
 
     /// Queues `password` for hashing; `then` takes the PHC string on the hashing thread. Refused
     /// at once (and `then` dropped unused) when `max_waiting` jobs already wait.
-    pub fn hash_then(&self, password: Password, then: impl HashConsumer) -> Result<(), HashError> {
+    pub(crate) fn hash_then(
+        &self,
+        password: Password,
+        then: impl HashConsumer,
+    ) -> Result<(), HashError> {
         self.submit(Job::Hash {
             password,
             then: Box::new(then),
@@ -121,7 +126,7 @@ impl PasswordHasher {
     }
 
     /// Whether `password` matches the PHC string `phc`.
-    pub async fn verify(&self, password: &str, phc: &str) -> Result<bool, HashError> {
+    pub(crate) async fn verify(&self, password: &str, phc: &str) -> Result<bool, HashError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Verify {
             password: password.to_owned(),

@@ -20,10 +20,10 @@ pub struct IdempotencyKey {
 }
 
 /// Namespace of the API's `Idempotency-Key`s among the stored keys.
-pub const API_KEY_PREFIX: &str = "api:";
+pub(crate) const API_KEY_PREFIX: &str = "api:";
 
 /// SHA-256 of the normalised username and email.
-pub fn fingerprint(new: &NewRegistration) -> String {
+pub(crate) fn fingerprint(new: &NewRegistration) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::new()
         .chain_update(new.username.normalized())
@@ -34,10 +34,10 @@ pub fn fingerprint(new: &NewRegistration) -> String {
 }
 
 /// How long an idempotency key is remembered.
-pub const KEY_TTL: chrono::Duration = chrono::Duration::hours(24);
+pub(crate) const KEY_TTL: chrono::Duration = chrono::Duration::hours(24);
 
 /// A key used within the last 24 h: its fingerprint, its user and the user's password hash.
-pub async fn find_key(
+pub(crate) async fn find_key(
     db: &DatabaseConnection,
     key: &str,
 ) -> Result<Option<(String, RegisteredUser, String)>, DbErr> {
@@ -56,7 +56,7 @@ pub async fn find_key(
 }
 
 /// Deletes keys older than 24 h, `batch` at a time. Returns how many.
-pub async fn delete_expired_keys(db: &DatabaseConnection, batch: u64) -> Result<u64, DbErr> {
+pub(crate) async fn delete_expired_keys(db: &DatabaseConnection, batch: u64) -> Result<u64, DbErr> {
     let mut total = 0;
     loop {
         let old: Vec<String> = idempotency_key::Entity::find()
@@ -85,11 +85,11 @@ pub async fn delete_expired_keys(db: &DatabaseConnection, batch: u64) -> Result<
 /// A malformed `Idempotency-Key` header (400).
 #[derive(Debug, thiserror::Error)]
 #[error("Idempotency-Key must be 1–255 visible ASCII characters")]
-pub struct MalformedKey;
+pub(crate) struct MalformedKey;
 
 /// An `Idempotency-Key` header's value: 1–255 visible ASCII characters (SPEC §2.1), so that the
 /// stored key (`api:` + it) fits its column.
-pub fn parse_header(value: &[u8]) -> Result<&str, MalformedKey> {
+pub(crate) fn parse_header(value: &[u8]) -> Result<&str, MalformedKey> {
     let valid = (1..=255).contains(&value.len()) && value.iter().all(|b| b.is_ascii_graphic());
     match std::str::from_utf8(value) {
         Ok(key) if valid => Ok(key),

@@ -1,8 +1,12 @@
 //! signup: a registration server that answers sign-ups synchronously and syncs new users to the
 //! email provider asynchronously. Reading these modules top to bottom is a tour of it.
+//!
+//! An item is `pub` only where `main`, the benches or the tests reach it through here; the rest
+//! is `pub(crate)` or private, so the visibility says what the crate's surface is.
+#![warn(unreachable_pub)]
 
 /// The email sync's last hour, minute by minute, for the operator console.
-pub mod activity;
+mod activity;
 /// The two actors: RegistrationActor (serialized writes) and the email sync's messages.
 pub mod actors;
 /// Settings from `config.toml` and `SIGNUP_…` variables.
@@ -10,10 +14,10 @@ pub mod configuration;
 /// Connecting to SQLite / PostgreSQL and migrating.
 pub mod database;
 /// SQLite: the database file is still the one the server opened.
-pub mod db_file;
+mod db_file;
 /// The delivery core: every decision of the email sync as plain data and functions, driven
 /// by inputs that carry their own time (the EmailSyncActor is its shell).
-pub mod delivery;
+mod delivery;
 /// Username, Email, Password: parsed, normalised, validated.
 pub mod domain;
 /// The email provider: webhook signing and classification, retry schedule, circuit breaker.
@@ -21,11 +25,11 @@ pub mod email;
 
 pub mod erasure;
 /// An error with its causes as one line.
-pub mod error_chain;
+mod error_chain;
 /// argon2id hashing on threads of its own, one per core.
-pub mod hashing;
+mod hashing;
 /// Idempotent submissions: keys, their fingerprints, replays, expiry.
-pub mod idempotency;
+mod idempotency;
 /// Prometheus metrics, one registry per application.
 pub mod metrics;
 /// `signup mock-provider`: a local stand-in for the email provider.
@@ -35,13 +39,13 @@ pub mod outbox;
 /// `signup outbox list | retry`.
 pub mod outbox_cli;
 /// Per-client rate limiting of the registration routes.
-pub mod rate_limit;
+mod rate_limit;
 /// The pipeline validate → hash → RegistrationActor, shared by API and form.
-pub mod registrar;
+mod registrar;
 /// HTTP handlers.
-pub mod routes;
+mod routes;
 /// Operator console sessions, stored so that signing out ends them on every instance.
-pub mod sessions;
+mod sessions;
 /// Field deserializers shared by the settings sections.
 mod settings_de;
 /// Building and running the server.
@@ -49,7 +53,7 @@ pub mod startup;
 /// The registration's transaction and the queries around users and the outbox.
 pub mod store;
 /// A registration's ticket to its COMMIT: a 503 is never stored.
-pub mod ticket;
+mod ticket;
 
 /// The registration's transaction, for the group-commit tests and the benchmark's raw loop
 /// only (feature `internals`, on in dev-dependencies): in a shipped build the RegistrationActor

@@ -49,16 +49,17 @@ impl StateStore for RecentClients {
     }
 }
 
-pub struct ClientLimiter {
+pub(crate) struct ClientLimiter {
     limiter: RateLimiter<IpAddr, RecentClients, DefaultClock, NoOpMiddleware>,
     /// The limiter's table, for [`ClientLimiter::tracked`].
+    #[cfg(test)]
     table: Arc<Mutex<LruCache<IpAddr, Nanos>>>,
     clock: DefaultClock,
 }
 
 impl ClientLimiter {
     /// `None` when `per_minute = 0` (rate limiting off).
-    pub fn new(settings: &RateLimitSettings) -> Option<Self> {
+    pub(crate) fn new(settings: &RateLimitSettings) -> Option<Self> {
         Self::with_capacity(settings, MAX_TRACKED)
     }
 
@@ -74,6 +75,7 @@ impl ClientLimiter {
         let clock = DefaultClock::default();
         Some(Self {
             limiter: RateLimiter::new(quota, store, clock.clone()),
+            #[cfg(test)]
             table,
             clock,
         })
@@ -81,7 +83,7 @@ impl ClientLimiter {
 
     /// The console's sign-in limit: 5 attempts at once per client address, then one every
     /// 12 s. Always on, whatever `rate_limit` says: it guards the admin token.
-    pub fn sign_in() -> Self {
+    pub(crate) fn sign_in() -> Self {
         let settings = RateLimitSettings {
             per_minute: 5,
             burst: 5,
@@ -91,14 +93,15 @@ impl ClientLimiter {
     }
 
     /// Ok, or how long `client` must wait.
-    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn check(&self, client: IpAddr) -> Result<(), Duration> {
         self.limiter
             .check_key(&key(client))
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Clients tracked now.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -123,7 +126,7 @@ fn key(ip: IpAddr) -> IpAddr {
 /// `forwarded_for` holds every `X-Forwarded-For` header line in the order received: a proxy
 /// may append its own line instead of extending the client's (HAProxy's `option forwardfor`),
 /// and reading only the first line would believe whatever the client wrote there.
-pub fn client_address<'h>(
+pub(crate) fn client_address<'h>(
     peer: Option<IpAddr>,
     forwarded_for: impl IntoIterator<Item = &'h str>,
     trusted: &[TrustedProxy],

@@ -58,7 +58,7 @@ impl From<sea_orm::DbErr> for RegistrationError {
 
 /// The fields as submitted, before any check.
 #[derive(Clone, Copy)]
-pub struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     pub username: &'a str,
     pub email: &'a str,
     pub password: &'a str,
@@ -66,7 +66,7 @@ pub struct Fields<'a> {
 
 /// What makes a submission safe to repeat.
 #[derive(Debug, Clone)]
-pub enum Submission {
+pub(crate) enum Submission {
     /// No key: a repeat is a new registration attempt (and 409s).
     Plain,
     /// The HTML form's nonce: a repeat lands on the first outcome, whatever was edited.
@@ -78,7 +78,7 @@ pub enum Submission {
 
 /// What the routes need to register someone.
 #[derive(Clone)]
-pub struct Registrar {
+pub(crate) struct Registrar {
     pub hasher: PasswordHasher,
     pub registrations: Registrations,
     pub metrics: Arc<Metrics>,
@@ -92,7 +92,7 @@ impl Registrar {
     /// Registers the raw fields. Bad input is `RegistrationError::Invalid` and touches nothing;
     /// a taken name or address is an `Outcome`, not an error.
     /// `request_id` follows the registration into the actor's log lines.
-    pub async fn register(
+    pub(crate) async fn register(
         &self,
         fields: Fields<'_>,
         submission: Submission,
@@ -233,7 +233,7 @@ impl Registrar {
 
 /// How long after creating an account the same person, registering again with the same
 /// username, email and password, gets that account back (201) instead of 409.
-pub const RETRY_WINDOW: Duration = Duration::from_secs(10 * 60);
+pub(crate) const RETRY_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 impl Registrar {
     /// The answer to a repeated API key, if the key was used before (and is not expired).

@@ -24,7 +24,7 @@ fn key(session: &str) -> String {
 }
 
 /// Records a new session, valid until `expires_at`; sessions expired for a day are swept.
-pub async fn open(
+pub(crate) async fn open(
     db: &DatabaseConnection,
     session: &str,
     now: DateTime<Utc>,
@@ -49,7 +49,7 @@ pub async fn open(
 
 /// Whether `session` is open at `now`: recorded, not revoked, not expired. Refreshes its
 /// `last_seen_at` now and then.
-pub async fn is_open(
+pub(crate) async fn is_open(
     db: &DatabaseConnection,
     session: &str,
     now: DateTime<Utc>,
@@ -78,7 +78,7 @@ pub async fn is_open(
 }
 
 /// Ends `session` on every instance.
-pub async fn revoke(
+pub(crate) async fn revoke(
     db: &DatabaseConnection,
     session: &str,
     now: DateTime<Utc>,

@@ -57,7 +57,7 @@ impl Ticket {
 
 /// The caller's end: dropped (the client left, the request was cancelled), it gives up.
 #[derive(Debug)]
-pub struct Holder(pub Ticket);
+pub(crate) struct Holder(pub Ticket);
 
 impl Drop for Holder {
     fn drop(&mut self) {

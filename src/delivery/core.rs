@@ -21,12 +21,12 @@ use crate::outbox::{Claimed, Completion, Finished};
 /// How long after its claim a row may still be sent at the shortest lease start-up accepts:
 /// the time a claim query may take (a wait for SQLite's write turn included) before its rows
 /// come back to the core.
-pub const CLAIM_SLACK: Duration = Duration::from_secs(1);
+pub(crate) const CLAIM_SLACK: Duration = Duration::from_secs(1);
 
 /// The one rule for sending a claimed row, used at claim time and by the configuration check:
 /// a row whose lease ends at `lease_ends` may be sent at `now` only if its request, given the
 /// whole `timeout`, is over before the lease is (else another claim could send it meanwhile).
-pub fn may_send(lease_ends: DateTime<Utc>, now: DateTime<Utc>, timeout: Duration) -> bool {
+pub(crate) fn may_send(lease_ends: DateTime<Utc>, now: DateTime<Utc>, timeout: Duration) -> bool {
     now.checked_add_signed(chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX))
         .is_some_and(|end| end <= lease_ends)
 }
@@ -34,7 +34,7 @@ pub fn may_send(lease_ends: DateTime<Utc>, now: DateTime<Utc>, timeout: Duration
 /// Whether start-up accepts `lease` with `timeout`: a row claimed at some moment may still be
 /// sent [`CLAIM_SLACK`] later. The same inequality as [`may_send`], so every lease start-up
 /// accepts delivers.
-pub fn lease_accepted(lease: Duration, timeout: Duration) -> bool {
+pub(crate) fn lease_accepted(lease: Duration, timeout: Duration) -> bool {
     let Ok(lease) = chrono::Duration::from_std(lease) else {
         return true;
     };
@@ -45,7 +45,7 @@ pub fn lease_accepted(lease: Duration, timeout: Duration) -> bool {
 
 /// What the core needs of `email_sync.*`.
 #[derive(Debug, Clone)]
-pub struct CoreSettings {
+pub(crate) struct CoreSettings {
     /// Requests in flight at once (`max_in_flight`).
     pub max_requests: usize,
     /// Rows one request carries at most.
@@ -63,18 +63,18 @@ pub struct CoreSettings {
 
 /// Names one request while it is in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(pub u64);
+pub(crate) struct RequestId(pub u64);
 
 /// One request to send: one row, or up to `batch` rows where the API takes a batch.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     pub id: RequestId,
     pub rows: Vec<Claimed>,
 }
 
 /// One attempt's outcome, for the shell's metrics and logs.
 #[derive(Debug, Clone)]
-pub struct Noted {
+pub(crate) struct Noted {
     pub claimed: Claimed,
     pub outcome: AttemptOutcome,
     /// The row's attempts once this one is counted.
@@ -89,7 +89,7 @@ pub struct Noted {
 /// back: [`Core::claimed`] (or [`Core::claim_failed`]) for `claim`, [`Core::answered`] for each
 /// request, [`Core::stored`] for `store`, [`Core::released`] for each entry of `release`.
 #[derive(Debug, Default)]
-pub struct Actions {
+pub(crate) struct Actions {
     /// Claim up to this many due rows, for `lease` from when the claim runs.
     pub claim: Option<usize>,
     /// Requests to start now.
@@ -114,7 +114,7 @@ pub struct Actions {
 
 /// The delivery state of one destination.
 #[derive(Debug)]
-pub struct Core {
+pub(crate) struct Core {
     settings: CoreSettings,
     breaker: CircuitBreaker<DateTime<Utc>>,
     /// Until when the provider asked every request to wait (a 429 with its reset).
@@ -141,7 +141,7 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(settings: CoreSettings) -> Self {
+    pub(crate) fn new(settings: CoreSettings) -> Self {
         let breaker = CircuitBreaker::new(&settings.circuit_breaker);
         Self {
             settings,
@@ -160,12 +160,12 @@ impl Core {
         }
     }
 
-    pub fn circuit(&self) -> CircuitState {
+    pub(crate) fn circuit(&self) -> CircuitState {
         self.breaker.state()
     }
 
     /// Requests in flight now.
-    pub fn requests_in_flight(&self) -> usize {
+    pub(crate) fn requests_in_flight(&self) -> usize {
         self.in_flight.len()
     }
 
@@ -173,7 +173,7 @@ impl Core {
     /// claims, requests, releases and write that were running. Their rows' leases expire and the
     /// rows are claimed again. Outcomes not yet handed out are still stored; the circuit and
     /// the provider's pause stay as they were.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.ready.clear();
         self.in_flight.clear();
         self.storing = None;
@@ -183,7 +183,7 @@ impl Core {
     }
 
     /// The poll timer, a wake-up, or a `wake_at` coming due: claim what may go now.
-    pub fn tick(&mut self, now: DateTime<Utc>) -> Actions {
+    pub(crate) fn tick(&mut self, now: DateTime<Utc>) -> Actions {
         let mut out = Actions::default();
         self.pump(now, &mut out);
         self.store_outcomes(&mut out);
@@ -192,7 +192,7 @@ impl Core {
     }
 
     /// The claim asked for came back with `rows` (their leases set from when it ran).
-    pub fn claimed(&mut self, rows: Vec<Claimed>, now: DateTime<Utc>) -> Actions {
+    pub(crate) fn claimed(&mut self, rows: Vec<Claimed>, now: DateTime<Utc>) -> Actions {
         let mut out = Actions::default();
         let probe = self.claiming.take() == Some(true);
         if self.draining {
@@ -218,7 +218,7 @@ impl Core {
     }
 
     /// The claim asked for failed (the database): nothing was claimed.
-    pub fn claim_failed(&mut self, now: DateTime<Utc>) -> Actions {
+    pub(crate) fn claim_failed(&mut self, now: DateTime<Utc>) -> Actions {
         let mut out = Actions::default();
         if self.claiming.take() == Some(true) {
             self.breaker.on_abandoned();
@@ -229,7 +229,7 @@ impl Core {
 
     /// Request `id` came back: one outcome per row in order (a single outcome stands for every
     /// row), or `None` if it was cancelled before an answer (no attempt).
-    pub fn answered(
+    pub(crate) fn answered(
         &mut self,
         id: RequestId,
         outcomes: Option<Vec<AttemptOutcome>>,
@@ -288,7 +288,7 @@ impl Core {
 
     /// The write of outcomes handed out last finished (stored or not: a failed write leaves the
     /// rows to their leases, and they are attempted again).
-    pub fn stored(&mut self, now: DateTime<Utc>) -> Actions {
+    pub(crate) fn stored(&mut self, now: DateTime<Utc>) -> Actions {
         let mut out = Actions::default();
         self.storing = None;
         self.pump_again = false;
@@ -300,7 +300,7 @@ impl Core {
     }
 
     /// A release handed out finished.
-    pub fn released(&mut self) -> Actions {
+    pub(crate) fn released(&mut self) -> Actions {
         let mut out = Actions::default();
         self.releasing = self.releasing.saturating_sub(1);
         self.check_drained(&mut out);
@@ -309,7 +309,7 @@ impl Core {
 
     /// Shutdown: claim nothing more and give back what is claimed and unsent; requests in
     /// flight finish (or are cancelled by [`Core::cancel_all`]) and their outcomes are stored.
-    pub fn drain(&mut self) -> Actions {
+    pub(crate) fn drain(&mut self) -> Actions {
         let mut out = Actions::default();
         self.draining = true;
         self.drained = false;
@@ -320,7 +320,7 @@ impl Core {
     }
 
     /// The drain's grace is over: cancel every request in flight.
-    pub fn cancel_all(&mut self) -> Actions {
+    pub(crate) fn cancel_all(&mut self) -> Actions {
         let mut ids: Vec<RequestId> = self.in_flight.keys().copied().collect();
         ids.sort();
         Actions {
@@ -330,7 +330,7 @@ impl Core {
     }
 
     /// Is the core draining?
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining
     }
 

@@ -2,10 +2,10 @@
 //! EmailSyncActor runs (sans-I/O), `sim` walks it through seeded random schedules against a
 //! model of the outbox and the provider (tests only).
 
-pub mod core;
+pub(crate) mod core;
 #[cfg(test)]
 mod sim;
 
-pub use self::core::{
-    Actions, CLAIM_SLACK, Core, CoreSettings, Noted, Request, RequestId, lease_accepted, may_send,
+pub(crate) use self::core::{
+    Actions, Core, CoreSettings, Noted, Request, RequestId, lease_accepted,
 };

@@ -103,7 +103,7 @@ fn ascii_domain(domain: &str) -> Option<String> {
 }
 
 /// Masks an address's local part but its first character.
-pub fn mask(address: &str) -> String {
+pub(super) fn mask(address: &str) -> String {
     match address.split_once('@') {
         Some((local, domain)) => {
             let first: String = local.chars().take(1).collect();

@@ -90,11 +90,16 @@ macro_rules! rfc3339_with {
             use chrono::{DateTime, Utc};
             use serde::{Deserialize, Deserializer, Serializer};
 
-            pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+            pub(super) fn serialize<S: Serializer>(
+                at: &DateTime<Utc>,
+                s: S,
+            ) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&at.to_rfc3339_opts($format, true))
             }
 
-            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+            pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+                d: D,
+            ) -> Result<DateTime<Utc>, D::Error> {
                 let text = String::deserialize(d)?;
                 DateTime::parse_from_rfc3339(&text)
                     .map(|at| at.with_timezone(&Utc))

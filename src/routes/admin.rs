@@ -22,7 +22,7 @@ pub(super) const REQUEUE_BATCH: u64 = 5000;
 
 /// An authorized operator. Taking it as a handler's first argument is the admin routes' check:
 /// 404 while `admin.token` is unset, 401 without the right bearer token.
-pub struct Admin;
+pub(super) struct Admin;
 
 impl actix_web::FromRequest for Admin {
     type Error = ApiError;
@@ -78,7 +78,7 @@ pub(super) fn wake(state: &AppState) {
 
 /// A page of jobs, newest first.
 #[derive(Serialize, ToSchema)]
-pub struct JobPage {
+pub(super) struct JobPage {
     jobs: Vec<outbox::Job>,
     /// Pass as `before` for the next page; null on the last one.
     next: Option<Uuid>,
@@ -86,13 +86,13 @@ pub struct JobPage {
 
 /// How many dead jobs were made due.
 #[derive(Serialize, ToSchema)]
-pub struct Requeued {
+pub(super) struct Requeued {
     requeued: u64,
 }
 
 /// A registration and its email sync job.
 #[derive(Serialize, ToSchema)]
-pub struct RegistrationDetail {
+pub(super) struct RegistrationDetail {
     id: Uuid,
     username: String,
     email: String,
@@ -102,7 +102,7 @@ pub struct RegistrationDetail {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct SyncSummary {
+pub(super) struct SyncSummary {
     id: Uuid,
     status: &'static str,
     attempts: i32,
@@ -112,7 +112,7 @@ pub struct SyncSummary {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     /// pending, dead, delivered or cancelled (empty: all).
     #[param(pattern = "^(|pending|dead|delivered|cancelled)$")]
     status: Option<String>,
@@ -130,7 +130,7 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/admin/email-sync/jobs", tag = "admin", params(ListQuery),
     security(("bearer" = [])),
     responses((status = 200, description = "A page of jobs", body = JobPage), (status = 400, description = "Bad status, limit or before", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
-pub async fn list_jobs(
+pub(super) async fn list_jobs(
     _admin: Admin,
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -176,7 +176,7 @@ fn job_id(path: &str) -> Result<Uuid, ApiError> {
 #[utoipa::path(get, path = "/admin/email-sync/jobs/{id}", tag = "admin",
     params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
     responses((status = 200, description = "The job", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
-pub async fn get_job(
+pub(super) async fn get_job(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -189,7 +189,7 @@ pub async fn get_job(
 #[utoipa::path(post, path = "/admin/email-sync/jobs/{id}/retry", tag = "admin",
     params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
     responses((status = 202, description = "Due now, attempts reset", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Delivered already, or cancelled by an erasure", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
-pub async fn retry_job(
+pub(super) async fn retry_job(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -207,7 +207,7 @@ pub async fn retry_job(
 
 #[utoipa::path(post, path = "/admin/email-sync/retry-dead", tag = "admin", security(("bearer" = [])),
     responses((status = 202, description = "Every dead job is due now", body = Requeued), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
-pub async fn retry_dead(
+pub(super) async fn retry_dead(
     _admin: Admin,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -221,7 +221,7 @@ pub async fn retry_dead(
     params(("id" = String, Path, description = "The user's id (the registration's id)")), security(("bearer" = [])),
     responses((status = 202, description = "Erased here; the user.deleted job removes them at the provider", body = crate::erasure::Erased), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such user (or erased already), or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
 /// `DELETE /admin/users/{id}`: erases the user (SPEC §6).
-pub async fn erase_user(
+pub(super) async fn erase_user(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -255,7 +255,7 @@ pub(super) async fn erase(
 #[utoipa::path(get, path = "/api/v1/registrations/{id}", tag = "admin",
     params(("id" = String, Path, description = "The registration's id (the Location of its 201)")), security(("bearer" = [])),
     responses((status = 200, description = "The registration", body = RegistrationDetail), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
-pub async fn get_registration(
+pub(super) async fn get_registration(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,

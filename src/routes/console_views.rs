@@ -8,7 +8,7 @@ use crate::outbox::Job;
 use crate::store::RegisteredUser;
 
 /// What the overview shows.
-pub struct OverviewView {
+pub(super) struct OverviewView {
     pub circuit: &'static str,
     pub circuit_class: &'static str,
     pub circuit_since: String,
@@ -25,7 +25,7 @@ pub struct OverviewView {
 }
 
 /// A job as a table row shows it.
-pub struct JobRow {
+pub(super) struct JobRow {
     pub id: Uuid,
     pub user_id: Uuid,
     pub user_short: String,
@@ -76,7 +76,7 @@ impl From<Job> for JobRow {
 }
 
 /// What a list page shows.
-pub struct JobsView {
+pub(super) struct JobsView {
     pub nav: &'static str,
     pub heading: &'static str,
     pub empty: &'static str,
@@ -90,7 +90,7 @@ pub struct JobsView {
 }
 
 /// What the search page shows.
-pub struct SearchView {
+pub(super) struct SearchView {
     pub query: String,
     pub user: Option<RegisteredUser>,
     pub registered: String,

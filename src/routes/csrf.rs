@@ -31,13 +31,13 @@ const KEY_NAME: &str = "csrf";
 /// URL is https (the prefix obliges `Secure` and `Path=/`); plain otherwise, so that a trial on
 /// http://localhost works. Never decided by a request header a client can forge.
 #[derive(Debug, Clone, Copy)]
-pub struct CookiePolicy {
+pub(crate) struct CookiePolicy {
     pub secure: bool,
 }
 
 impl CookiePolicy {
     /// The cookie holding the browser's session id.
-    pub fn session(&self) -> &'static str {
+    pub(crate) fn session(&self) -> &'static str {
         if self.secure {
             "__Host-signup_csrf"
         } else {
@@ -46,7 +46,7 @@ impl CookiePolicy {
     }
 
     /// The cookie naming, signed, whom this browser just registered.
-    pub fn welcome(&self) -> &'static str {
+    pub(crate) fn welcome(&self) -> &'static str {
         if self.secure {
             "__Host-signup_welcome"
         } else {
@@ -54,12 +54,12 @@ impl CookiePolicy {
         }
     }
 
-    pub fn path(&self) -> &'static str {
+    pub(crate) fn path(&self) -> &'static str {
         if self.secure { "/" } else { "/register" }
     }
 
     /// The operator console's signed session.
-    pub fn console(&self) -> &'static str {
+    pub(crate) fn console(&self) -> &'static str {
         if self.secure {
             "__Host-signup_console"
         } else {
@@ -68,7 +68,7 @@ impl CookiePolicy {
     }
 
     /// The console's sign-in page's session id (binds the sign-in form's CSRF token).
-    pub fn console_login(&self) -> &'static str {
+    pub(crate) fn console_login(&self) -> &'static str {
         if self.secure {
             "__Host-signup_console_login"
         } else {
@@ -76,14 +76,14 @@ impl CookiePolicy {
         }
     }
 
-    pub fn console_path(&self) -> &'static str {
+    pub(crate) fn console_path(&self) -> &'static str {
         if self.secure { "/" } else { "/admin" }
     }
 }
 
 /// The server's key for CSRF tokens and the welcome cookie.
 #[derive(Clone)]
-pub struct CsrfKey(SecretSlice<u8>);
+pub(crate) struct CsrfKey(SecretSlice<u8>);
 
 impl std::fmt::Debug for CsrfKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,13 +94,13 @@ impl std::fmt::Debug for CsrfKey {
 impl CsrfKey {
     /// The stored key, generated and stored first if this is the first instance to start.
     /// Instances starting together agree: only one insert wins, and both read it back.
-    pub async fn load_or_create(db: &DatabaseConnection) -> Result<Self, DbErr> {
+    pub(crate) async fn load_or_create(db: &DatabaseConnection) -> Result<Self, DbErr> {
         Ok(Self::from_bytes(
             crate::outbox::load_or_create_server_key(db, KEY_NAME).await?,
         ))
     }
 
-    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Self {
         Self(SecretSlice::from(bytes))
     }
 
@@ -124,7 +124,7 @@ impl CsrfKey {
     }
 
     /// A token for one rendering of the form, bound to the browser's `session`.
-    pub fn issue(&self, session: &str) -> String {
+    pub(crate) fn issue(&self, session: &str) -> String {
         let nonce = random_token(NONCE_BYTES);
         let tag = self
             .mac(b"csrf", &[session.as_bytes(), nonce.as_bytes()])
@@ -136,7 +136,7 @@ impl CsrfKey {
     /// The token's nonce if this server issued it for `session`, compared in constant time.
     /// A nonce of any other shape is refused before anything else looks at it: it becomes an
     /// idempotency key, stored in a column of bounded length.
-    pub fn verify<'t>(&self, session: &str, token: &'t str) -> Option<&'t str> {
+    pub(crate) fn verify<'t>(&self, session: &str, token: &'t str) -> Option<&'t str> {
         if !is_session_id(session) {
             return None;
         }
@@ -153,7 +153,7 @@ impl CsrfKey {
 
     /// The welcome cookie's value for `user`: its id and a tag, so that nobody can be greeted
     /// as somebody else by writing another id into the cookie.
-    pub fn sign_welcome(&self, user: Uuid) -> String {
+    pub(crate) fn sign_welcome(&self, user: Uuid) -> String {
         let id = user.to_string();
         let tag = self
             .mac(b"welcome", &[id.as_bytes()])
@@ -163,7 +163,7 @@ impl CsrfKey {
     }
 
     /// The user a welcome cookie names, if this server signed it.
-    pub fn open_welcome(&self, value: &str) -> Option<Uuid> {
+    pub(crate) fn open_welcome(&self, value: &str) -> Option<Uuid> {
         let (id, tag) = value.split_once('.')?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         self.mac(b"welcome", &[id.as_bytes()])
@@ -177,7 +177,7 @@ impl CsrfKey {
     /// The console's session cookie: `<session id>.<expires, Unix seconds>.<tag>`, the tag
     /// binding both to this server's key and to the admin token (`token_digest`), so that
     /// changing `admin.token` signs every console session out.
-    pub fn sign_console(&self, session: &str, expires: i64, token_digest: &[u8]) -> String {
+    pub(crate) fn sign_console(&self, session: &str, expires: i64, token_digest: &[u8]) -> String {
         let expires = expires.to_string();
         let tag = self
             .mac(
@@ -191,7 +191,7 @@ impl CsrfKey {
 
     /// The session id of a console cookie this server signed for `token_digest`, if it has not
     /// expired by `now` (Unix seconds).
-    pub fn open_console<'v>(
+    pub(crate) fn open_console<'v>(
         &self,
         value: &'v str,
         now: i64,
@@ -214,12 +214,12 @@ impl CsrfKey {
 }
 
 /// A new browser session id.
-pub fn new_session() -> String {
+pub(crate) fn new_session() -> String {
     random_token(SESSION_BYTES)
 }
 
 /// Whether `value` has the shape of a session id this server hands out.
-pub fn is_session_id(value: &str) -> bool {
+pub(crate) fn is_session_id(value: &str) -> bool {
     is_token_of(value, SESSION_BYTES)
 }
 

@@ -13,10 +13,10 @@ use crate::error_chain::error_chain;
 use crate::registrar::RegistrationError;
 
 /// Seconds a client should wait before retrying after a 503 (the API's and the form's).
-pub const RETRY_AFTER_UNAVAILABLE: &str = "2";
+pub(crate) const RETRY_AFTER_UNAVAILABLE: &str = "2";
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// 400 `bad_request`: malformed JSON, a missing field, a wrong type.
     #[error("{0}")]
     BadRequest(String),
@@ -97,7 +97,7 @@ impl From<sea_orm::DbErr> for ApiError {
 
 /// An RFC 9457 problem document (`application/problem+json`).
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct Problem<'a> {
+pub(crate) struct Problem<'a> {
     /// A URI naming the kind of problem, e.g. `urn:signup:problem:email_taken`.
     #[serde(rename = "type")]
     kind: String,
@@ -120,7 +120,7 @@ pub struct Problem<'a> {
 
 impl ApiError {
     /// The stable, machine-readable `code` member.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
@@ -232,7 +232,10 @@ impl ResponseError for ApiError {
 /// `error` answered with an HTML page instead of a problem document: `page` renders it for the
 /// status, and the answer carries the same `Retry-After` and is logged the same way as the
 /// API's. The form and the console answer their errors through it.
-pub fn html_error(error: &ApiError, page: impl FnOnce(StatusCode) -> HttpResponse) -> HttpResponse {
+pub(crate) fn html_error(
+    error: &ApiError,
+    page: impl FnOnce(StatusCode) -> HttpResponse,
+) -> HttpResponse {
     error.log();
     let mut response = page(error.status_code());
     if let Some(value) = error
@@ -245,7 +248,7 @@ pub fn html_error(error: &ApiError, page: impl FnOnce(StatusCode) -> HttpRespons
 }
 
 /// Maps actix-web's JSON extractor failures onto the problem types (SPEC §2.1).
-pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
+pub(crate) fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> ApiError {
     use actix_web::error::JsonPayloadError as J;
     match error {
         J::ContentType => ApiError::UnsupportedMediaType {
@@ -264,7 +267,7 @@ pub fn json_error(error: actix_web::error::JsonPayloadError, limit: usize) -> Ap
 }
 
 /// Maps the URL-encoded form extractor's failures the same way.
-pub fn form_error(error: actix_web::error::UrlencodedError, limit: usize) -> ApiError {
+pub(crate) fn form_error(error: actix_web::error::UrlencodedError, limit: usize) -> ApiError {
     use actix_web::error::UrlencodedError as U;
     match error {
         U::ContentType => ApiError::UnsupportedMediaType {

@@ -16,7 +16,7 @@ use crate::store::{self, Outcome};
 /// The posted form. Absent fields are empty strings, so they get the same field messages as
 /// empty ones. No `Debug`: it holds the password.
 #[derive(Deserialize, utoipa::ToSchema)]
-pub struct RegisterForm {
+pub(super) struct RegisterForm {
     #[serde(default)]
     username: String,
     #[serde(default)]
@@ -39,14 +39,14 @@ impl RegisterForm {
 
 #[utoipa::path(get, path = "/", tag = "form",
     responses((status = 303, description = "To the form", headers(("Location" = String, description = "/register")))))]
-pub async fn root() -> HttpResponse {
+pub(super) async fn root() -> HttpResponse {
     see_other("/register")
 }
 
 /// The sign-up form (HTML; works without JavaScript).
 #[utoipa::path(get, path = "/register", tag = "form",
     responses((status = 200, description = "The form, with a csrf_token bound to a cookie", body = String, content_type = "text/html")))]
-pub async fn show(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn show(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let (session, is_new) = browser_session(&request, &state);
     let view = FormView {
         csrf_token: state.csrf.issue(&session),
@@ -75,7 +75,7 @@ pub async fn show(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         (status = 429, description = "The form again: too many sign-ups from this address", body = String, content_type = "text/html"),
         (status = 503, description = "The form again: try again in a moment", body = String, content_type = "text/html"),
     ))]
-pub async fn submit(
+pub(super) async fn submit(
     request: HttpRequest,
     state: web::Data<AppState>,
     request_id: RequestId,
@@ -170,7 +170,11 @@ pub async fn submit(
 }
 
 /// The form again, with 429, `Retry-After` and a message (the rate limit's answer).
-pub fn rate_limited(request: &HttpRequest, state: &AppState, retry_after: u64) -> HttpResponse {
+pub(super) fn rate_limited(
+    request: &HttpRequest,
+    state: &AppState,
+    retry_after: u64,
+) -> HttpResponse {
     let (session, is_new) = browser_session(request, state);
     let view = FormView {
         csrf_token: state.csrf.issue(&session),
@@ -191,7 +195,7 @@ pub fn rate_limited(request: &HttpRequest, state: &AppState, retry_after: u64) -
         (status = 303, description = "Nobody registered from this browser: to the form", headers(("Location" = String, description = "/register"))),
         (status = 503, description = "The account exists; the page cannot be shown just now", body = String, content_type = "text/html"),
     ))]
-pub async fn welcome(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn welcome(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let id = request
         .cookie(state.cookies.welcome())
         .and_then(|c| state.csrf.open_welcome(c.value()));

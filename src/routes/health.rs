@@ -14,7 +14,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Prometheus text exposition (SPEC §4.2).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // `signup_ready` as of this scrape: an alert on readiness needs no blackbox prober.
     let (database_up, registration_up) = probe(&state).await;
     state
@@ -43,14 +43,14 @@ async fn probe(state: &AppState) -> (bool, bool) {
 
 /// Liveness body.
 #[derive(Serialize, ToSchema)]
-pub struct Live {
+pub(super) struct Live {
     /// Always `ok`.
     status: &'static str,
 }
 
 /// Readiness body (SPEC §4.1).
 #[derive(Serialize, ToSchema)]
-pub struct Readiness {
+pub(super) struct Readiness {
     /// `ok` or `unavailable`.
     status: &'static str,
     /// `up` or `down`.
@@ -63,7 +63,7 @@ pub struct Readiness {
 
 /// The email sync's state; it never makes readiness fail.
 #[derive(Serialize, ToSchema)]
-pub struct EmailSyncHealth {
+pub(super) struct EmailSyncHealth {
     /// `closed`, `open` or `half_open`.
     circuit: &'static str,
     /// Outbox rows waiting, as of the last refresh of the outbox gauges (at most 5 s old);
@@ -77,7 +77,7 @@ pub struct EmailSyncHealth {
 /// queue behind writes and make a busy server look dead.
 #[utoipa::path(get, path = "/health/live", tag = "operations",
     responses((status = 200, description = "The process serves", body = Live)))]
-pub async fn live() -> HttpResponse {
+pub(super) async fn live() -> HttpResponse {
     HttpResponse::Ok().json(Live { status: "ok" })
 }
 
@@ -119,7 +119,7 @@ async fn storing(state: &AppState) -> bool {
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Not ready: database or RegistrationActor down", body = Readiness),
     ))]
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let (database_up, registration_up) = probe(&state).await;
     state
         .metrics

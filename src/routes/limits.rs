@@ -18,7 +18,7 @@ enum Answer {
 }
 
 /// Rate limit of `POST /register`: over it, the form again with 429.
-pub async fn limit_form(
+pub(super) async fn limit_form(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
@@ -26,7 +26,7 @@ pub async fn limit_form(
 }
 
 /// Rate limit of `POST /api/v1/registrations`: over it, a 429 problem.
-pub async fn limit_api(
+pub(super) async fn limit_api(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
@@ -34,7 +34,10 @@ pub async fn limit_api(
 }
 
 /// The client's address as the rate limits see it (see [`client_address`]).
-pub fn client_of(request: &actix_web::HttpRequest, state: &AppState) -> Option<std::net::IpAddr> {
+pub(super) fn client_of(
+    request: &actix_web::HttpRequest,
+    state: &AppState,
+) -> Option<std::net::IpAddr> {
     // Every header line, in order: a proxy may append a line of its own.
     let forwarded = request
         .headers()
@@ -74,7 +77,7 @@ async fn limit(
 
 /// Puts a deadline of `server.request_timeout` on reading the request body: a client that
 /// trickles its body (slowloris) gets 408 instead of holding the connection open.
-pub async fn body_deadline(
+pub(super) async fn body_deadline(
     mut request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {

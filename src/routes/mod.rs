@@ -4,13 +4,13 @@
 mod admin;
 mod console;
 mod console_views;
-pub mod csrf;
-pub mod error;
+pub(crate) mod csrf;
+pub(crate) mod error;
 mod form;
 mod health;
 mod limits;
 mod observe;
-pub mod openapi;
+pub(crate) mod openapi;
 mod pages;
 mod registrations;
 
@@ -27,7 +27,7 @@ use crate::routes::error::{ApiError, form_error, json_error};
 
 /// Shared by every worker (cheap clones of handles).
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub db: DatabaseConnection,
     pub registrar: Registrar,
     /// Counters, and the email sync's published state: read without waiting on any actor.
@@ -57,17 +57,17 @@ pub struct AppState {
 }
 
 /// `n` random bytes from the OS-seeded generator.
-pub fn random_bytes(n: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     use rand::RngCore;
     let mut buf = vec![0u8; n];
     rand::rng().fill_bytes(&mut buf);
     buf
 }
 
-pub use observe::observe;
+pub(crate) use observe::observe;
 
 /// Mounts every route; `max_body_bytes` bounds JSON and form bodies (413 beyond).
-pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(max_body_bytes)

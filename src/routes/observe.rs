@@ -17,7 +17,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The id of the request being served.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub(super) struct RequestId(pub String);
 
 impl FromRequest for RequestId {
     type Error = actix_web::Error;
@@ -41,7 +41,7 @@ fn acceptable(id: &str) -> bool {
 
 /// The `method` label: one of a fixed set, so that no request can add a label value (a client
 /// inventing 4000-character methods would otherwise grow every scrape without bound).
-pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+pub(super) fn method_label(method: &actix_web::http::Method) -> &'static str {
     use actix_web::http::Method;
     match *method {
         Method::GET => "GET",
@@ -55,7 +55,7 @@ pub fn method_label(method: &actix_web::http::Method) -> &'static str {
     }
 }
 
-pub async fn observe(
+pub(crate) async fn observe(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {

@@ -50,7 +50,7 @@ use super::{admin, console, form, health, registrations};
         (name = "console", description = "The operator console (HTML, a session cookie from signing in with admin.token); only with admin.token set"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerAuth;
 
@@ -67,7 +67,7 @@ impl Modify for BearerAuth {
 /// This document.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3", body = Object, content_type = "application/json")))]
-pub async fn document() -> HttpResponse {
+pub(crate) async fn document() -> HttpResponse {
     match ApiDoc::openapi().to_json() {
         Ok(json) => HttpResponse::Ok()
             .content_type("application/json")

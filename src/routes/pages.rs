@@ -35,7 +35,7 @@ fn csp_for(style: &str) -> String {
 
 /// What the form shows: values to keep and a message per field.
 #[derive(Default)]
-pub struct FormView {
+pub(super) struct FormView {
     pub username: String,
     pub email: String,
     pub csrf_token: String,
@@ -78,7 +78,7 @@ struct MessagePage<'a> {
     message: &'a str,
 }
 
-pub fn register(status: StatusCode, view: &FormView) -> HttpResponse {
+pub(super) fn register(status: StatusCode, view: &FormView) -> HttpResponse {
     let page = RegisterPage {
         style: STYLE,
         view,
@@ -89,7 +89,7 @@ pub fn register(status: StatusCode, view: &FormView) -> HttpResponse {
     html(status, page.render())
 }
 
-pub fn welcome(username: &str) -> HttpResponse {
+pub(super) fn welcome(username: &str) -> HttpResponse {
     html(
         StatusCode::OK,
         WelcomePage {
@@ -100,7 +100,7 @@ pub fn welcome(username: &str) -> HttpResponse {
     )
 }
 
-pub fn message(status: StatusCode, title: &str, message: &str) -> HttpResponse {
+pub(super) fn message(status: StatusCode, title: &str, message: &str) -> HttpResponse {
     html(
         status,
         MessagePage {
@@ -222,7 +222,11 @@ fn console_html(status: StatusCode, body: askama::Result<String>) -> HttpRespons
     html_with(&CONSOLE_CSP, status, body)
 }
 
-pub fn console_login(status: StatusCode, csrf_token: &str, problem: Option<&str>) -> HttpResponse {
+pub(super) fn console_login(
+    status: StatusCode,
+    csrf_token: &str,
+    problem: Option<&str>,
+) -> HttpResponse {
     console_html(
         status,
         ConsoleLogin {
@@ -234,7 +238,7 @@ pub fn console_login(status: StatusCode, csrf_token: &str, problem: Option<&str>
     )
 }
 
-pub fn console_message(status: StatusCode, heading: &str, message: &str) -> HttpResponse {
+pub(super) fn console_message(status: StatusCode, heading: &str, message: &str) -> HttpResponse {
     console_html(
         status,
         ConsoleMessage {
@@ -246,7 +250,7 @@ pub fn console_message(status: StatusCode, heading: &str, message: &str) -> Http
     )
 }
 
-pub fn console_overview(csrf_token: &str, view: &OverviewView) -> HttpResponse {
+pub(super) fn console_overview(csrf_token: &str, view: &OverviewView) -> HttpResponse {
     console_html(
         StatusCode::OK,
         ConsoleOverview {
@@ -272,7 +276,7 @@ pub fn console_overview(csrf_token: &str, view: &OverviewView) -> HttpResponse {
     )
 }
 
-pub fn console_jobs(csrf_token: &str, view: &JobsView) -> HttpResponse {
+pub(super) fn console_jobs(csrf_token: &str, view: &JobsView) -> HttpResponse {
     console_html(
         StatusCode::OK,
         ConsoleJobs {
@@ -293,7 +297,7 @@ pub fn console_jobs(csrf_token: &str, view: &JobsView) -> HttpResponse {
     )
 }
 
-pub fn console_search(csrf_token: &str, view: &SearchView) -> HttpResponse {
+pub(super) fn console_search(csrf_token: &str, view: &SearchView) -> HttpResponse {
     console_html(
         StatusCode::OK,
         ConsoleSearch {
@@ -312,7 +316,7 @@ pub fn console_search(csrf_token: &str, view: &SearchView) -> HttpResponse {
     )
 }
 
-pub fn console_erase(csrf_token: &str, user: &RegisteredUser) -> HttpResponse {
+pub(super) fn console_erase(csrf_token: &str, user: &RegisteredUser) -> HttpResponse {
     console_html(
         StatusCode::OK,
         ConsoleErase {

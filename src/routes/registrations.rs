@@ -15,7 +15,7 @@ use crate::store::{Outcome, RegisteredUser};
 /// The request body. Unknown members are ignored; missing ones or wrong types are 400.
 /// No `Debug`: it holds the password.
 #[derive(Deserialize, utoipa::ToSchema)]
-pub struct RegistrationRequest {
+pub(super) struct RegistrationRequest {
     // The schema constraints below are never stricter than the server: schemathesis sends
     // values that break them and expects a 4xx. Rules the server applies after trimming
     // (lengths, the email's shape) are described, not encoded; a 422 lists what failed.
@@ -47,7 +47,7 @@ impl RegistrationRequest {
 
 /// The 201 body.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct RegistrationResponse {
+pub(super) struct RegistrationResponse {
     pub id: Uuid,
     pub username: String,
     pub email: String,
@@ -84,7 +84,7 @@ impl From<RegisteredUser> for RegistrationResponse {
         (status = 503, description = "unavailable: the database did not answer; nothing was written", body = crate::routes::error::Problem, content_type = "application/problem+json", headers(("Retry-After" = String, description = "seconds"))),
     )
 )]
-pub async fn create(
+pub(super) async fn create(
     request: HttpRequest,
     state: web::Data<AppState>,
     request_id: RequestId,

@@ -16,13 +16,13 @@ pub(super) fn draw_config(rng: &mut StdRng) -> Config {
     let timeout = Duration::from_millis(rng.random_range(1..=10) * 1000);
     let lease = match rng.random_range(0..3) {
         // The shortest lease start-up accepts: the one that used to deliver nothing.
-        0 => timeout + crate::delivery::CLAIM_SLACK,
+        0 => timeout + super::super::core::CLAIM_SLACK,
         1 => {
             timeout
-                + crate::delivery::CLAIM_SLACK
+                + super::super::core::CLAIM_SLACK
                 + Duration::from_millis(rng.random_range(0..5000))
         }
-        _ => timeout * rng.random_range(2..=4) + crate::delivery::CLAIM_SLACK,
+        _ => timeout * rng.random_range(2..=4) + super::super::core::CLAIM_SLACK,
     };
     assert!(crate::delivery::lease_accepted(lease, timeout));
     let open_for = Duration::from_millis(rng.random_range(1..=10) * 1000);

@@ -29,7 +29,7 @@ impl Sim {
         let now = at(self.now);
         for claimed in &rows {
             // The core sends only what its lease covers for the whole timeout.
-            if !crate::delivery::may_send(claimed.lease, now, self.config.core.timeout) {
+            if !super::super::core::may_send(claimed.lease, now, self.config.core.timeout) {
                 return Err(self.fail(format!(
                     "row {} sent with a lease too short",
                     claimed.row.id

@@ -4,7 +4,7 @@ use super::*;
 
 /// Where a Retry button sends the operator back to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Back {
+pub(crate) enum Back {
     Dead,
     Pending,
     User(Uuid),
@@ -21,7 +21,7 @@ impl Back {
         }
     }
 
-    pub fn as_field(&self) -> String {
+    pub(crate) fn as_field(&self) -> String {
         match self {
             Back::Dead => "dead".into(),
             Back::Pending => "pending".into(),
@@ -40,7 +40,7 @@ impl Back {
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct JobsQuery {
+pub(crate) struct JobsQuery {
     /// dead (the default) or pending.
     status: Option<String>,
     /// A job id: list jobs older than it (the "Older" link).
@@ -74,7 +74,7 @@ pub(super) fn notice_of(done: Option<&str>) -> Option<String> {
         PageRefused,
         Unavailable,
     ))]
-pub async fn jobs(
+pub(crate) async fn jobs(
     operator: Operator,
     state: web::Data<AppState>,
     query: web::Query<JobsQuery>,
@@ -111,7 +111,7 @@ pub async fn jobs(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-pub struct RetryForm {
+pub(crate) struct RetryForm {
     #[serde(default)]
     csrf_token: String,
     #[serde(default)]
@@ -130,7 +130,7 @@ pub struct RetryForm {
         (status = 409, description = "Delivered meanwhile, or cancelled by an erasure", body = String, content_type = "text/html"),
         Unavailable,
     ))]
-pub async fn retry(
+pub(crate) async fn retry(
     action: Action,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -169,7 +169,7 @@ pub async fn retry(
         (status = 404, description = "admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         Unavailable,
     ))]
-pub async fn retry_dead(
+pub(crate) async fn retry_dead(
     action: Action,
     state: web::Data<AppState>,
     form: web::Form<CsrfForm>,

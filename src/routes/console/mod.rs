@@ -35,7 +35,7 @@ const PAGE: u64 = 50;
 
 /// Why a console request is not served.
 #[derive(Debug, thiserror::Error)]
-pub enum ConsoleError {
+pub(super) enum ConsoleError {
     /// `admin.token` is unset: the console does not exist.
     #[error("not found")]
     NotFound,
@@ -141,7 +141,7 @@ struct Unavailable(String);
 
 /// A signed-in operator: taking it as an argument is a console route's check. Holds the
 /// session id that the page's CSRF tokens are bound to.
-pub struct Operator {
+pub(super) struct Operator {
     session: String,
 }
 
@@ -163,7 +163,7 @@ impl actix_web::FromRequest for Operator {
 /// An action's check: 404 without `admin.token` as for pages, but a signed-out browser is
 /// sent to the sign-in only after its form was read, so that a malformed request is refused as
 /// such (400, 413, 415) whoever sends it.
-pub struct Action(Option<Operator>);
+pub(super) struct Action(Option<Operator>);
 
 impl actix_web::FromRequest for Action {
     type Error = ConsoleError;
@@ -271,7 +271,7 @@ mod overview;
 mod search;
 mod sign_in;
 
-pub use jobs::*;
-pub use overview::*;
-pub use search::*;
-pub use sign_in::*;
+pub(super) use jobs::*;
+pub(super) use overview::*;
+pub(super) use search::*;
+pub(super) use sign_in::*;

@@ -9,7 +9,7 @@ use super::*;
         PageRefused,
         Unavailable,
     ))]
-pub async fn overview(
+pub(crate) async fn overview(
     operator: Operator,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {

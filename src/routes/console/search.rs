@@ -4,7 +4,7 @@ use super::*;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct SearchQuery {
+pub(crate) struct SearchQuery {
     /// An email address (any case) or a user id.
     q: Option<String>,
     /// What the last action did (set by the console's own redirects).
@@ -18,7 +18,7 @@ pub struct SearchQuery {
         PageRefused,
         Unavailable,
     ))]
-pub async fn search(
+pub(crate) async fn search(
     operator: Operator,
     state: web::Data<AppState>,
     query: web::Query<SearchQuery>,
@@ -74,7 +74,7 @@ pub async fn search(
         (status = 404, description = "No such user, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         Unavailable,
     ))]
-pub async fn confirm_erase(
+pub(crate) async fn confirm_erase(
     operator: Operator,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -97,7 +97,7 @@ pub async fn confirm_erase(
         (status = 404, description = "No such user (or erased already), or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         Unavailable,
     ))]
-pub async fn erase(
+pub(crate) async fn erase(
     action: Action,
     state: web::Data<AppState>,
     path: web::Path<String>,

@@ -4,7 +4,7 @@ use super::*;
 
 /// The sign-in form. No `Debug`: it holds the token.
 #[derive(Deserialize, utoipa::ToSchema)]
-pub struct SignInForm {
+pub(crate) struct SignInForm {
     #[serde(default)]
     token: String,
     #[serde(default)]
@@ -43,7 +43,7 @@ fn login_page(
         (status = 303, description = "Signed in already: to the overview", headers(("Location" = String, description = "/admin"))),
         (status = 404, description = "admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
     ))]
-pub async fn show_login(
+pub(crate) async fn show_login(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
@@ -65,7 +65,7 @@ pub async fn show_login(
         (status = 404, description = "admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The page again: too many sign-in attempts from this address", body = String, content_type = "text/html", headers(("Retry-After" = String, description = "Seconds"))),
     ))]
-pub async fn login(
+pub(crate) async fn login(
     request: HttpRequest,
     state: web::Data<AppState>,
     form: web::Form<SignInForm>,
@@ -145,7 +145,7 @@ pub async fn login(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-pub struct CsrfForm {
+pub(crate) struct CsrfForm {
     #[serde(default)]
     pub(super) csrf_token: String,
 }
@@ -159,7 +159,7 @@ pub struct CsrfForm {
         Expired,
         (status = 404, description = "admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
     ))]
-pub async fn logout(
+pub(crate) async fn logout(
     action: Action,
     state: web::Data<AppState>,
     form: web::Form<CsrfForm>,
