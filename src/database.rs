@@ -28,7 +28,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
 
 /// What one pool needs beyond [`DatabaseSettings`].
 #[derive(Debug, Clone, Default)]
-pub struct PoolTuning {
+pub(crate) struct PoolTuning {
     /// Pool size instead of `database.max_connections`.
     pub max_connections: Option<u32>,
     /// SQLite's page cache per connection in KiB (default 2 MiB). The email sync's pool scans
@@ -48,7 +48,7 @@ pub struct PoolTuning {
 /// [`close_if_in_transaction`]): after a failed COMMIT or ROLLBACK such a connection would
 /// otherwise be handed out again, and sea-orm would run the next "transaction" on it as a
 /// savepoint of one that never ends.
-pub async fn connect_with(
+pub(crate) async fn connect_with(
     settings: &DatabaseSettings,
     tuning: &PoolTuning,
 ) -> Result<DatabaseConnection, DatabaseError> {
@@ -158,7 +158,7 @@ pub enum DatabaseError {
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             // Only fails for URLs that cannot carry a password, which this one does.
@@ -172,7 +172,7 @@ pub fn redacted(url: &str) -> String {
 /// Fails if the database cannot be written (a read-only SQLite file or mount, `?mode=ro`, a
 /// PostgreSQL standby): better a clear start-up error than every registration answered 503.
 /// Run after migrating: it rewrites the migration table's rows in place and rolls back.
-pub async fn check_writable(db: &DatabaseConnection) -> Result<(), DbErr> {
+pub(crate) async fn check_writable(db: &DatabaseConnection) -> Result<(), DbErr> {
     let txn = db
         .begin_with_options(TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
@@ -192,7 +192,7 @@ pub async fn check_writable(db: &DatabaseConnection) -> Result<(), DbErr> {
 /// It takes the locks a registration takes: SQLite's write lock (IMMEDIATE), and on PostgreSQL
 /// the lock an INSERT takes on `users` and `email_outbox`, so a table locked against writers
 /// fails the probe as it fails registrations (within the pool's `lock_timeout`).
-pub async fn probe_write(db: &DatabaseConnection) -> Result<(), DbErr> {
+pub(crate) async fn probe_write(db: &DatabaseConnection) -> Result<(), DbErr> {
     let postgres = is_postgres(db);
     let filler = if postgres {
         "decode(repeat('00', 8192), 'hex')"
@@ -396,7 +396,7 @@ impl WriteTurns {
     }
 
     /// Whether writers take turns here (SQLite), rather than run at once (PostgreSQL).
-    pub fn taken(&self) -> bool {
+    pub(crate) fn taken(&self) -> bool {
         self.0.is_some()
     }
 

@@ -29,14 +29,14 @@ fn identity(path: &Path) -> Option<Identity> {
 #[error(
     "the database file {path} was {what} while the server had it open; restart the server on the right file (nothing written since is stored there)"
 )]
-pub struct Mismatch {
+pub(crate) struct Mismatch {
     pub path: String,
     pub what: &'static str,
 }
 
 /// The SQLite file the server opened, and whether it is still the one at its path.
 #[derive(Debug)]
-pub struct DbFile {
+pub(crate) struct DbFile {
     path: PathBuf,
     wal: PathBuf,
     main: Identity,
@@ -50,7 +50,7 @@ pub struct DbFile {
 
 impl DbFile {
     /// The file behind `db`, as it is now; None on PostgreSQL or an in-memory database.
-    pub fn of(db: &DatabaseConnection) -> Option<Self> {
+    pub(crate) fn of(db: &DatabaseConnection) -> Option<Self> {
         if crate::database::is_postgres(db) {
             return None;
         }
@@ -71,14 +71,14 @@ impl DbFile {
     }
 
     /// Remembers the database's server key, by which a restored file is recognised.
-    pub fn remember_key(&self, key: Vec<u8>) {
+    pub(crate) fn remember_key(&self, key: Vec<u8>) {
         *self.key.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
     }
 
     /// After a mismatch: whether a file is back at the path that may be opened in its place,
     /// this database (the same server key), whole (`PRAGMA quick_check`). Read-only: it
     /// creates nothing.
-    pub async fn replacement_ready(&self) -> bool {
+    pub(crate) async fn replacement_ready(&self) -> bool {
         use sea_orm::sqlx::{Connection, sqlite::SqliteConnectOptions};
         if !self.broken.load(Ordering::Acquire) || !self.path.exists() {
             return false;
@@ -110,7 +110,7 @@ impl DbFile {
     }
 
     /// Ok while the file at the path is the one opened and its WAL is the one in use.
-    pub fn check(&self) -> Result<(), Mismatch> {
+    pub(crate) fn check(&self) -> Result<(), Mismatch> {
         if self.broken.load(Ordering::Acquire) {
             return Err(self.mismatch("removed, replaced or its WAL deleted"));
         }

@@ -232,7 +232,7 @@ impl Metrics {
     }
 
     /// 1 for `current`, 0 for the other states.
-    pub fn set_circuit(&self, current: CircuitState) {
+    pub(crate) fn set_circuit(&self, current: CircuitState) {
         for state in STATES {
             self.circuit_state
                 .with_label_values(&[state.as_str()])

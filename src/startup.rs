@@ -160,15 +160,6 @@ impl Application {
         Self::build_with_db_on(settings, db, hooks, listener).await
     }
 
-    /// As [`build`](Self::build), on an already migrated connection.
-    pub async fn build_with_db(
-        settings: Settings,
-        db: DatabaseConnection,
-        hooks: Hooks,
-    ) -> Result<Self, StartupError> {
-        Self::build_with_db_on(settings, db, hooks, None).await
-    }
-
     async fn build_with_db_on(
         settings: Settings,
         db: DatabaseConnection,
@@ -361,7 +352,7 @@ impl Application {
     /// On SQLite, if the database file was removed or replaced under the server and the right
     /// one is back at the path (the same database, whole), the server stops as for a shutdown
     /// and builds itself again on it, on the same socket (see [`crate::db_file`]).
-    pub async fn run_until(
+    pub(crate) async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
@@ -509,7 +500,7 @@ fn start_email_sync(
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -81,7 +81,7 @@ pub struct EmailSyncActor {
 }
 
 impl EmailSyncActor {
-    pub fn new(
+    pub(crate) fn new(
         db: DatabaseConnection,
         provider: Arc<Paced>,
         settings: EmailSyncSettings,

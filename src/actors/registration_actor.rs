@@ -29,7 +29,7 @@ use crate::store::{Candidate, Outcome, Writer};
 /// What the RegistrationActor answers for one candidate: the registrar's own result type, as
 /// the same channel also carries a hashing failure from the hashing thread that sends the
 /// candidate here (see `registrar`).
-pub type Registered = Result<Outcome, RegistrationError>;
+pub(crate) type Registered = Result<Outcome, RegistrationError>;
 
 /// Wakes the RegistrationActor to take what waits in its inbox. Sent by
 /// [`Registrations::submit`] only when the actor is idle, so a burst of registrations during a
@@ -41,12 +41,12 @@ struct TakeBatch;
 /// Readiness probe: answered at once if the actor is alive and its mailbox moves.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Ping;
+pub(crate) struct Ping;
 
 /// The database refused or did not answer; nothing of this registration was written.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the registration's transaction failed: {0}")]
-pub struct CommitFailed(pub String);
+pub(crate) struct CommitFailed(pub String);
 
 /// What the registration path's storage is doing, shared with readiness. Written by the
 /// RegistrationActor, read without waiting on it.
@@ -76,7 +76,7 @@ impl Default for CommitWatch {
 
 impl CommitWatch {
     /// Watching `file` too (SQLite): see [`crate::db_file`].
-    pub fn watching(file: Option<crate::db_file::DbFile>) -> Self {
+    pub(crate) fn watching(file: Option<crate::db_file::DbFile>) -> Self {
         Self {
             file,
             ..Self::default()
@@ -84,12 +84,12 @@ impl CommitWatch {
     }
 
     /// The SQLite file watched, if any.
-    pub fn file(&self) -> Option<&crate::db_file::DbFile> {
+    pub(crate) fn file(&self) -> Option<&crate::db_file::DbFile> {
         self.file.as_ref()
     }
 
     /// Ok while the database file is the one the server opened (always, on PostgreSQL).
-    pub fn file_ok(&self) -> Result<(), crate::db_file::Mismatch> {
+    pub(crate) fn file_ok(&self) -> Result<(), crate::db_file::Mismatch> {
         self.file
             .as_ref()
             .map_or(Ok(()), crate::db_file::DbFile::check)
@@ -106,7 +106,7 @@ impl CommitWatch {
     }
 
     /// How long the running commit has taken so far; None when none runs.
-    pub fn commit_age(&self) -> Option<Duration> {
+    pub(crate) fn commit_age(&self) -> Option<Duration> {
         match self.committing_since.load(Ordering::Relaxed) {
             0 => None,
             since => Some(
@@ -118,12 +118,12 @@ impl CommitWatch {
     }
 
     /// Whether the last registration transaction failed.
-    pub fn failing(&self) -> bool {
+    pub(crate) fn failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
     }
 
     /// A write succeeded outside the actor (readiness's probe): storage works again.
-    pub fn recovered(&self) {
+    pub(crate) fn recovered(&self) {
         self.failing.store(false, Ordering::Relaxed);
     }
 }
@@ -182,7 +182,7 @@ impl Registrations {
     }
 
     /// Answered at once if the actor is alive and its mailbox moves (readiness).
-    pub async fn ping(&self) -> Result<(), MailboxError> {
+    pub(crate) async fn ping(&self) -> Result<(), MailboxError> {
         self.actor.send(Ping).await
     }
 }

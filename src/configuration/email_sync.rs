@@ -54,7 +54,7 @@ pub struct EmailSyncSettings {
 impl EmailSyncSettings {
     /// The first key `kind` needs that is not set, with what to say about it: each provider's
     /// section knows its own required keys.
-    pub fn missing(&self) -> Option<(String, &'static str)> {
+    pub(crate) fn missing(&self) -> Option<(String, &'static str)> {
         let (section, missing) = match self.kind {
             ProviderKind::Webhook => return None,
             ProviderKind::Brevo => ("brevo", self.brevo.missing()),
@@ -80,7 +80,7 @@ impl EmailSyncSettings {
 
     /// Requests a second at most (0 = unlimited): `max_requests_per_second`, or the kind's
     /// documented limit.
-    pub fn requests_per_second(&self) -> u32 {
+    pub(crate) fn requests_per_second(&self) -> u32 {
         self.max_requests_per_second
             .unwrap_or_else(|| self.kind.default_requests_per_second())
     }

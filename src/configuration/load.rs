@@ -155,7 +155,7 @@ impl Settings {
     }
 
     /// Worker threads to start: the configured number, or one per core.
-    pub fn workers(&self) -> usize {
+    pub(crate) fn workers(&self) -> usize {
         match self.server.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,

@@ -31,7 +31,8 @@ use crate::settings_de::{http_url, list_or_commas, required_http_url};
 
 /// The repository's `config.toml`. It documents every key with its default; a unit test keeps
 /// it equal to [`Settings::default`].
-pub const DOCUMENTED_DEFAULTS: &str = include_str!("../../config.toml");
+#[cfg(test)]
+pub(crate) const DOCUMENTED_DEFAULTS: &str = include_str!("../../config.toml");
 
 /// Prefix of environment overrides: `SIGNUP_<SECTION>__<KEY>`.
 const ENV_PREFIX: &str = "SIGNUP_";
@@ -47,7 +48,7 @@ pub struct TrustedProxy(pub ipnet::IpNet);
 
 impl TrustedProxy {
     /// Whether `ip` (mapped addresses in their IPv4 form) is this proxy.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         self.0.contains(&ip.to_canonical())
     }
 }
@@ -184,7 +185,7 @@ impl Default for PasswordFields {
 }
 
 /// Length of the stored hash.
-pub const HASH_OUTPUT_LEN: usize = 32;
+pub(crate) const HASH_OUTPUT_LEN: usize = 32;
 
 impl TryFrom<PasswordFields> for PasswordSettings {
     type Error = String;
@@ -222,7 +223,7 @@ impl PasswordSettings {
     }
 
     /// `max_waiting`, with 0 resolved to 64 per core.
-    pub fn max_waiting(&self) -> usize {
+    pub(crate) fn max_waiting(&self) -> usize {
         match self.max_waiting {
             0 => 64 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -286,7 +287,7 @@ pub struct LogFilter {
 
 impl LogFilter {
     /// The filter to install.
-    pub fn env_filter(&self) -> tracing_subscriber::EnvFilter {
+    pub(crate) fn env_filter(&self) -> tracing_subscriber::EnvFilter {
         self.directives
             .iter()
             .cloned()

@@ -17,7 +17,7 @@ pub struct Email {
 }
 
 impl Email {
-    pub const MAX_CHARS: usize = 254;
+    pub(crate) const MAX_CHARS: usize = 254;
 
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         let display = raw.trim();
@@ -55,17 +55,17 @@ impl Email {
     }
 
     /// As the person typed it (trimmed).
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.display
     }
 
     /// Lower-cased local part and A-label domain: what uniqueness compares.
-    pub fn normalized(&self) -> &str {
+    pub(crate) fn normalized(&self) -> &str {
         &self.normalized
     }
 
     /// `a***@example.com`: enough to follow a registration in logs without writing the address.
-    pub fn masked(&self) -> String {
+    pub(crate) fn masked(&self) -> String {
         mask(&self.display)
     }
 }
@@ -114,7 +114,7 @@ pub(super) fn mask(address: &str) -> String {
 }
 
 /// `text` (a provider's error message, say) with every address in it masked, for logs.
-pub fn mask_addresses_in(text: &str) -> String {
+pub(crate) fn mask_addresses_in(text: &str) -> String {
     text.split(' ')
         .map(|word| {
             let trimmed = word.trim_matches(|c: char| "()[]<>\"',;:".contains(c));

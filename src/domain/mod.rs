@@ -8,10 +8,11 @@ mod password;
 mod registered_user;
 mod username;
 
-pub use email::{Email, mask_addresses_in};
+pub use email::Email;
+pub(crate) use email::mask_addresses_in;
 pub use new_registration::NewRegistration;
-pub use password::Password;
-pub use registered_user::RegisteredUser;
+pub(crate) use password::Password;
+pub(crate) use registered_user::RegisteredUser;
 pub use username::Username;
 
 /// Why one field was refused: `code` is stable and machine-readable, `message` is for people.

@@ -8,12 +8,12 @@ use super::FieldError;
 pub struct Password(SecretString);
 
 impl Password {
-    pub const MIN_CHARS: usize = 8;
-    pub const MAX_CHARS: usize = 128;
+    pub(crate) const MIN_CHARS: usize = 8;
+    pub(crate) const MAX_CHARS: usize = 128;
 
     /// `identities` are the person's raw username and email: the password must differ from
     /// both (compared case-insensitively, after trimming them).
-    pub fn parse(raw: &str, identities: &[&str]) -> Result<Self, FieldError> {
+    pub(crate) fn parse(raw: &str, identities: &[&str]) -> Result<Self, FieldError> {
         let err = |code, message: &str| Err(FieldError::new("password", code, message));
         let chars = raw.chars().count();
         if chars == 0 {
@@ -39,7 +39,7 @@ impl Password {
         Ok(Self(SecretString::from(raw)))
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         self.0.expose_secret()
     }
 }

@@ -9,8 +9,8 @@ pub struct Username {
 }
 
 impl Username {
-    pub const MIN_CHARS: usize = 3;
-    pub const MAX_CHARS: usize = 32;
+    pub(crate) const MIN_CHARS: usize = 3;
+    pub(crate) const MAX_CHARS: usize = 32;
 
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
         let display = raw.trim();
@@ -42,12 +42,12 @@ impl Username {
     }
 
     /// As the person typed it (trimmed): for display.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.display
     }
 
     /// Lower-cased: what uniqueness compares.
-    pub fn normalized(&self) -> &str {
+    pub(crate) fn normalized(&self) -> &str {
         &self.normalized
     }
 }

@@ -19,7 +19,7 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CircuitState::Closed => "closed",
             CircuitState::Open => "open",
@@ -30,12 +30,12 @@ impl CircuitState {
 
 /// A point in time as the breaker sees it: `Instant` in its tests, the delivery core's
 /// `DateTime<Utc>` (time passed in with every input) in the server.
-pub trait Moment: Copy + Ord + std::ops::Add<Duration, Output = Self> {}
+pub(crate) trait Moment: Copy + Ord + std::ops::Add<Duration, Output = Self> {}
 impl<T: Copy + Ord + std::ops::Add<Duration, Output = T>> Moment for T {}
 
 /// How many deliveries may start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission<T = Instant> {
+pub(crate) enum Admission<T = Instant> {
     /// Closed: as many as concurrency allows.
     Any,
     /// Half-open: this one delivery is the probe.
@@ -69,7 +69,7 @@ impl Default for CircuitBreakerSettings {
 }
 
 #[derive(Debug, Clone)]
-pub struct CircuitBreaker<T = Instant> {
+pub(crate) struct CircuitBreaker<T = Instant> {
     state: CircuitState,
     /// Transient failures in a row while closed.
     consecutive_failures: u32,
@@ -85,7 +85,7 @@ pub struct CircuitBreaker<T = Instant> {
 }
 
 impl<T: Moment> CircuitBreaker<T> {
-    pub fn new(settings: &CircuitBreakerSettings) -> Self {
+    pub(crate) fn new(settings: &CircuitBreakerSettings) -> Self {
         Self {
             state: CircuitState::Closed,
             consecutive_failures: 0,
@@ -99,13 +99,13 @@ impl<T: Moment> CircuitBreaker<T> {
         }
     }
 
-    pub fn state(&self) -> CircuitState {
+    pub(crate) fn state(&self) -> CircuitState {
         self.state
     }
 
     /// May a delivery start at `now`? A `Probe` answer reserves the probe: call this once per
     /// delivery about to start.
-    pub fn admit(&mut self, now: T) -> Admission<T> {
+    pub(crate) fn admit(&mut self, now: T) -> Admission<T> {
         match self.state {
             CircuitState::Closed => Admission::Any,
             CircuitState::Open => match self.open_until {
@@ -125,7 +125,7 @@ impl<T: Moment> CircuitBreaker<T> {
     }
 
     /// The provider answered (2xx, or a permanent 4xx: either way it is up). Closes the circuit.
-    pub fn on_success(&mut self) {
+    pub(crate) fn on_success(&mut self) {
         self.state = CircuitState::Closed;
         self.consecutive_failures = 0;
         self.open_until = None;
@@ -134,7 +134,7 @@ impl<T: Moment> CircuitBreaker<T> {
     }
 
     /// A transient failure (5xx, 429, timeout, refused…) at `now`.
-    pub fn on_failure(&mut self, now: T) {
+    pub(crate) fn on_failure(&mut self, now: T) {
         match self.state {
             CircuitState::Closed => {
                 self.consecutive_failures += 1;
@@ -153,7 +153,7 @@ impl<T: Moment> CircuitBreaker<T> {
     }
 
     /// The probe never answered (its delivery was abandoned): allow another one.
-    pub fn on_abandoned(&mut self) {
+    pub(crate) fn on_abandoned(&mut self) {
         self.probe_in_flight = false;
     }
 

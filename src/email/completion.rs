@@ -12,7 +12,7 @@ use crate::outbox::Completion;
 
 /// The completion of attempt number `row.attempts + 1` of `row`, which ended with `outcome` at
 /// `now` (or of no attempt, if the outcome is that it was not sent).
-pub fn completion(
+pub(crate) fn completion(
     outcome: AttemptOutcome,
     row: &email_outbox::Model,
     now: DateTime<Utc>,

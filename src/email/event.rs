@@ -2,14 +2,14 @@
 //! writes or reads them: the registration's transaction (the outbox row's payload), the
 //! webhook sender, the operators' views of a job, and the mock provider.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// `user.registered`: somebody's account now exists. Stored as the outbox row's payload, in
 /// the user's own transaction, and sent as the event's `data`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserRegistered {
+pub(crate) struct UserRegistered {
     pub user_id: Uuid,
     /// As the person spelled it.
     pub username: String,
@@ -23,7 +23,7 @@ pub struct UserRegistered {
 /// `user.deleted`: the user was erased here; remove them at the provider (SPEC §6). Stored as
 /// the erasure's outbox row's payload until delivered, then scrubbed of the address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserDeleted {
+pub(crate) struct UserDeleted {
     pub user_id: Uuid,
     /// The address the provider knows them by.
     pub email: String,
@@ -31,20 +31,20 @@ pub struct UserDeleted {
 
 impl UserDeleted {
     /// The outbox row's payload.
-    pub fn to_payload(&self) -> String {
+    pub(crate) fn to_payload(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 }
 
 /// What is left of a payload once its user is erased: the id only (SPEC §6).
-pub fn scrubbed_payload(user_id: Uuid) -> String {
+pub(crate) fn scrubbed_payload(user_id: Uuid) -> String {
     serde_json::json!({ "user_id": user_id, "erased": true }).to_string()
 }
 
 /// An event by its type, the way the Standard Webhooks body names it (`type` and `data`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
-pub enum Event {
+pub(crate) enum Event {
     #[serde(rename = "user.registered")]
     UserRegistered(UserRegistered),
     #[serde(rename = "user.deleted")]
@@ -53,7 +53,7 @@ pub enum Event {
 
 impl Event {
     /// The event an outbox row of `event` type carries in `payload`.
-    pub fn from_row(
+    pub(crate) fn from_row(
         event: entity::email_outbox::EventType,
         payload: &str,
     ) -> Result<Self, serde_json::Error> {
@@ -63,19 +63,11 @@ impl Event {
             T::UserDeleted => Event::UserDeleted(serde_json::from_str(payload)?),
         })
     }
-
-    /// The address the event is about.
-    pub fn email(&self) -> &str {
-        match self {
-            Event::UserRegistered(user) => &user.email,
-            Event::UserDeleted(user) => &user.email,
-        }
-    }
 }
 
 /// The webhook body (SPEC §3.1): the event, and when this attempt was made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WebhookBody {
+pub(crate) struct WebhookBody {
     #[serde(flatten)]
     pub event: Event,
     /// RFC 3339, whole seconds: this attempt's time.
@@ -113,30 +105,26 @@ rfc3339_with!(rfc3339_secs, chrono::SecondsFormat::Secs);
 
 impl UserRegistered {
     /// The outbox row's payload.
-    pub fn to_payload(&self) -> String {
+    pub(crate) fn to_payload(&self) -> String {
         // Serializing plain strings and numbers cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
 
     /// Reads an outbox row's payload.
-    pub fn from_payload(payload: &str) -> Result<Self, serde_json::Error> {
+    #[cfg(test)]
+    pub(crate) fn from_payload(payload: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(payload)
     }
 }
 
 impl WebhookBody {
     /// The body of one attempt at `now`.
-    pub fn new(event: Event, now: DateTime<Utc>) -> Self {
+    pub(crate) fn new(event: Event, now: DateTime<Utc>) -> Self {
         Self {
             event,
             timestamp: now,
         }
     }
-}
-
-/// RFC 3339 with microseconds, as payloads store it.
-pub fn micros(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::AttemptOutcome;
 
 /// The last upsert of a deletion's contact that may have reached the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EarlierUpsert {
+pub(crate) struct EarlierUpsert {
     /// The provider's import job for it, if the provider accepted it with one (SendGrid).
     pub job: Option<String>,
     /// Until when a request carrying it may have reached the provider: its last claim's lease
@@ -25,7 +25,7 @@ pub struct EarlierUpsert {
 
 /// What the provider says of an import job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Job {
+pub(crate) enum Job {
     /// No job known, or the provider no longer knows it: the window decides.
     Unknown,
     /// Not finished: the contact may appear later.
@@ -37,7 +37,7 @@ pub enum Job {
 /// Whether a contact the provider does not find is gone, after `earlier` (if any) and its
 /// import `job`: yes when no upsert could still land, or its import finished; otherwise only
 /// once `window` has passed since it could last have reached the provider.
-pub fn absent_is_gone(
+pub(crate) fn absent_is_gone(
     earlier: Option<&EarlierUpsert>,
     job: Job,
     now: DateTime<Utc>,
@@ -61,7 +61,7 @@ pub fn absent_is_gone(
 }
 
 /// The provider answered `status` but may not have applied an earlier upsert yet: `what`.
-pub fn not_yet(status: u16, what: &str) -> AttemptOutcome {
+pub(crate) fn not_yet(status: u16, what: &str) -> AttemptOutcome {
     AttemptOutcome::NotYet {
         status,
         error: format!("{what}: waiting for the provider to finish importing the contact"),

@@ -2,17 +2,17 @@
 //! its answer is judged (`webhook`), when to try again (`retry`), and when to stop trying for a while
 //! (`circuit_breaker`). All of it runs in the EmailSyncActor, never on the request path.
 
-pub mod circuit_breaker;
-pub mod completion;
-pub mod event;
-pub mod import;
-pub mod outcome;
+pub(crate) mod circuit_breaker;
+pub(crate) mod completion;
+pub(crate) mod event;
+pub(crate) mod import;
+pub(crate) mod outcome;
 pub mod provider;
-pub mod retry;
+pub(crate) mod retry;
 pub mod webhook;
 
-pub use circuit_breaker::{Admission, CircuitBreaker, CircuitState};
-pub use completion::completion;
-pub use event::{Event, UserRegistered, WebhookBody};
-pub use outcome::AttemptOutcome;
-pub use provider::{Adapter, Delivery, Paced, Provider, WebhookProvider};
+pub(crate) use circuit_breaker::{Admission, CircuitBreaker, CircuitState};
+pub(crate) use completion::completion;
+pub(crate) use event::{Event, UserRegistered, WebhookBody};
+pub(crate) use outcome::AttemptOutcome;
+pub(crate) use provider::{Delivery, Paced, Provider, WebhookProvider};

@@ -9,7 +9,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptOutcome {
+pub(crate) enum AttemptOutcome {
     /// 2xx. `job`: the provider's job that applies it later, where it imports asynchronously
     /// (SendGrid's `job_id`); a deletion of the same contact waits for it (SPEC §6).
     Delivered { status: u16, job: Option<String> },
@@ -44,13 +44,13 @@ pub enum AttemptOutcome {
 
 impl AttemptOutcome {
     /// Delivered, with no job to wait for.
-    pub fn delivered(status: u16) -> Self {
+    pub(crate) fn delivered(status: u16) -> Self {
         AttemptOutcome::Delivered { status, job: None }
     }
 
     /// An attempt that got no usable answer and is retried: what the circuit breaker counts
     /// as the provider failing.
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         matches!(
             self,
             AttemptOutcome::Transient { .. } | AttemptOutcome::Misconfigured { .. }
@@ -59,7 +59,7 @@ impl AttemptOutcome {
 
     /// How long the provider asked every request to wait: a 429 that says when its limit
     /// resets. Such a pause holds for every request, not only this row's.
-    pub fn rate_limit_reset(&self) -> Option<Duration> {
+    pub(crate) fn rate_limit_reset(&self) -> Option<Duration> {
         match self {
             AttemptOutcome::Transient {
                 status: Some(429),
@@ -72,7 +72,7 @@ impl AttemptOutcome {
 }
 
 /// Judges an HTTP answer.
-pub fn classify(
+pub(crate) fn classify(
     status: StatusCode,
     headers: &HeaderMap,
     now: std::time::SystemTime,
@@ -110,7 +110,7 @@ pub fn classify(
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
@@ -120,7 +120,7 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
 }
 
 /// The HTTP client every adapter uses: the attempt timeout, no redirects.
-pub fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .timeout(timeout)

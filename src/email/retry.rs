@@ -49,7 +49,7 @@ impl Default for RetrySettings {
 /// The jittered delay before attempt `attempts_made + 1`, given `attempts_made ≥ 1` failures:
 /// nominal `initial × multiplier^(attempts_made − 1)`, capped at `max_interval`, then drawn
 /// uniformly from ±`randomization` around it.
-pub fn backoff_delay(attempts_made: u32, settings: &RetrySettings) -> Duration {
+pub(crate) fn backoff_delay(attempts_made: u32, settings: &RetrySettings) -> Duration {
     let exponent = attempts_made.saturating_sub(1).min(64) as i32;
     let nominal = settings.initial_interval.as_secs_f64() * settings.multiplier.powi(exponent);
     let nominal = Duration::from_secs_f64(nominal.min(settings.max_interval.as_secs_f64()));
@@ -73,7 +73,7 @@ pub fn backoff_delay(attempts_made: u32, settings: &RetrySettings) -> Duration {
 /// When a row that failed transiently for the `attempts_made`-th time is tried next, or `None`
 /// if it is dead (too many attempts, or too old). A provider's `Retry-After` pushes the next
 /// attempt later, never sooner, and is capped at `max_interval`.
-pub fn next_attempt_at(
+pub(crate) fn next_attempt_at(
     attempts_made: u32,
     schedule_start: DateTime<Utc>,
     now: DateTime<Utc>,

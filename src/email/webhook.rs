@@ -23,7 +23,7 @@ pub struct WebhookKey(std::sync::Arc<SecretSlice<u8>>);
 
 impl WebhookKey {
     /// A random key: webhooks the provider cannot verify (when no secret is configured).
-    pub fn random() -> Self {
+    pub(crate) fn random() -> Self {
         use rand::RngCore;
         let mut bytes = vec![0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
@@ -34,7 +34,7 @@ impl WebhookKey {
         Self(std::sync::Arc::new(SecretSlice::from(bytes)))
     }
 
-    pub fn expose(&self) -> &[u8] {
+    pub(crate) fn expose(&self) -> &[u8] {
         self.0.expose_secret()
     }
 }
@@ -85,7 +85,7 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
 }
 
 /// The webhook body for an outbox row's `event` and `payload`, at attempt time `now`.
-pub fn body(
+pub(crate) fn body(
     event: entity::email_outbox::EventType,
     payload: &str,
     now: DateTime<Utc>,
@@ -95,7 +95,7 @@ pub fn body(
 
 /// Why a webhook's signature was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     #[error("webhook-id, webhook-timestamp or webhook-signature is missing")]
     MissingHeader,
     #[error("webhook-timestamp is not a number of seconds")]
@@ -112,7 +112,7 @@ const TIMESTAMP_TOLERANCE_SECS: i64 = 5 * 60;
 
 /// Checks a received webhook as a Standard Webhooks receiver does: a `v1,` signature among the
 /// space-separated ones that matches (in constant time), a timestamp within 5 minutes of `now`.
-pub fn verify(
+pub(crate) fn verify(
     key: &[u8],
     id: Option<&str>,
     timestamp: Option<&str>,

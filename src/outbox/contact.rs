@@ -21,7 +21,7 @@ const KEY_NAME: &str = "outbox_contact";
 
 /// Keys a contact for the outbox's `contact` column.
 #[derive(Clone)]
-pub struct ContactKey(SecretSlice<u8>);
+pub(crate) struct ContactKey(SecretSlice<u8>);
 
 impl std::fmt::Debug for ContactKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,14 +31,14 @@ impl std::fmt::Debug for ContactKey {
 
 impl ContactKey {
     /// The stored key, generated and stored first by whichever instance needs it first.
-    pub async fn load_or_create<C: ConnectionTrait>(db: &C) -> Result<Self, DbErr> {
+    pub(crate) async fn load_or_create<C: ConnectionTrait>(db: &C) -> Result<Self, DbErr> {
         Ok(Self(SecretSlice::from(
             load_or_create_server_key(db, KEY_NAME).await?,
         )))
     }
 
     /// The `contact` of a row about `normalized_email` (hex of HMAC-SHA256).
-    pub fn of(&self, normalized_email: &str) -> String {
+    pub(crate) fn of(&self, normalized_email: &str) -> String {
         // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.expose_secret())
             .expect("HMAC takes any key length");
@@ -54,7 +54,7 @@ impl ContactKey {
 /// The server key named `name`, generated and stored first if no instance has yet. Instances
 /// starting together agree: only one insert wins, and each reads it back. Once it exists this
 /// is one read (an erasure asks for it each time: no write of its own on SQLite's one lock).
-pub async fn load_or_create_server_key<C: ConnectionTrait>(
+pub(crate) async fn load_or_create_server_key<C: ConnectionTrait>(
     db: &C,
     name: &str,
 ) -> Result<Vec<u8>, DbErr> {

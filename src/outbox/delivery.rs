@@ -381,7 +381,7 @@ async fn let_go_of_cancelled<C: ConnectionTrait>(
 /// deletion that went first and waited for their imports in turn. With it, with its provider import job and until when a request
 /// carrying it may have reached the provider: its answer, or else the end of its last claim's
 /// `lease`. None if no upsert was ever sent. Walks the (user, seq) index.
-pub async fn last_upsert(
+pub(crate) async fn last_upsert(
     db: &DatabaseConnection,
     user: Uuid,
     lease: std::time::Duration,
@@ -414,7 +414,7 @@ pub async fn last_upsert(
 }
 
 /// Gives claims back without spending an attempt (shutdown, an abandoned delivery).
-pub async fn release(db: &DatabaseConnection, claims: &[Claimed]) -> Result<(), DbErr> {
+pub(crate) async fn release(db: &DatabaseConnection, claims: &[Claimed]) -> Result<(), DbErr> {
     for claimed in claims {
         email_outbox::Entity::update_many()
             .col_expr(
@@ -432,7 +432,7 @@ pub async fn release(db: &DatabaseConnection, claims: &[Claimed]) -> Result<(), 
 /// Deletes delivered rows delivered before `cutoff`, and cancelled rows (their user erased)
 /// written before it, `batch` at a time so that no statement holds the write lock for long.
 /// Returns how many were deleted. One statement per status, so each walks the status index.
-pub async fn delete_delivered_before(
+pub(crate) async fn delete_delivered_before(
     db: &DatabaseConnection,
     cutoff: DateTime<Utc>,
     batch: u64,
@@ -476,7 +476,7 @@ pub async fn delete_delivered_before(
 
 /// The outbox as the gauges show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutboxCounts {
+pub(crate) struct OutboxCounts {
     pub pending: u64,
     pub dead: u64,
     /// When the oldest pending row was written, if any is pending.
@@ -484,7 +484,7 @@ pub struct OutboxCounts {
 }
 
 /// Pending and dead rows, and the oldest pending one: readiness and the outbox gauges.
-pub async fn outbox_counts(db: &DatabaseConnection) -> Result<OutboxCounts, DbErr> {
+pub(crate) async fn outbox_counts(db: &DatabaseConnection) -> Result<OutboxCounts, DbErr> {
     use sea_orm::{PaginatorTrait, QueryOrder, QuerySelect};
     let count = |status| {
         email_outbox::Entity::find()

@@ -6,6 +6,6 @@ mod contact;
 mod delivery;
 mod operator;
 
-pub use contact::{ContactKey, load_or_create_server_key};
+pub(crate) use contact::{ContactKey, load_or_create_server_key};
 pub use delivery::*;
-pub use operator::*;
+pub(crate) use operator::*;

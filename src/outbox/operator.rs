@@ -14,7 +14,7 @@ use crate::database::is_postgres;
 
 /// What [`requeue`] did.
 #[derive(Debug)]
-pub enum Requeue {
+pub(crate) enum Requeue {
     /// The row is due now with its attempts reset: as it is now.
     Due(Job),
     /// The row was delivered already; it is left alone.
@@ -26,7 +26,7 @@ pub enum Requeue {
 
 /// Makes a dead or pending row due now with its attempts reset, in one statement (a row
 /// delivered meanwhile is not touched).
-pub async fn requeue(
+pub(crate) async fn requeue(
     db: &DatabaseConnection,
     id: Uuid,
     now: DateTime<Utc>,
@@ -57,7 +57,7 @@ pub async fn requeue(
 
 /// An outbox row as operators see it (admin API, command line).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct Job {
+pub(crate) struct Job {
     pub id: Uuid,
     pub user_id: Uuid,
     /// `user.registered` or `user.deleted`.
@@ -96,11 +96,11 @@ impl From<email_outbox::Model> for Job {
 }
 
 /// Most jobs one page may hold.
-pub const MAX_PAGE: u64 = 500;
+pub(crate) const MAX_PAGE: u64 = 500;
 
 /// A page of jobs, newest first, optionally of one status, strictly older than job `before`.
 /// Returns the page and the id to pass as `before` for the next one (None on the last page).
-pub async fn list(
+pub(crate) async fn list(
     db: &DatabaseConnection,
     status: Option<Status>,
     limit: u64,
@@ -148,7 +148,7 @@ pub async fn list(
 }
 
 /// One job.
-pub async fn find(db: &DatabaseConnection, id: Uuid) -> Result<Option<Job>, DbErr> {
+pub(crate) async fn find(db: &DatabaseConnection, id: Uuid) -> Result<Option<Job>, DbErr> {
     Ok(email_outbox::Entity::find_by_id(id)
         .one(db)
         .await?
@@ -156,7 +156,10 @@ pub async fn find(db: &DatabaseConnection, id: Uuid) -> Result<Option<Job>, DbEr
 }
 
 /// The job of `user_id`'s registration, if still kept.
-pub async fn find_for_user(db: &DatabaseConnection, user_id: Uuid) -> Result<Option<Job>, DbErr> {
+pub(crate) async fn find_for_user(
+    db: &DatabaseConnection,
+    user_id: Uuid,
+) -> Result<Option<Job>, DbErr> {
     Ok(email_outbox::Entity::find()
         .filter(email_outbox::Column::UserId.eq(user_id))
         .one(db)
@@ -165,7 +168,10 @@ pub async fn find_for_user(db: &DatabaseConnection, user_id: Uuid) -> Result<Opt
 }
 
 /// Every job of `user_id` still kept, newest first (an erased user's rows included).
-pub async fn jobs_of_user(db: &DatabaseConnection, user_id: Uuid) -> Result<Vec<Job>, DbErr> {
+pub(crate) async fn jobs_of_user(
+    db: &DatabaseConnection,
+    user_id: Uuid,
+) -> Result<Vec<Job>, DbErr> {
     use sea_orm::QueryOrder;
     Ok(email_outbox::Entity::find()
         .filter(email_outbox::Column::UserId.eq(user_id))
@@ -180,7 +186,7 @@ pub async fn jobs_of_user(db: &DatabaseConnection, user_id: Uuid) -> Result<Vec<
 /// Makes every dead row due now with attempts reset, `batch` rows per statement so that no
 /// statement holds the write lock for long. It only makes them due: the EmailSyncActor's
 /// concurrency and circuit breaker still pace the deliveries. Returns how many were requeued.
-pub async fn requeue_all_dead(
+pub(crate) async fn requeue_all_dead(
     db: &DatabaseConnection,
     now: DateTime<Utc>,
     batch: u64,

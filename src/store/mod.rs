@@ -37,7 +37,7 @@ pub struct Candidate {
     pub ticket: crate::ticket::Ticket,
 }
 
-pub use crate::domain::RegisteredUser;
+pub(crate) use crate::domain::RegisteredUser;
 
 /// What became of one candidate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,7 +293,7 @@ mod read;
 
 use decide::*;
 use kept::{BatchTransaction, Kept};
-pub use read::{find_user, find_user_by_email};
+pub(crate) use read::{find_user, find_user_by_email};
 
 #[cfg(test)]
 mod tests {

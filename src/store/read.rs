@@ -3,12 +3,15 @@
 use super::*;
 
 /// The user with `id`, if registered.
-pub async fn find_user(db: &DatabaseConnection, id: Uuid) -> Result<Option<RegisteredUser>, DbErr> {
+pub(crate) async fn find_user(
+    db: &DatabaseConnection,
+    id: Uuid,
+) -> Result<Option<RegisteredUser>, DbErr> {
     Ok(user::Entity::find_by_id(id).one(db).await?.map(Into::into))
 }
 
 /// The user registered with `email`, in any case.
-pub async fn find_user_by_email(
+pub(crate) async fn find_user_by_email(
     db: &DatabaseConnection,
     email: &str,
 ) -> Result<Option<RegisteredUser>, DbErr> {

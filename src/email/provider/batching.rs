@@ -3,7 +3,7 @@
 use super::*;
 
 /// A contacts API that takes one person per request.
-pub trait OneAtATime {
+pub(crate) trait OneAtATime {
     /// One attempt to add or update `user` at the provider.
     fn send(
         &self,
@@ -38,7 +38,7 @@ pub(super) async fn contacts_one_by_one<A: OneAtATime + Sync>(
 
 /// What the answer to a batch request says.
 #[derive(Debug)]
-pub enum BatchAnswer {
+pub(crate) enum BatchAnswer {
     /// One outcome per member, in order (a 200 listing per-member errors).
     Each(Vec<AttemptOutcome>),
     /// The request as a whole: the same outcome for every member.
@@ -46,7 +46,7 @@ pub enum BatchAnswer {
 }
 
 /// A contacts API that also takes many people in one request.
-pub trait InBatches: OneAtATime {
+pub(crate) trait InBatches: OneAtATime {
     /// One request adding or updating every one of `users` (at least two).
     fn send_batch(
         &self,

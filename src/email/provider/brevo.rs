@@ -42,7 +42,7 @@ impl BrevoSettings {
 pub type Brevo = Api<BrevoSettings>;
 
 impl Brevo {
-    pub fn from_settings(
+    pub(crate) fn from_settings(
         settings: &BrevoSettings,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {

@@ -17,7 +17,7 @@ pub struct Gate {
 impl Gate {
     /// At most `per_second` requests a second (0: unlimited), with no burst beyond one
     /// second's worth.
-    pub fn new(per_second: u32) -> Self {
+    pub(crate) fn new(per_second: u32) -> Self {
         let pace = std::num::NonZeroU32::new(per_second)
             .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
         Self {
@@ -27,7 +27,7 @@ impl Gate {
     }
 
     /// Waits for the next request's turn; `Err(wait)` while the provider's pause lasts.
-    pub async fn admit(&self) -> Result<(), Duration> {
+    pub(crate) async fn admit(&self) -> Result<(), Duration> {
         self.check_pause()?;
         if let Some(pace) = &self.pace {
             pace.until_ready().await;
@@ -44,7 +44,7 @@ impl Gate {
     }
 
     /// Until when requests wait for the provider's rate-limit reset, if they do now.
-    pub fn paused_until(&self) -> Option<Instant> {
+    pub(crate) fn paused_until(&self) -> Option<Instant> {
         let paused = self
             .paused_until
             .lock()
@@ -54,7 +54,7 @@ impl Gate {
 
     /// Notes what a request came to: a 429 that says when the limit resets pauses every
     /// request until then.
-    pub fn observe<'a>(&self, outcomes: impl IntoIterator<Item = &'a AttemptOutcome>) {
+    pub(crate) fn observe<'a>(&self, outcomes: impl IntoIterator<Item = &'a AttemptOutcome>) {
         let reset = outcomes
             .into_iter()
             .filter_map(AttemptOutcome::rate_limit_reset)
@@ -80,7 +80,7 @@ pub struct Paced {
 
 impl Paced {
     /// `provider` at most `per_second` requests a second (0: unlimited).
-    pub fn new(provider: Provider, per_second: u32) -> Self {
+    pub(crate) fn new(provider: Provider, per_second: u32) -> Self {
         Self {
             provider,
             gate: Gate::new(per_second),
@@ -88,7 +88,7 @@ impl Paced {
     }
 
     /// One attempt for each of `rows` (one request, or several if a batch is split).
-    pub async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
+    pub(crate) async fn deliver(&self, rows: &[Delivery]) -> Vec<AttemptOutcome> {
         self.provider.deliver(rows, &self.gate).await
     }
 }

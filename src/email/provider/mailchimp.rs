@@ -13,7 +13,7 @@ pub enum StatusIfNew {
 }
 
 impl StatusIfNew {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StatusIfNew::Subscribed => "subscribed",
             StatusIfNew::Pending => "pending",
@@ -71,7 +71,7 @@ impl MailchimpSettings {
         missing_key(&self.api_key).or_else(|| missing_text("list_id", &self.list_id))
     }
     /// `base_url`, or the data center's API host named by the key's suffix (`…-us21`).
-    pub fn api_base(&self) -> Url {
+    pub(crate) fn api_base(&self) -> Url {
         if let Some(url) = &self.base_url {
             return url.clone();
         }
@@ -94,7 +94,7 @@ impl MailchimpSettings {
 pub type Mailchimp = Api<MailchimpSettings>;
 
 impl Mailchimp {
-    pub fn from_settings(
+    pub(crate) fn from_settings(
         settings: &MailchimpSettings,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {

@@ -45,7 +45,7 @@ impl MailgunSettings {
 pub type Mailgun = Api<MailgunSettings>;
 
 impl Mailgun {
-    pub fn from_settings(
+    pub(crate) fn from_settings(
         settings: &MailgunSettings,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {

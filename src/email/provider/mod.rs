@@ -32,7 +32,7 @@ mod resend;
 mod sendgrid;
 mod webhook;
 
-pub use batching::{BatchAnswer, InBatches, OneAtATime};
+pub(crate) use batching::{BatchAnswer, InBatches, OneAtATime};
 use batching::{bisecting, contacts_one_by_one};
 pub use brevo::{Brevo, BrevoSettings};
 use gate::one_by_one;
@@ -75,7 +75,7 @@ impl ProviderKind {
 
     /// Requests in flight at once unless `email_sync.max_in_flight` says: Mailchimp allows 10
     /// concurrent connections per key (more are 429); the others document no such limit.
-    pub fn default_in_flight(self) -> usize {
+    pub(crate) fn default_in_flight(self) -> usize {
         match self {
             ProviderKind::Mailchimp => 10,
             _ => 16,
@@ -84,7 +84,7 @@ impl ProviderKind {
 
     /// `email_sync.max_requests_per_second` unless set: the provider's documented limit
     /// (Brevo 10/s on contacts, Resend 5/s per team), else unlimited (0).
-    pub fn default_requests_per_second(self) -> u32 {
+    pub(crate) fn default_requests_per_second(self) -> u32 {
         match self {
             ProviderKind::Brevo => 10,
             ProviderKind::Resend => 5,
@@ -96,7 +96,7 @@ impl ProviderKind {
 /// One due row: its outbox id (the delivery's idempotency key), its event and stored payload,
 /// and for a deletion, the last upsert of its contact that may still be landing (SPEC §6).
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub id: Uuid,
     pub event: EventType,
     pub payload: String,
@@ -104,7 +104,7 @@ pub struct Delivery {
 }
 
 /// A provider's API as the EmailSyncActor uses it.
-pub trait Adapter {
+pub(crate) trait Adapter {
     /// One attempt for each of `rows`, each request admitted by `gate`: the outcomes, one per
     /// row, in order.
     fn deliver(
@@ -115,7 +115,7 @@ pub trait Adapter {
 }
 
 /// The configured provider.
-pub enum Provider {
+pub(crate) enum Provider {
     /// Standard Webhooks (SPEC §3.1).
     Webhook(WebhookProvider),
     /// Brevo's contacts API.

@@ -36,7 +36,7 @@ impl ResendSettings {
 pub type Resend = Api<ResendSettings>;
 
 impl Resend {
-    pub fn from_settings(
+    pub(crate) fn from_settings(
         settings: &ResendSettings,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {

@@ -48,7 +48,7 @@ impl SendgridSettings {
 pub type Sendgrid = Api<SendgridSettings>;
 
 impl Sendgrid {
-    pub fn from_settings(
+    pub(crate) fn from_settings(
         settings: &SendgridSettings,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {

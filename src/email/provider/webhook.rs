@@ -17,7 +17,7 @@ pub struct WebhookProvider {
 }
 
 impl WebhookProvider {
-    pub fn new(
+    pub(crate) fn new(
         url: reqwest::Url,
         key: WebhookKey,
         timeout: Duration,
