@@ -2,7 +2,7 @@
 //! annotations (utoipa), so it describes what the code does.
 
 use actix_web::HttpResponse;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{admin, console, form, health, registrations};
@@ -41,7 +41,7 @@ use super::{admin, console, form, health, registrations};
         console::erase,
         document,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&Credentials),
     tags(
         (name = "registration", description = "The JSON API"),
         (name = "form", description = "The HTML form"),
@@ -52,14 +52,26 @@ use super::{admin, console, form, health, registrations};
 )]
 pub(crate) struct ApiDoc;
 
-struct BearerAuth;
+/// The two ways in: the JSON admin API takes `admin.token` as a bearer token on every request;
+/// the console's pages take the session cookie its sign-in sets (the token is typed once, at
+/// `/admin/login`, never sent with a page).
+struct Credentials;
 
-impl Modify for BearerAuth {
+impl Modify for Credentials {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "console_session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "signup_console",
+                "The console's session, set by signing in at /admin/login (named \
+                 __Host-signup_console when server.public_url is https). Without it a page \
+                 answers 303 to the sign-in.",
+            ))),
         );
     }
 }

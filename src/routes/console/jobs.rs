@@ -68,7 +68,7 @@ pub(super) fn notice_of(done: Option<&str>) -> Option<String> {
 }
 
 /// `GET /admin/jobs?status=dead|pending&before=<id>`: newest first, a page at a time.
-#[utoipa::path(get, path = "/admin/jobs", tag = "console", params(JobsQuery),
+#[utoipa::path(get, path = "/admin/jobs", tag = "console", security(("console_session" = [])), params(JobsQuery),
     responses(
         (status = 200, description = "A page of jobs", body = String, content_type = "text/html"),
         PageRefused,
@@ -119,7 +119,7 @@ pub(crate) struct RetryForm {
 }
 
 /// `POST /admin/jobs/{id}/retry`: the admin API's retry, then back where the button was.
-#[utoipa::path(post, path = "/admin/jobs/{id}/retry", tag = "console",
+#[utoipa::path(post, path = "/admin/jobs/{id}/retry", tag = "console", security(("console_session" = [])),
     params(("id" = String, Path, description = "Job (outbox row) id")),
     request_body(content = RetryForm, content_type = "application/x-www-form-urlencoded"),
     responses(
@@ -160,7 +160,7 @@ pub(crate) async fn retry(
 }
 
 /// `POST /admin/retry-dead`.
-#[utoipa::path(post, path = "/admin/retry-dead", tag = "console",
+#[utoipa::path(post, path = "/admin/retry-dead", tag = "console", security(("console_session" = [])),
     request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Every dead job is due: to the dead jobs (or to the sign-in when signed out)", headers(("Location" = String, description = "/admin/jobs?status=dead&done=requeued-N"))),

@@ -3,7 +3,7 @@
 use super::*;
 
 /// `GET /admin`.
-#[utoipa::path(get, path = "/admin", tag = "console",
+#[utoipa::path(get, path = "/admin", tag = "console", security(("console_session" = [])),
     responses(
         (status = 200, description = "The overview", body = String, content_type = "text/html"),
         PageRefused,

@@ -12,7 +12,7 @@ pub(crate) struct SearchQuery {
 }
 
 /// `GET /admin/search?q=<email or user id>`.
-#[utoipa::path(get, path = "/admin/search", tag = "console", params(SearchQuery),
+#[utoipa::path(get, path = "/admin/search", tag = "console", security(("console_session" = [])), params(SearchQuery),
     responses(
         (status = 200, description = "The user and their jobs", body = String, content_type = "text/html"),
         PageRefused,
@@ -66,7 +66,7 @@ pub(crate) async fn search(
 }
 
 /// `GET /admin/users/{id}/erase`: what will happen, and the button.
-#[utoipa::path(get, path = "/admin/users/{id}/erase", tag = "console",
+#[utoipa::path(get, path = "/admin/users/{id}/erase", tag = "console", security(("console_session" = [])),
     params(("id" = String, Path, description = "The user's id")),
     responses(
         (status = 200, description = "What an erasure does, and its button", body = String, content_type = "text/html"),
@@ -87,7 +87,7 @@ pub(crate) async fn confirm_erase(
 }
 
 /// `POST /admin/users/{id}/erase`: the admin API's erasure.
-#[utoipa::path(post, path = "/admin/users/{id}/erase", tag = "console",
+#[utoipa::path(post, path = "/admin/users/{id}/erase", tag = "console", security(("console_session" = [])),
     params(("id" = String, Path, description = "The user's id")),
     request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(

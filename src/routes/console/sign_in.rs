@@ -151,7 +151,7 @@ pub(crate) struct CsrfForm {
 }
 
 /// `POST /admin/logout`.
-#[utoipa::path(post, path = "/admin/logout", tag = "console",
+#[utoipa::path(post, path = "/admin/logout", tag = "console", security(("console_session" = [])),
     request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Signed out (or was not signed in): to the sign-in page", headers(("Location" = String, description = "/admin/login"))),
