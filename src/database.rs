@@ -400,6 +400,19 @@ impl WriteTurns {
         self.0.is_some()
     }
 
+    /// Writers of `writes` waiting for their turn now (0 on PostgreSQL): what a test watches
+    /// instead of guessing how long reaching the queue takes.
+    pub fn waiting(&self, writes: Writes) -> usize {
+        self.0.as_ref().map_or(0, |turns| {
+            let queue = turns.queue();
+            let waiters = match writes {
+                Writes::Registrations => &queue.registrations,
+                Writes::Deliveries => &queue.deliveries,
+            };
+            waiters.iter().filter(|waiter| !waiter.is_closed()).count()
+        })
+    }
+
     /// Runs `write` (one write transaction) in this process's next turn for `writes`.
     pub async fn run<F: Future>(&self, writes: Writes, write: F) -> F::Output {
         let _turn = self.take(writes).await;

@@ -171,6 +171,62 @@ fn writing_into_deleted(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::ConnectionTrait;
+
+    /// A migrated SQLite database at `dir/name` with its `csrf` server key.
+    async fn database(dir: &Path, name: &str) -> (DatabaseConnection, Vec<u8>) {
+        let settings = crate::configuration::DatabaseSettings {
+            url: format!("sqlite://{}", dir.join(name).display()).into(),
+            ..Default::default()
+        };
+        let db = crate::database::connect(&settings).await.expect("opens");
+        crate::database::migrate(&db).await.expect("migrates");
+        let key = crate::outbox::load_or_create_server_key(&db, "csrf")
+            .await
+            .expect("a key");
+        (db, key)
+    }
+
+    /// Only this database, whole, is taken back at the path: nothing there, an empty file (a
+    /// connection may create one), a torn copy and another server's database never are, so
+    /// the server keeps answering 503 however often it looks (SPEC §4.7).
+    #[tokio::test]
+    async fn only_this_database_put_back_whole_is_ready_to_be_reopened() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (db, key) = database(dir.path(), "signup.db").await;
+        let file = DbFile::of(&db).expect("a file");
+        file.remember_key(key);
+        let path = dir.path().join("signup.db");
+        let backup = dir.path().join("backup.db");
+        db.execute_unprepared(&format!("VACUUM INTO '{}'", backup.display()))
+            .await
+            .expect("a backup");
+        assert!(!file.replacement_ready().await, "nothing is broken yet");
+
+        for suffix in ["", "-wal", "-shm"] {
+            let mut gone = path.clone().into_os_string();
+            gone.push(suffix);
+            let _ = std::fs::remove_file(&gone);
+        }
+        assert!(file.check().is_err(), "the removal is seen");
+        assert!(!file.replacement_ready().await, "nothing at the path");
+
+        std::fs::write(&path, b"").expect("an empty file");
+        assert!(!file.replacement_ready().await, "an empty file");
+
+        let whole = std::fs::read(&backup).expect("the backup");
+        std::fs::write(&path, &whole[..whole.len() / 2]).expect("half a copy");
+        assert!(!file.replacement_ready().await, "a torn copy");
+
+        std::fs::remove_file(&path).expect("removed");
+        let (other, _) = database(dir.path(), "other.db").await;
+        other.close().await.expect("closed");
+        std::fs::copy(dir.path().join("other.db"), &path).expect("another database");
+        assert!(!file.replacement_ready().await, "another server's database");
+
+        std::fs::copy(&backup, &path).expect("the backup put back");
+        assert!(file.replacement_ready().await, "this database, whole");
+    }
 
     #[test]
     fn a_deleted_file_still_open_is_seen_in_proc() {

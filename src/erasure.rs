@@ -193,6 +193,7 @@ pub async fn forget_on_disk(db: &DatabaseConnection) {
         match db.query_one_raw(checkpoint.clone()).await {
             // (busy, log frames, checkpointed frames): busy = 0 means done and truncated.
             Ok(Some(row)) if row.try_get_by_index::<i64>(0).is_ok_and(|busy| busy == 0) => {
+                tracing::info!("{CHECKPOINTED}");
                 return;
             }
             Ok(_) => {}
@@ -204,6 +205,10 @@ pub async fn forget_on_disk(db: &DatabaseConnection) {
         "cannot checkpoint the WAL after an erasure (readers kept it busy); the next erasure, delivered deletion or a restart will"
     );
 }
+
+/// What [`forget_on_disk`] logs once the WAL is checkpointed and truncated.
+pub const CHECKPOINTED: &str =
+    "erased values are overwritten on disk: the WAL is checkpointed and truncated";
 
 /// Tries of [`forget_on_disk`]'s checkpoint: 200 ms, 400 ms, … apart, about 9 s in all.
 const CHECKPOINT_TRIES: u32 = 9;

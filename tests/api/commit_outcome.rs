@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use sea_orm::ConnectionTrait;
 
-use crate::helpers::{TestApp, fresh_postgres, postgres_admin_url, registration, spawn_app_with};
+use crate::helpers::{
+    PATIENCE, TestApp, fresh_postgres, postgres_admin_url, registration, spawn_app_with,
+};
 
 const DEADLINE: Duration = Duration::from_secs(2);
 
@@ -46,9 +48,25 @@ async fn register_timed(app: &TestApp) -> (u16, Duration) {
     (status, started.elapsed())
 }
 
-/// Waits until nothing the slowed database was doing can still commit, then counts users.
+/// Waits until nothing the slowed database was doing can still commit (no transaction of any
+/// other connection is open: the answered batch's has ended, one way or the other), then counts
+/// users.
 async fn users_once_settled(app: &TestApp) -> u64 {
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    crate::helpers::wait_until("every transaction has ended", PATIENCE, || async {
+        let open = app
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT count(*) AS open FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 AND xact_start IS NOT NULL",
+            ))
+            .await
+            .expect("pg_stat_activity")
+            .and_then(|row| row.try_get::<i64>("", "open").ok());
+        open == Some(0)
+    })
+    .await;
     app.user_count().await
 }
 

@@ -12,7 +12,7 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 use crate::erasure::{TOKEN, register};
 use crate::helpers::{spawn_app_with, use_provider, wait_until};
 
-const PATIENCE: Duration = Duration::from_secs(30);
+use crate::helpers::PATIENCE;
 
 /// `email_sync.lease` = `email_sync.timeout` + 1 s is accepted at start-up, so it must deliver.
 /// It used to give back every claim: the send check wanted a second more than start-up did,

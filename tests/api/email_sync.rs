@@ -15,9 +15,9 @@ use crate::helpers::{
     SECRET, TestApp, spawn_app_with, spawn_app_with_hooks, use_provider, wait_until,
 };
 
-const PATIENCE: Duration = Duration::from_secs(30);
+use crate::helpers::PATIENCE;
 
-async fn app_with_provider(
+pub(crate) async fn app_with_provider(
     provider: &MockServer,
     adjust: impl FnOnce(&mut signup::configuration::Settings),
 ) -> TestApp {
@@ -29,13 +29,13 @@ async fn app_with_provider(
     .await
 }
 
-fn accepting() -> Mock {
+pub(crate) fn accepting() -> Mock {
     Mock::given(method("POST"))
         .and(path("/webhook"))
         .respond_with(ResponseTemplate::new(204))
 }
 
-fn answering(status: u16) -> Mock {
+pub(crate) fn answering(status: u16) -> Mock {
     Mock::given(method("POST"))
         .and(path("/webhook"))
         .respond_with(ResponseTemplate::new(status))
@@ -489,54 +489,6 @@ async fn with_the_mailbox_full_wake_ups_are_dropped_and_counted_and_the_poll_del
 }
 
 #[actix_web::test]
-async fn delivered_rows_are_deleted_after_the_retention_period_and_users_stay() {
-    let provider = MockServer::start().await;
-    accepting().mount(&provider).await;
-    let app = app_with_provider(&provider, |s| {
-        s.email_sync.retention = Duration::from_millis(300)
-    })
-    .await;
-
-    app.register_all(0..3).await;
-
-    wait_until("delivered rows are swept", PATIENCE, || async {
-        app.outbox_rows().await.is_empty()
-    })
-    .await;
-    assert_eq!(
-        app.user_count().await,
-        3,
-        "users are never deleted by retention"
-    );
-}
-
-#[actix_web::test]
-async fn dead_rows_are_kept_past_the_retention_period() {
-    let provider = MockServer::start().await;
-    answering(400).mount(&provider).await;
-    let app = app_with_provider(&provider, |s| {
-        s.email_sync.retention = Duration::from_millis(200)
-    })
-    .await;
-
-    app.register_all(0..1).await;
-    wait_until("the row is dead", PATIENCE, || async {
-        app.outbox_with(Status::Dead).await.len() == 1
-    })
-    .await;
-    let deleted = app
-        .sweep_delivered_at(chrono::Utc::now() + chrono::Duration::days(30))
-        .await;
-
-    assert_eq!(deleted, 0, "the sweep deletes delivered rows only");
-    assert_eq!(
-        app.outbox_with(Status::Dead).await.len(),
-        1,
-        "kept until an operator acts"
-    );
-}
-
-#[actix_web::test]
 async fn a_failed_attempt_is_due_again_only_at_the_retry_time_stored_on_its_row() {
     let provider = MockServer::start().await;
     // The first attempt fails; its retry is an hour away, and nothing polls before then.
@@ -624,4 +576,31 @@ async fn a_drain_during_a_claim_stores_the_outcome_that_finished_meanwhile() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, Status::Delivered, "the outcome was stored");
     assert!(rows[0].locked_until.is_none(), "no row left claimed");
+}
+
+#[actix_web::test]
+async fn a_secret_in_the_provider_url_never_reaches_the_stored_error() {
+    let app = spawn_app_with(|s| {
+        // Nothing listens on port 9: every attempt fails with "connection refused".
+        use_provider(s, "http://user:pw-in-userinfo@127.0.0.1:9");
+        s.email_sync.url =
+            crate::helpers::url("http://user:pw-in-userinfo@127.0.0.1:9/hook?api_key=key-in-query");
+    })
+    .await;
+    app.register_all(1..2).await;
+
+    wait_until("an attempt failed", Duration::from_secs(20), || async {
+        app.outbox_rows()
+            .await
+            .iter()
+            .any(|r| r.last_error.is_some())
+    })
+    .await;
+
+    let rows = app.outbox_rows().await;
+    let error = rows[0].last_error.clone().unwrap_or_default();
+    for secret in ["key-in-query", "api_key", "pw-in-userinfo"] {
+        assert!(!error.contains(secret), "{secret} in {error:?}");
+    }
+    assert!(!error.is_empty());
 }

@@ -9,7 +9,7 @@ use sea_orm::{Database, EntityTrait};
 use serde_json::json;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::wait_until;
+use crate::helpers::{PATIENCE, wait_until};
 use crate::processes::{ServerProcess, wait_deletion_delivered};
 
 const TOKEN: &str = "an-admin-token-of-at-least-32-characters";
@@ -38,8 +38,15 @@ async fn an_erased_person_leaves_no_byte_in_the_database_files_once_the_server_s
         .await;
     let dir = tempfile::tempdir().expect("a temp dir");
     let url = format!("sqlite://{}", dir.path().join("signup.db").display());
-    let mut server =
-        ServerProcess::start_with(&url, &provider.uri(), &[("SIGNUP_ADMIN__TOKEN", TOKEN)]).await;
+    let mut server = ServerProcess::start_with(
+        &url,
+        &provider.uri(),
+        &[
+            ("SIGNUP_ADMIN__TOKEN", TOKEN),
+            ("SIGNUP_LOG__LEVEL", "info"),
+        ],
+    )
+    .await;
     let client = reqwest::Client::new();
     let (username, email) = ("erasedperson", "Erased.Person@Example.com");
     let created = client
@@ -75,8 +82,12 @@ async fn an_erased_person_leaves_no_byte_in_the_database_files_once_the_server_s
         server.register(n).await;
     }
     db.close().await.expect("closed");
-    // The checkpoint after the delivery runs off the delivery path: give it its moment.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The checkpoint after the delivery runs off the delivery path: the one after the erasure
+    // and the one after the deletion's delivery have both finished.
+    crate::helpers::wait_until("both checkpoints", PATIENCE, || async {
+        server.log().matches(signup::erasure::CHECKPOINTED).count() >= 2
+    })
+    .await;
     let status = server.terminate().await;
     assert!(status.success(), "{}", server.log());
 

@@ -12,7 +12,7 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 use crate::helpers::{TestApp, spawn_app_with, use_provider, use_provider_kind, wait_until};
 
 pub const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
-const PATIENCE: Duration = Duration::from_secs(30);
+use crate::helpers::PATIENCE;
 
 /// A webhook receiver that notes each event's type as it arrives, and holds its answer to a
 /// `user.registered` for `hold` (a delivery in flight).

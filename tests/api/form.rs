@@ -1,6 +1,11 @@
 //! The HTML form over plain HTTP (SPEC §2.2); `browser.rs` drives it in Chromium.
 
-use crate::helpers::{hidden_value, spawn_app};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::Mac;
+use serde_json::Value;
+
+use crate::helpers::{hidden_value, registration, spawn_app, spawn_app_with};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -290,3 +295,119 @@ async fn the_welcome_page_without_a_registration_redirects_to_the_form() {
     assert!(response.status().is_redirection());
     assert_eq!(response.headers()["location"], "/register");
 }
+
+#[actix_web::test]
+async fn a_csrf_token_computed_from_a_chosen_cookie_is_refused() {
+    let app = spawn_app().await;
+    // The attacker picks the cookie value and computes nonce.HMAC(cookie, nonce) itself.
+    let session = URL_SAFE_NO_PAD.encode([7u8; 32]);
+    let nonce = URL_SAFE_NO_PAD.encode([9u8; 16]);
+    let mut mac = HmacSha256::new_from_slice(session.as_bytes()).expect("any key length");
+    mac.update(nonce.as_bytes());
+    let token = format!(
+        "{nonce}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    );
+    let browser = reqwest::Client::new();
+
+    for cookie in [format!("signup_csrf={session}"), "signup_csrf=x".into()] {
+        let response = browser
+            .post(app.url("/register"))
+            .header("cookie", &cookie)
+            .form(&[
+                ("username", "mallory"),
+                ("email", "mallory@example.com"),
+                ("password", "correct horse battery"),
+                ("csrf_token", &token),
+            ])
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status().as_u16(), 403, "{cookie}");
+    }
+    assert_eq!(app.user_count().await, 0);
+}
+
+#[actix_web::test]
+async fn form_nonces_of_the_wrong_shape_are_403_never_503() {
+    let app = spawn_app().await;
+    let token = app.csrf_token().await;
+    let (_, tag) = token.split_once('.').expect("nonce.tag");
+    let cases = [
+        (format!("{}.{tag}", "n".repeat(310)), "310 characters"),
+        (format!("abc\0def.{tag}"), "a NUL byte"),
+        (format!(".{tag}"), "empty"),
+    ];
+    for (csrf, why) in cases {
+        let response = app
+            .post_form(&[
+                ("username", "mallory"),
+                ("email", "mallory@example.com"),
+                ("password", "correct horse battery"),
+                ("csrf_token", &csrf),
+            ])
+            .await;
+        assert_eq!(response.status().as_u16(), 403, "{why}");
+    }
+    assert_eq!(app.user_count().await, 0);
+}
+
+#[actix_web::test]
+async fn a_welcome_cookie_naming_someone_else_greets_nobody() {
+    let app = spawn_app().await;
+    let created: Value = app
+        .post_registration(&registration(1))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_str().expect("an id");
+    let stranger = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+
+    let response = stranger
+        .get(app.url("/register/welcome"))
+        .header("cookie", format!("signup_welcome={id}"))
+        .send()
+        .await
+        .expect("sent");
+
+    assert_eq!(response.status().as_u16(), 303, "to the form");
+    assert_eq!(response.headers()["location"], "/register");
+}
+
+#[actix_web::test]
+async fn cookies_are_secure_by_the_configured_public_url_never_by_a_request_header() {
+    let plain = spawn_app().await;
+    let forged_https = plain
+        .client
+        .get(plain.url("/register"))
+        .header("x-forwarded-proto", "https")
+        .header("forwarded", "proto=https")
+        .send()
+        .await
+        .expect("sent");
+    let cookie = forged_https.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(cookie.starts_with("signup_csrf="), "{cookie}");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+
+    let public = spawn_app_with(|s| {
+        s.server.public_url = Some(crate::helpers::url("https://signup.example"))
+    })
+    .await;
+    let response = public.get("/register").await;
+    let cookie = response.headers()["set-cookie"].to_str().expect("ascii");
+    assert!(cookie.starts_with("__Host-signup_csrf="), "{cookie}");
+    assert!(cookie.contains("Secure"), "{cookie}");
+    assert!(
+        cookie.contains("Path=/;") || cookie.ends_with("Path=/"),
+        "{cookie}"
+    );
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;

@@ -7,7 +7,7 @@ use signup::configuration::DatabaseSettings;
 use signup::internals::register_batch;
 use signup::store::Outcome;
 
-use crate::helpers::{candidate, fresh_database, problem, registration, spawn_app_with};
+use crate::helpers::{PATIENCE, candidate, fresh_database, problem, registration, spawn_app_with};
 
 async fn database() -> (sea_orm::DatabaseConnection, Option<tempfile::TempDir>) {
     let (url, dir, _) = fresh_database().await;
@@ -494,7 +494,10 @@ async fn on_sqlite_registrations_waiting_go_before_a_delivery_write_that_came_me
         );
         answers.push(answer);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    crate::helpers::wait_until("the actor waits for the turn", PATIENCE, || async {
+        turns.waiting(Writes::Registrations) == 1
+    })
+    .await;
     let delivery = actix_web::rt::spawn({
         let (turns, db) = (turns.clone(), db.clone());
         async move {
@@ -508,7 +511,12 @@ async fn on_sqlite_registrations_waiting_go_before_a_delivery_write_that_came_me
                 .await
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    crate::helpers::wait_until(
+        "the delivery write waits for the turn",
+        PATIENCE,
+        || async { turns.waiting(Writes::Deliveries) == 1 },
+    )
+    .await;
     drop(holder);
 
     let users_when_the_delivery_wrote = delivery.await.expect("the delivery write ran");
@@ -539,7 +547,12 @@ async fn on_sqlite_a_registration_commits_in_its_turn_among_the_process_writers(
         let app = std::sync::Arc::clone(&app);
         async move { app.post_registration(&registration(1)).await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    crate::helpers::wait_until("the registration waits for its turn", PATIENCE, || async {
+        app.write_turns
+            .waiting(signup::database::Writes::Registrations)
+            == 1
+    })
+    .await;
     assert!(
         !registering.is_finished(),
         "the registration was answered while another writer had the turn"

@@ -110,6 +110,10 @@ pub fn use_provider_kind(
 }
 
 /// The signing secret of the tests' provider.
+/// How long a test waits for something the server does on its own before it fails: long
+/// enough for a slow, shared machine, never a measure of speed.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Points the email sync at `base` (a mock's URI) with timings short enough for tests.

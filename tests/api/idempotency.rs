@@ -113,3 +113,33 @@ async fn a_malformed_key_is_400_and_creates_nothing() {
     }
     assert_eq!(app.user_count().await, 0);
 }
+
+#[actix_web::test]
+async fn concurrent_requests_with_one_key_and_different_passwords_get_one_account() {
+    let app = spawn_app().await;
+    for round in 0..10 {
+        let key = format!("race-{round}");
+        let body = |password: &str| json!({"username": format!("racer{round}"), "email": format!("racer{round}@example.com"), "password": password});
+        let send = |password: &'static str| {
+            app.client
+                .post(app.url("/api/v1/registrations"))
+                .header("idempotency-key", &key)
+                .json(&body(password))
+                .send()
+        };
+
+        let (a, b) = futures::join!(send("first password 1"), send("second password 2"));
+
+        let mut statuses = [
+            a.expect("sent").status().as_u16(),
+            b.expect("sent").status().as_u16(),
+        ];
+        statuses.sort_unstable();
+        assert_eq!(
+            statuses,
+            [201, 422],
+            "round {round}: only the password that created the account replays"
+        );
+    }
+    assert_eq!(app.user_count().await, 10);
+}

@@ -15,7 +15,7 @@ use crate::erasure::register;
 use crate::helpers::{TestApp, spawn_app_with, use_provider_kind, wait_until};
 
 const KEY: &str = "import-test-key";
-const PATIENCE: Duration = Duration::from_secs(30);
+use crate::helpers::PATIENCE;
 
 /// What a fake provider holds: contacts by lower-cased address, and the imports not yet
 /// applied (when each lands, and the addresses it brings).

@@ -332,3 +332,31 @@ async fn readiness_and_the_oldest_pending_rows_age_are_exported_for_alerts() {
     app.server_db.clone().close().await.expect("closed");
     assert_eq!(value(&scrape(&app).await, "signup_ready", &[]), Some(0.0));
 }
+
+#[actix_web::test]
+async fn invented_http_methods_are_counted_as_other_and_add_no_label() {
+    let app = spawn_app().await;
+    let invented = "X".repeat(4000);
+    for n in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("{invented}{n}").as_bytes())
+            .expect("a valid token");
+        app.client
+            .request(method, app.url("/health/live"))
+            .send()
+            .await
+            .expect("answered");
+    }
+
+    let scrape = app.get("/metrics").await.text().await.expect("text");
+
+    assert!(
+        !scrape.contains(&invented),
+        "an invented method became a label"
+    );
+    assert!(
+        scrape.contains(r#"method="other""#),
+        "counted as other: {}",
+        scrape.len()
+    );
+    assert!(scrape.len() < 200_000, "scrape of {} bytes", scrape.len());
+}

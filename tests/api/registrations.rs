@@ -413,3 +413,30 @@ async fn unknown_routes_are_404_problems() {
 
     problem(response, 404, "not_found").await;
 }
+
+#[actix_web::test]
+async fn addresses_with_markup_or_invisible_characters_are_422() {
+    let app = spawn_app().await;
+    let cases = [
+        (r#""><script>alert(1)</script>@x.co"#, "markup"),
+        ("ab\u{202E}moc@x.co", "a bidi override"),
+        ("a\u{200B}b@x.co", "a zero-width space"),
+        (
+            &"İ".repeat(200) as &str,
+            "200 × İ: longer than 254 once lower-cased",
+        ),
+    ];
+    for (email, why) in cases {
+        let email = if email.contains('@') {
+            email.to_owned()
+        } else {
+            format!("{email}@x.co")
+        };
+        let response = app
+            .post_registration(&json!({"username": "someone", "email": email, "password": "correct horse battery"}))
+            .await;
+        let body = problem(response, 422, "invalid").await;
+        assert_eq!(body["errors"][0]["field"], "email", "{why}");
+    }
+    assert_eq!(app.user_count().await, 0);
+}

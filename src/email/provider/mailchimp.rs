@@ -124,11 +124,8 @@ impl Mailchimp {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, HeaderMap, String), AttemptOutcome> {
-        let response = request
-            .basic_auth("signup", Some(self.settings.api_key.expose_secret()))
-            .send()
-            .await
-            .map_err(request_failed)?;
+        let response =
+            sent(request.basic_auth("signup", Some(self.settings.api_key.expose_secret()))).await?;
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.map_err(request_failed)?;

@@ -148,15 +148,20 @@ impl Adapter for Provider {
     }
 }
 
+/// Sends `request`: its answer, or the transient outcome of a request that got none.
+async fn sent(request: reqwest::RequestBuilder) -> Result<reqwest::Response, AttemptOutcome> {
+    request.send().await.map_err(request_failed)
+}
+
 /// Sends `request` and classifies its answer (§3.2, the provider's `reset_header` on 429).
 async fn attempt(
     request: reqwest::RequestBuilder,
     reset_header: &str,
     setting: &str,
 ) -> AttemptOutcome {
-    match request.send().await {
+    match sent(request).await {
         Ok(response) => classify(response.status(), response.headers(), reset_header, setting),
-        Err(e) => request_failed(e),
+        Err(failed) => failed,
     }
 }
 
@@ -175,12 +180,12 @@ async fn erase_request(
     reset_header: &str,
     setting: &str,
 ) -> AttemptOutcome {
-    match request.send().await {
+    match sent(request).await {
         Ok(response) if response.status() == StatusCode::NOT_FOUND => {
             AttemptOutcome::delivered(404)
         }
         Ok(response) => classify(response.status(), response.headers(), reset_header, setting),
-        Err(e) => request_failed(e),
+        Err(failed) => failed,
     }
 }
 

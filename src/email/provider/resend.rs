@@ -51,16 +51,14 @@ impl OneAtATime for Resend {
             "first_name": user.username,
             "unsubscribed": false,
         });
-        let response = match self
+        let request = self
             .client
             .post(self.endpoint.clone())
             .bearer_auth(self.settings.api_key.expose_secret())
-            .json(&body)
-            .send()
-            .await
-        {
+            .json(&body);
+        let response = match sent(request).await {
             Ok(response) => response,
-            Err(e) => return request_failed(e),
+            Err(failed) => return failed,
         };
         let status = response.status();
         let headers = response.headers().clone();

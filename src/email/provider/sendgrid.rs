@@ -78,16 +78,14 @@ impl Sendgrid {
             })
             .collect();
         let body = serde_json::json!({"list_ids": self.settings.list_ids, "contacts": contacts});
-        let response = match self
+        let request = self
             .client
             .put(self.endpoint.clone())
             .bearer_auth(self.settings.api_key.expose_secret())
-            .json(&body)
-            .send()
-            .await
-        {
+            .json(&body);
+        let response = match sent(request).await {
             Ok(response) => response,
-            Err(e) => return request_failed(e),
+            Err(failed) => return failed,
         };
         let status = response.status();
         let mut outcome = classify(status, response.headers(), "", SENDGRID_KEY);
@@ -121,7 +119,7 @@ impl Sendgrid {
             .client
             .get(with_segments(&self.endpoint, &["imports", id]))
             .bearer_auth(self.settings.api_key.expose_secret());
-        let response = request.send().await.map_err(request_failed)?;
+        let response = sent(request).await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             return Ok(Job::Unknown);
@@ -155,11 +153,7 @@ impl Sendgrid {
                 ))
                 .json(&serde_json::json!({ "identifiers": [email] }))
         };
-        let response = search
-            .bearer_auth(self.settings.api_key.expose_secret())
-            .send()
-            .await
-            .map_err(request_failed)?;
+        let response = sent(search.bearer_auth(self.settings.api_key.expose_secret())).await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
             return Ok((404, None));

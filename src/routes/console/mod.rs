@@ -169,16 +169,13 @@ impl actix_web::FromRequest for Action {
     type Error = ConsoleError;
     type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ConsoleError>>;
 
-    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let request = request.clone();
+    fn from_request(request: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let operator = Operator::from_request(request, payload);
         Box::pin(async move {
-            match request.app_data::<web::Data<AppState>>() {
-                Some(state) => match signed_in(&request, state).await {
-                    Ok(operator) => Ok(Action(Some(operator))),
-                    Err(ConsoleError::SignIn) => Ok(Action(None)),
-                    Err(e) => Err(e),
-                },
-                None => Err(ConsoleError::NotFound),
+            match operator.await {
+                Ok(operator) => Ok(Action(Some(operator))),
+                Err(ConsoleError::SignIn) => Ok(Action(None)),
+                Err(e) => Err(e),
             }
         })
     }
