@@ -6,19 +6,19 @@
 //! registration per transaction, capping throughput at 1 / (transaction latency). Instead a
 //! registration is only queued ([`Registrations::submit`]); a single in-flight commit takes
 //! everything queued, up to `max_batch`, into one transaction (a group commit) and answers each
-//! member, then takes the next batch. The queue is shared with the submitters, and the actor is
-//! sent a message ([`TakeBatch`]) only when it is idle: registrations arriving during a commit do
-//! not each wake the actor's thread just to be queued (one thread wake-up per registration,
-//! ~1 context switch per registration on that thread, measured).
+//! member, then takes the next batch. The inbox is a tokio channel the submitters send to, and
+//! the actor takes a batch with `recv_many` between commits: only an idle actor is woken by a
+//! registration, so registrations arriving during a commit do not each wake the actor's thread
+//! just to be queued (one thread wake-up per registration, ~1 context switch per registration
+//! on that thread, measured).
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use sea_orm::{DatabaseConnection, DbErr};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::WakeUp;
 use crate::database::{Turn, WriteTurns, Writes};
@@ -30,13 +30,6 @@ use crate::store::{Candidate, Outcome, Writer};
 /// the same channel also carries a hashing failure from the hashing thread that sends the
 /// candidate here (see `registrar`).
 pub(crate) type Registered = Result<Outcome, RegistrationError>;
-
-/// Wakes the RegistrationActor to take what waits in its inbox. Sent by
-/// [`Registrations::submit`] only when the actor is idle, so a burst of registrations during a
-/// commit costs the actor's thread no wake-up each: the commit's end finds them.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct TakeBatch;
 
 /// Readiness probe: answered at once if the actor is alive and its mailbox moves.
 #[derive(Debug, Message)]
@@ -134,26 +127,10 @@ struct Queued {
     reply: oneshot::Sender<Registered>,
 }
 
-/// Registrations waiting for their batch, shared by the RegistrationActor and everyone who
-/// submits (the hashing threads).
-#[derive(Default)]
-struct Inbox {
-    /// Oldest first.
-    queue: VecDeque<Queued>,
-    /// A batch's transaction is in flight, or a [`TakeBatch`] is on its way: either way the actor
-    /// looks at `queue` again without being told. The serialization point.
-    busy: bool,
-}
-
-fn lock(inbox: &Mutex<Inbox>) -> MutexGuard<'_, Inbox> {
-    // Nothing that can panic runs under the lock; take it even so rather than stop registering.
-    inbox.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Where registrations are submitted to the RegistrationActor.
 #[derive(Clone)]
 pub struct Registrations {
-    inbox: Arc<Mutex<Inbox>>,
+    inbox: mpsc::UnboundedSender<Queued>,
     actor: Addr<RegistrationActor>,
 }
 
@@ -168,17 +145,8 @@ impl Registrations {
     /// 503 does not turn into an account behind the person's back. The queue holds at most one candidate per request in
     /// flight. If the actor has stopped, `reply` is dropped at once (the request answers 503).
     pub fn submit(&self, candidate: Candidate, reply: oneshot::Sender<Registered>) {
-        if !self.actor.connected() {
-            return;
-        }
-        let wake = {
-            let mut inbox = lock(&self.inbox);
-            inbox.queue.push_back(Queued { candidate, reply });
-            !std::mem::replace(&mut inbox.busy, true)
-        };
-        if wake {
-            self.actor.do_send(TakeBatch);
-        }
+        // A stopped actor has dropped the inbox: the candidate and `reply` go with the error.
+        let _ = self.inbox.send(Queued { candidate, reply });
     }
 
     /// Answered at once if the actor is alive and its mailbox moves (readiness).
@@ -201,8 +169,10 @@ pub struct RegistrationActor {
     metrics: Arc<Metrics>,
     /// Published for readiness: a commit's age, and whether storing fails.
     watch: Arc<CommitWatch>,
-    /// Registrations waiting for their batch.
-    inbox: Arc<Mutex<Inbox>>,
+    /// Registrations waiting for their batch; away while the actor waits on it.
+    inbox: Option<mpsc::UnboundedReceiver<Queued>>,
+    /// Where [`RegistrationActor::launch`] gets the sending end.
+    sender: mpsc::UnboundedSender<Queued>,
     /// SQLite: each batch's transaction waits for its turn among this process's writers.
     turns: WriteTurns,
     /// The turn, kept from one batch to the next while callers wait.
@@ -218,6 +188,7 @@ impl RegistrationActor {
         watch: Arc<CommitWatch>,
         turns: WriteTurns,
     ) -> Self {
+        let (sender, inbox) = mpsc::unbounded_channel();
         Self {
             turns,
             turn: None,
@@ -227,38 +198,51 @@ impl RegistrationActor {
             email_sync,
             metrics,
             watch,
-            inbox: Arc::default(),
+            inbox: Some(inbox),
+            sender,
         }
     }
 
     /// Starts the actor; registrations are submitted through what this returns.
     pub fn launch(self) -> Registrations {
-        let inbox = Arc::clone(&self.inbox);
         Registrations {
-            inbox,
+            inbox: self.sender.clone(),
             actor: self.start(),
         }
     }
 
-    /// Takes the next batch from the inbox and commits it, or goes idle if nothing waits.
-    /// Called only while `busy` is set: at a [`TakeBatch`], and at the end of each commit.
-    fn commit_next_batch(&mut self, ctx: &mut Context<Self>) {
-        let mut batch: Vec<Queued> = {
-            let mut inbox = lock(&self.inbox);
-            // Callers that gave up (deadline passed, client gone) were answered already or need
-            // no answer: writing their user now would create an account someone was told was not.
-            inbox
-                .queue
-                .retain(|queued| !queued.candidate.ticket.gave_up());
-            if inbox.queue.is_empty() {
-                inbox.busy = false;
-                // Nobody waits: the other writers may go.
-                self.turn = None;
-                return;
-            }
-            let take = inbox.queue.len().min(self.max_batch);
-            inbox.queue.drain(..take).collect()
+    /// Waits for the next batch (at once if registrations are queued), then commits it.
+    fn take_next_batch(&mut self, ctx: &mut Context<Self>) {
+        let Some(mut inbox) = self.inbox.take() else {
+            return;
         };
+        if inbox.is_empty() {
+            // Nobody waits: the other writers may go.
+            self.turn = None;
+        }
+        let max_batch = self.max_batch;
+        let next = async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            let open = inbox.recv_many(&mut batch, max_batch).await > 0;
+            (inbox, batch, open)
+        };
+        ctx.spawn(next.into_actor(self).map(|(inbox, batch, open), act, ctx| {
+            act.inbox = Some(inbox);
+            if open {
+                act.commit_batch(batch, ctx);
+            }
+        }));
+    }
+
+    /// Commits `batch`, then takes the next one.
+    fn commit_batch(&mut self, mut batch: Vec<Queued>, ctx: &mut Context<Self>) {
+        // Callers that gave up (deadline passed, client gone) were answered already or need no
+        // answer: writing their user now would create an account someone was told was not.
+        batch.retain(|queued| !queued.candidate.ticket.gave_up());
+        if batch.is_empty() {
+            self.take_next_batch(ctx);
+            return;
+        }
         self.metrics.batch_size.observe(batch.len() as f64);
         let writer = self.writer.clone();
         let watch = Arc::clone(&self.watch);
@@ -293,7 +277,7 @@ impl RegistrationActor {
             if created_any {
                 act.wake_email_sync();
             }
-            act.commit_next_batch(ctx);
+            act.take_next_batch(ctx);
         }));
     }
 
@@ -383,6 +367,7 @@ impl Actor for RegistrationActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.take_next_batch(ctx);
         // Idempotency keys are remembered 24 h; delete the expired ones now and then. Not a
         // registration, so it does not take the `committing` turn: it deletes old rows only.
         ctx.run_interval(KEY_SWEEP_EVERY, |act, ctx| {
@@ -404,14 +389,6 @@ const KEY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600
 /// Keys deleted per statement by that sweep: short statements, so that registrations waiting
 /// for the write lock (SQLite) are not held up by one long delete.
 const KEY_SWEEP_BATCH: u64 = 1000;
-
-impl Handler<TakeBatch> for RegistrationActor {
-    type Result = ();
-
-    fn handle(&mut self, _: TakeBatch, ctx: &mut Self::Context) {
-        self.commit_next_batch(ctx);
-    }
-}
 
 impl Handler<Ping> for RegistrationActor {
     type Result = ();
