@@ -11,6 +11,8 @@ mod activity;
 pub mod actors;
 /// Settings from `config.toml` and `SIGNUP_…` variables.
 pub mod configuration;
+/// Consent: the provider's events kept per contact and never undone (SPEC §8).
+mod consent;
 /// Connecting to SQLite / PostgreSQL and migrating.
 pub mod database;
 /// SQLite: the database file is still the one the server opened.

@@ -77,6 +77,10 @@ pub struct Metrics {
     /// `signup_database_file_ok`: 0 once the SQLite file at `database.url` is not the one the
     /// server opened (removed, replaced, its WAL deleted), else 1; set with readiness.
     pub database_file_ok: IntGauge,
+    /// `signup_provider_events_total{kind,outcome}`: events the providers sent (SPEC §8):
+    /// `applied`, `ignored` (a replay, an older event, an unknown address, not about consent)
+    /// or `rejected` (signature, timestamp or body refused).
+    pub provider_events: IntCounterVec,
     /// `signup_http_requests_total{method,route,status}`: every request, by route pattern.
     pub http_requests: IntCounterVec,
     /// `signup_http_request_duration_seconds{method,route}`.
@@ -193,6 +197,14 @@ impl Metrics {
         registry.register(Box::new(wakeups_dropped.clone()))?;
         registry.register(Box::new(claims_released.clone()))?;
         registry.register(Box::new(database_file_ok.clone()))?;
+        let provider_events = IntCounterVec::new(
+            Opts::new(
+                "signup_provider_events_total",
+                "Events the email providers sent, by kind and outcome.",
+            ),
+            &["kind", "outcome"],
+        )?;
+        registry.register(Box::new(provider_events.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         // process_cpu_seconds_total, process_resident_memory_bytes, … (Linux).
@@ -224,6 +236,7 @@ impl Metrics {
             wakeups_dropped,
             claims_released,
             database_file_ok,
+            provider_events,
             http_requests,
             http_duration,
         };

@@ -41,7 +41,7 @@ pub enum StartupError {
     Metrics(#[source] prometheus::Error),
     #[error("cannot build the email provider client: {0}")]
     Provider(#[source] reqwest::Error),
-    #[error("cannot read or store the server's CSRF key (database.url): {0}")]
+    #[error("cannot read or store the server's keys (database.url): {0}")]
     ServerKey(#[source] DbErr),
 }
 
@@ -263,6 +263,13 @@ impl Application {
             deadline: settings.registration.deadline,
             commit_watch,
             circuit,
+            inbound: crate::consent::Inbound::from_settings(
+                &settings.email_sync,
+                crate::outbox::ContactKey::load_or_create(&db)
+                    .await
+                    .map_err(StartupError::ServerKey)?,
+                turns.clone(),
+            ),
         };
 
         let max_body = settings.server.max_body_bytes.get();

@@ -12,6 +12,7 @@ mod m20261130_000006_outbox_events_in_order;
 mod m20261207_000007_outbox_order_per_contact;
 mod m20261207_000008_outbox_provider_imports;
 mod m20261207_000009_create_console_sessions;
+mod m20261207_000010_create_consent;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000007_outbox_order_per_contact::Migration),
             Box::new(m20261207_000008_outbox_provider_imports::Migration),
             Box::new(m20261207_000009_create_console_sessions::Migration),
+            Box::new(m20261207_000010_create_consent::Migration),
         ]
     }
 }

@@ -99,6 +99,9 @@ pub(super) struct RegistrationDetail {
     created_at: chrono::DateTime<Utc>,
     /// Null once a delivered job has passed `email_sync.retention`.
     email_sync: Option<SyncSummary>,
+    /// What the provider last said about this person's consent (SPEC §8); `state` null until
+    /// it says anything.
+    consent: crate::consent::store::Consent,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -265,6 +268,10 @@ pub(super) async fn get_registration(
         .await?
         .ok_or(ApiError::NotFound)?;
     let job = outbox::find_for_user(&state.db, id).await?;
+    let normalized = crate::domain::Email::parse(&user.email)
+        .map_or_else(|_| user.email.to_lowercase(), |e| e.normalized().to_owned());
+    let consent =
+        crate::consent::store::of(&state.db, &state.inbound.contacts, &normalized).await?;
     Ok(HttpResponse::Ok().json(RegistrationDetail {
         id: user.id,
         username: user.username,
@@ -277,5 +284,6 @@ pub(super) async fn get_registration(
             last_error: j.last_error,
             delivered_at: j.delivered_at,
         }),
+        consent,
     }))
 }

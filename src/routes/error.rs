@@ -23,6 +23,10 @@ pub(crate) enum ApiError {
     /// 401 `unauthorized` with `WWW-Authenticate: Bearer`: admin routes without the token.
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// 401 `unauthorized`: a provider's event whose signature or timestamp does not hold
+    /// (SPEC §8); nothing changed.
+    #[error("{0}")]
+    BadSignature(String),
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
@@ -123,7 +127,7 @@ impl ApiError {
     pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::BadSignature(_) => "unauthorized",
             ApiError::NotFound => "not_found",
             ApiError::NotRetryable => "not_retryable",
             ApiError::UsernameTaken => "username_taken",
@@ -183,7 +187,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::NotRetryable => StatusCode::CONFLICT,
             ApiError::UsernameTaken | ApiError::EmailTaken => StatusCode::CONFLICT,

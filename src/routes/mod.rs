@@ -8,6 +8,7 @@ pub(crate) mod csrf;
 pub(crate) mod error;
 mod form;
 mod health;
+mod hooks;
 mod limits;
 mod observe;
 pub(crate) mod openapi;
@@ -52,6 +53,8 @@ pub(crate) struct AppState {
     pub deadline: std::time::Duration,
     /// The RegistrationActor's commit state, for readiness.
     pub commit_watch: Arc<crate::actors::CommitWatch>,
+    /// The `/hooks/…` routes' credentials and keys (SPEC §8).
+    pub inbound: crate::consent::Inbound,
     /// The email provider's circuit, as the EmailSyncActor last published it.
     pub circuit: tokio::sync::watch::Receiver<crate::email::CircuitState>,
 }
@@ -92,6 +95,13 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .wrap(from_fn(limits::body_deadline)),
     )
     .route("/register/welcome", web::get().to(form::welcome))
+    .service(
+        web::resource("/hooks/mailgun")
+            .app_data(web::PayloadConfig::new(max_body_bytes))
+            .route(web::post().to(hooks::mailgun))
+            .wrap(from_fn(limits::limit_api))
+            .wrap(from_fn(limits::body_deadline)),
+    )
     .service(
         web::resource("/api/v1/registrations")
             .route(web::post().to(registrations::create))

@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, console, form, health, registrations};
+use super::{admin, console, form, health, hooks, registrations};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,6 +39,7 @@ use super::{admin, console, form, health, registrations};
         console::search,
         console::confirm_erase,
         console::erase,
+        hooks::mailgun,
         document,
     ),
     modifiers(&Credentials),
@@ -47,6 +48,7 @@ use super::{admin, console, form, health, registrations};
         (name = "form", description = "The HTML form"),
         (name = "operations", description = "Health and metrics"),
         (name = "admin", description = "Failed syncs and erasure; only with admin.token set"),
+        (name = "consent", description = "The providers' events about consent (SPEC §8); each route only with its credential set"),
         (name = "console", description = "The operator console (HTML, a session cookie from signing in with admin.token); only with admin.token set"),
     )
 )]

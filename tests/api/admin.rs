@@ -9,7 +9,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, use_provider, wait_until};
 
-const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "s3cret-admin-token-0123456789abcdef";
 
 async fn admin_app(provider: Option<&MockServer>) -> TestApp {
     let uri = provider.map(|p| p.uri());
@@ -36,7 +36,7 @@ impl TestApp {
         request.send().await.expect("sent")
     }
 
-    async fn admin_json(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+    pub(crate) async fn admin_json(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
         let response = self.admin(method, path, Some(TOKEN)).await;
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))

@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod commit_outcome;
 mod concurrency;
+mod consent;
 mod console;
 mod db_faults;
 mod db_file;

@@ -18,6 +18,9 @@ pub struct MailgunSettings {
     /// caught up (Mailgun's lists are eventually consistent): retried, not success (SPEC §6).
     #[serde(with = "humantime_serde")]
     pub import_window: Duration,
+    /// Mailgun's HTTP webhook signing key: set, `POST /hooks/mailgun` takes Mailgun's events
+    /// (SPEC §8); unset, that route is 404.
+    pub webhook_signing_key: SecretString,
 }
 
 impl Default for MailgunSettings {
@@ -28,6 +31,7 @@ impl Default for MailgunSettings {
             base_url: Url::parse("https://api.mailgun.net")
                 .unwrap_or_else(|_| unreachable!("a valid URL")),
             import_window: Duration::from_secs(5 * 60),
+            webhook_signing_key: SecretString::from(""),
         }
     }
 }

@@ -1,0 +1,177 @@
+//! The consent table: a verified event applied to its contact in one transaction (SPEC §8),
+//! and the state read back for the registration view.
+
+use chrono::{DateTime, Utc};
+use entity::{consent, provider_event, user};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, TransactionTrait,
+};
+
+use super::{ConsentState, Event, Source, supersedes};
+use crate::domain::Email;
+use crate::outbox::ContactKey;
+
+/// What became of one verified event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The contact's state is the event's now.
+    Applied,
+    /// The same event id was seen before: nothing changed.
+    Replayed,
+    /// Not about consent (delivered, opened, a temporary failure): nothing to keep.
+    NotConsent,
+    /// No user and no kept entry has this address.
+    UnknownAddress,
+    /// The contact's state was set by a newer event: it stays.
+    Older,
+}
+
+impl Verdict {
+    /// `signup_provider_events_total`'s `outcome`: `applied`, or `ignored`.
+    pub(crate) fn outcome(self) -> &'static str {
+        match self {
+            Verdict::Applied => "applied",
+            _ => "ignored",
+        }
+    }
+}
+
+/// Applies `event`, sent by the provider `kind`, in one transaction: remembers its id (a
+/// replay finds it), and sets the contact's state unless a newer event set it.
+pub(crate) async fn apply(
+    db: &DatabaseConnection,
+    key: &ContactKey,
+    kind: &'static str,
+    event: &Event,
+    now: DateTime<Utc>,
+) -> Result<Verdict, DbErr> {
+    let Some(state) = event.state else {
+        return Ok(Verdict::NotConsent);
+    };
+    let Ok(email) = Email::parse(&event.email) else {
+        return Ok(Verdict::UnknownAddress);
+    };
+    let contact = key.of(email.normalized());
+    let txn = db.begin().await?;
+    let known = user::Entity::find()
+        .filter(user::Column::EmailNormalized.eq(email.normalized()))
+        .one(&txn)
+        .await?
+        .is_some();
+    let current = consent::Entity::find_by_id(contact.clone())
+        .one(&txn)
+        .await?;
+    if !known && current.is_none() {
+        return Ok(Verdict::UnknownAddress);
+    }
+    let remembered = provider_event::Entity::insert(provider_event::ActiveModel {
+        kind: Set(kind.to_owned()),
+        event_id: Set(event.id.clone()),
+        contact: Set(Some(contact.clone())),
+        received_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::columns([
+            provider_event::Column::Kind,
+            provider_event::Column::EventId,
+        ])
+        .do_nothing()
+        .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    if remembered == 0 {
+        return Ok(Verdict::Replayed);
+    }
+    if let Some(current) = &current
+        && !supersedes(
+            current.changed_at,
+            current.event_id.as_deref(),
+            event.at,
+            Some(&event.id),
+        )
+    {
+        txn.commit().await?;
+        return Ok(Verdict::Older);
+    }
+    set(
+        &txn,
+        contact,
+        state,
+        event.at,
+        Source::ProviderEvent,
+        kind,
+        Some(&event.id),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(Verdict::Applied)
+}
+
+/// Writes the contact's state.
+async fn set<C: ConnectionTrait>(
+    db: &C,
+    contact: String,
+    state: ConsentState,
+    at: DateTime<Utc>,
+    source: Source,
+    kind: &'static str,
+    event_id: Option<&str>,
+) -> Result<(), DbErr> {
+    consent::Entity::insert(consent::ActiveModel {
+        contact: Set(contact),
+        state: Set(state.as_str().to_owned()),
+        changed_at: Set(at),
+        source: Set(source.as_str().to_owned()),
+        kind: Set(Some(kind.to_owned())),
+        event_id: Set(event_id.map(str::to_owned)),
+    })
+    .on_conflict(
+        OnConflict::column(consent::Column::Contact)
+            .update_columns([
+                consent::Column::State,
+                consent::Column::ChangedAt,
+                consent::Column::Source,
+                consent::Column::Kind,
+                consent::Column::EventId,
+            ])
+            .to_owned(),
+    )
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
+}
+
+/// A contact's consent as the registration view shows it (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Consent {
+    /// None until the provider says anything.
+    pub(crate) state: Option<ConsentState>,
+    pub(crate) changed_at: Option<DateTime<Utc>>,
+    pub(crate) source: Option<Source>,
+}
+
+/// The consent of the person registered as `normalized_email`.
+pub(crate) async fn of<C: ConnectionTrait>(
+    db: &C,
+    key: &ContactKey,
+    normalized_email: &str,
+) -> Result<Consent, DbErr> {
+    let row = consent::Entity::find_by_id(key.of(normalized_email))
+        .one(db)
+        .await?;
+    Ok(match row {
+        Some(row) => Consent {
+            state: ConsentState::parse(&row.state),
+            changed_at: Some(row.changed_at),
+            source: Source::parse(&row.source),
+        },
+        None => Consent {
+            state: None,
+            changed_at: None,
+            source: None,
+        },
+    })
+}

@@ -1,0 +1,89 @@
+//! `POST /hooks/{kind}`: the providers' events about consent (SPEC §8). Verification comes
+//! before anything else; a refused request changes nothing. Every event is counted in
+//! `signup_provider_events_total{kind, outcome}`.
+
+use actix_web::{HttpResponse, ResponseError, web};
+use chrono::Utc;
+use secrecy::ExposeSecret;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::consent::{Event, Rejected, mailgun, store};
+use crate::database::Writes;
+
+/// What the route answers for events it took: each one's outcome.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Taken {
+    /// `applied` or `ignored`, one per event, in order.
+    outcomes: Vec<&'static str>,
+}
+
+/// `POST /hooks/mailgun`: Mailgun's webhook (its signature is in the body).
+#[utoipa::path(post, path = "/hooks/mailgun", tag = "consent",
+    request_body(content = Object, content_type = "application/json", description = "Mailgun's webhook body: `signature` and `event-data`"),
+    responses(
+        (status = 200, description = "Verified; applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
+        (status = 400, description = "Not a Mailgun event body", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong signature, or a timestamp more than 5 minutes away; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "email_sync.mailgun.webhook_signing_key is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn mailgun(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let Some(key) = &state.inbound.mailgun else {
+        return ApiError::NotFound.error_response();
+    };
+    let read = mailgun::read(&body, key.expose_secret(), Utc::now());
+    take(&state, mailgun::KIND, read.map(|event| vec![event])).await
+}
+
+/// Applies verified `events` of `kind`, or answers why none were taken.
+async fn take(
+    state: &AppState,
+    kind: &'static str,
+    events: Result<Vec<Event>, Rejected>,
+) -> HttpResponse {
+    let counter = |outcome: &str| {
+        state
+            .metrics
+            .provider_events
+            .with_label_values(&[kind, outcome])
+            .inc();
+    };
+    let events = match events {
+        Ok(events) => events,
+        Err(rejected) => {
+            counter("rejected");
+            tracing::warn!(kind, reason = %rejected, "provider event refused");
+            return match rejected {
+                Rejected::Malformed(..) => ApiError::BadRequest(rejected.to_string()),
+                _ => ApiError::BadSignature(rejected.to_string()),
+            }
+            .error_response();
+        }
+    };
+    let inbound = &state.inbound;
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in &events {
+        let applied = inbound
+            .turns
+            .run(
+                Writes::Deliveries,
+                store::apply(&state.db, &inbound.contacts, kind, event, Utc::now()),
+            )
+            .await;
+        match applied {
+            Ok(applied) => {
+                counter(applied.outcome());
+                if applied == store::Verdict::Applied {
+                    tracing::info!(kind, event_id = %event.id, state = ?event.state, "consent changed by the provider");
+                }
+                outcomes.push(applied.outcome());
+            }
+            // Nothing of this event changed; the provider sends it again.
+            Err(e) => return ApiError::from(e).error_response(),
+        }
+    }
+    HttpResponse::Ok().json(Taken { outcomes })
+}

@@ -1,0 +1,269 @@
+//! Consent (SPEC §8): the providers' events about a person, verified first, applied in event
+//! time, idempotent by id, and counted. Each event here is built as the provider documents it
+//! and signed independently of signup's own code.
+
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::admin::TOKEN;
+use crate::helpers::{TestApp, registration, spawn_app, spawn_app_with};
+
+const MAILGUN_KEY: &str = "mailgun-webhook-signing-key-0123456789";
+
+async fn app() -> TestApp {
+    spawn_app_with(|s| {
+        s.email_sync.mailgun.webhook_signing_key = MAILGUN_KEY.into();
+        s.admin.token = Some(TOKEN.into());
+    })
+    .await
+}
+
+/// A Mailgun webhook body (its "Securing Webhooks" page): the hex HMAC-SHA256 of
+/// `timestamp ‖ token`, and the event's data.
+fn mailgun_event(key: &str, signed_at: DateTime<Utc>, data: Value) -> Value {
+    let timestamp = signed_at.timestamp().to_string();
+    let token = "a8ce0edb2dd8301dee6c2405235584e45aa91d1e9f979f3de0";
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key");
+    mac.update(timestamp.as_bytes());
+    mac.update(token.as_bytes());
+    let signature: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    json!({
+        "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+        "event-data": data,
+    })
+}
+
+/// `event-data` of an event of `kind` about `recipient` at `at`, with `id`.
+fn data(kind: &str, id: &str, recipient: &str, at: DateTime<Utc>) -> Value {
+    json!({
+        "event": kind,
+        "id": id,
+        "timestamp": at.timestamp_millis() as f64 / 1000.0,
+        "recipient": recipient,
+        "log-level": "warn",
+        "message": {"headers": {"message-id": "20130503182626.18666.16540@example.com"}},
+    })
+}
+
+async fn post_mailgun(app: &TestApp, body: &Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/hooks/mailgun"))
+        .json(body)
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// Registers user `n` and answers its id.
+async fn register(app: &TestApp, n: usize) -> String {
+    let created: Value = app
+        .post_registration(&registration(n))
+        .await
+        .json()
+        .await
+        .expect("json");
+    created["id"].as_str().expect("an id").to_owned()
+}
+
+async fn consent_of(app: &TestApp, id: &str) -> Value {
+    let (status, body) = app
+        .admin_json(reqwest::Method::GET, &format!("/api/v1/registrations/{id}"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["consent"].clone()
+}
+
+async fn events_counted(app: &TestApp, outcome: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.expect("text");
+    let wanted = format!("signup_provider_events_total{{kind=\"mailgun\",outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&wanted))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[actix_web::test]
+async fn a_mailgun_unsubscribe_sets_the_persons_consent() {
+    let app = app().await;
+    let id = register(&app, 1).await;
+    assert_eq!(
+        consent_of(&app, &id).await["state"],
+        Value::Null,
+        "nothing said yet"
+    );
+
+    let at = Utc::now() - Duration::seconds(10);
+    let body = mailgun_event(
+        MAILGUN_KEY,
+        Utc::now(),
+        data("unsubscribed", "ev-1", "User1@Example.com", at),
+    );
+    let response = post_mailgun(&app, &body).await;
+    assert_eq!(response.status().as_u16(), 200);
+
+    let consent = consent_of(&app, &id).await;
+    assert_eq!(consent["state"], "unsubscribed", "{consent}");
+    assert_eq!(consent["source"], "provider event");
+    assert_eq!(events_counted(&app, "applied").await, 1.0);
+}
+
+#[actix_web::test]
+async fn a_permanent_failure_is_a_bounce_and_a_temporary_one_changes_nothing() {
+    let app = app().await;
+    let id = register(&app, 1).await;
+    let now = Utc::now();
+    let mut temporary = data("failed", "ev-t", "user1@example.com", now);
+    temporary["severity"] = "temporary".into();
+    assert_eq!(
+        post_mailgun(&app, &mailgun_event(MAILGUN_KEY, now, temporary))
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(consent_of(&app, &id).await["state"], Value::Null);
+
+    let mut permanent = data("failed", "ev-p", "user1@example.com", now);
+    permanent["severity"] = "permanent".into();
+    assert_eq!(
+        post_mailgun(&app, &mailgun_event(MAILGUN_KEY, now, permanent))
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(consent_of(&app, &id).await["state"], "bounced");
+}
+
+/// Every request that is not a verified, new, newer event about a known person changes
+/// nothing, and each is counted.
+#[actix_web::test]
+async fn forged_stale_replayed_older_unknown_oversized_and_malformed_events_change_nothing() {
+    let app = app().await;
+    let id = register(&app, 1).await;
+    let now = Utc::now();
+    let first = mailgun_event(
+        MAILGUN_KEY,
+        now,
+        data("complained", "ev-1", "user1@example.com", now),
+    );
+    assert_eq!(post_mailgun(&app, &first).await.status().as_u16(), 200);
+    assert_eq!(consent_of(&app, &id).await["state"], "complained");
+
+    let refused: [(&str, Value, u16); 4] = [
+        (
+            "another key",
+            mailgun_event(
+                "not-the-key",
+                now,
+                data("unsubscribed", "ev-2", "user1@example.com", now),
+            ),
+            401,
+        ),
+        (
+            "signed ten minutes ago",
+            mailgun_event(
+                MAILGUN_KEY,
+                now - Duration::minutes(10),
+                data("unsubscribed", "ev-3", "user1@example.com", now),
+            ),
+            401,
+        ),
+        (
+            "no signature",
+            json!({"event-data": data("unsubscribed", "ev-4", "user1@example.com", now)}),
+            400,
+        ),
+        ("not an event", json!({"hello": "world"}), 400),
+    ];
+    for (what, body, status) in refused {
+        assert_eq!(
+            post_mailgun(&app, &body).await.status().as_u16(),
+            status,
+            "{what}"
+        );
+    }
+    let mut tampered = mailgun_event(
+        MAILGUN_KEY,
+        now,
+        data("unsubscribed", "ev-5", "user1@example.com", now),
+    );
+    tampered["signature"]["token"] = "another-token-the-provider-did-not-sign-000000000000".into();
+    assert_eq!(
+        post_mailgun(&app, &tampered).await.status().as_u16(),
+        401,
+        "a token it did not sign"
+    );
+    assert_eq!(events_counted(&app, "rejected").await, 5.0);
+
+    let ignored = [
+        ("a replay", first.clone()),
+        (
+            "an older event",
+            mailgun_event(
+                MAILGUN_KEY,
+                now,
+                data(
+                    "unsubscribed",
+                    "ev-6",
+                    "user1@example.com",
+                    now - Duration::hours(1),
+                ),
+            ),
+        ),
+        (
+            "an unknown address",
+            mailgun_event(
+                MAILGUN_KEY,
+                now,
+                data("unsubscribed", "ev-7", "nobody@example.com", now),
+            ),
+        ),
+        (
+            "not about consent",
+            mailgun_event(
+                MAILGUN_KEY,
+                now,
+                data(
+                    "delivered",
+                    "ev-8",
+                    "user1@example.com",
+                    now + Duration::seconds(1),
+                ),
+            ),
+        ),
+    ];
+    for (what, body) in ignored {
+        let response = post_mailgun(&app, &body).await;
+        assert_eq!(response.status().as_u16(), 200, "{what}");
+        let taken: Value = response.json().await.expect("json");
+        assert_eq!(taken["outcomes"], json!(["ignored"]), "{what}");
+    }
+    assert_eq!(events_counted(&app, "ignored").await, 4.0);
+
+    let huge = json!({"padding": "x".repeat(64 * 1024)});
+    assert_eq!(post_mailgun(&app, &huge).await.status().as_u16(), 413);
+
+    let consent = consent_of(&app, &id).await;
+    assert_eq!(consent["state"], "complained", "{consent}");
+    assert_eq!(events_counted(&app, "applied").await, 1.0);
+}
+
+#[actix_web::test]
+async fn without_its_signing_key_the_mailgun_route_is_404() {
+    let app = spawn_app().await;
+    let now = Utc::now();
+    let body = mailgun_event(
+        MAILGUN_KEY,
+        now,
+        data("unsubscribed", "ev-1", "user1@example.com", now),
+    );
+    assert_eq!(post_mailgun(&app, &body).await.status().as_u16(), 404);
+}
