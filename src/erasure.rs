@@ -124,6 +124,7 @@ pub async fn erase(
         .exec(&txn)
         .await?;
     user::Entity::delete_by_id(person.id).exec(&txn).await?;
+    crate::consent::store::forget(&txn, &contact.of(&person.email_normalized)).await?;
     // Time-ordered like every outbox id.
     let deletion_job = Uuid::now_v7();
     let deleted = UserDeleted {
@@ -179,7 +180,7 @@ fn names(text: &str, person: &user::Model) -> bool {
 pub async fn forget_on_disk(db: &DatabaseConnection) {
     use sea_orm::ConnectionTrait;
     if crate::database::is_postgres(db) {
-        let vacuum = "VACUUM users, idempotency_keys, email_outbox";
+        let vacuum = "VACUUM users, idempotency_keys, email_outbox, consent, provider_events";
         if let Err(e) = db.execute_unprepared(vacuum).await {
             tracing::warn!(error = %e, "cannot vacuum after an erasure; autovacuum will reclaim the space later");
         }

@@ -61,6 +61,14 @@ impl ConsentState {
         Self::ALL.into_iter().find(|state| state.as_str() == text)
     }
 
+    /// Whether no delivery may subscribe the address again (SPEC §8, "never undone"): the
+    /// person said no, or the provider did for them. Erasure keeps these, and only these.
+    pub(crate) fn suppresses(self) -> bool {
+        matches!(
+            self,
+            ConsentState::Unsubscribed | ConsentState::Complained | ConsentState::Cleaned
+        )
+    }
 }
 
 /// Who said it.
@@ -239,6 +247,18 @@ mod tests {
         ] {
             assert_eq!(Source::parse(source.as_str()), Some(source));
         }
+        let kept: Vec<_> = ConsentState::ALL
+            .into_iter()
+            .filter(|s| s.suppresses())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ConsentState::Unsubscribed,
+                ConsentState::Complained,
+                ConsentState::Cleaned
+            ]
+        );
     }
 
     #[test]

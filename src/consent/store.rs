@@ -144,6 +144,37 @@ async fn set<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Erasure's part (SPEC §6, §8): the contact's events go, and its state too unless it
+/// suppresses (unsubscribed, complained, cleaned): that entry, keyed by the keyed hash and
+/// holding no address, is the one thing kept, so that the address registered again is never
+/// subscribed again.
+pub(crate) async fn forget<C: ConnectionTrait>(db: &C, contact: &str) -> Result<(), DbErr> {
+    provider_event::Entity::delete_many()
+        .filter(provider_event::Column::Contact.eq(contact))
+        .exec(db)
+        .await?;
+    let kept: Vec<&str> = ConsentState::ALL
+        .into_iter()
+        .filter(|state| state.suppresses())
+        .map(ConsentState::as_str)
+        .collect();
+    consent::Entity::delete_many()
+        .filter(consent::Column::Contact.eq(contact))
+        .filter(consent::Column::State.is_not_in(kept))
+        .exec(db)
+        .await?;
+    // What is kept says no more than that someone at this address declined, and when.
+    consent::Entity::update_many()
+        .col_expr(
+            consent::Column::EventId,
+            sea_orm::sea_query::Expr::value(Option::<String>::None),
+        )
+        .filter(consent::Column::Contact.eq(contact))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// A contact's consent as the registration view shows it (SPEC §8).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Consent {

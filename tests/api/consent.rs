@@ -267,3 +267,37 @@ async fn without_its_signing_key_the_mailgun_route_is_404() {
     );
     assert_eq!(post_mailgun(&app, &body).await.status().as_u16(), 404);
 }
+
+/// Erasure deletes a person's consent history, except that an address whose person declined
+/// stays declined (SPEC §8): registered again, it shows the kept state, and nothing else of
+/// the history (a bounce is not kept).
+#[actix_web::test]
+async fn erasure_keeps_only_a_declined_addresss_suppression() {
+    let app = app().await;
+    let now = Utc::now();
+    let declined = register(&app, 1).await;
+    let bounced = register(&app, 2).await;
+    let mut hard = data("failed", "ev-2", "user2@example.com", now);
+    hard["severity"] = "permanent".into();
+    for body in [
+        mailgun_event(
+            MAILGUN_KEY,
+            now,
+            data("unsubscribed", "ev-1", "user1@example.com", now),
+        ),
+        mailgun_event(MAILGUN_KEY, now, hard),
+    ] {
+        assert_eq!(post_mailgun(&app, &body).await.status().as_u16(), 200);
+    }
+    for id in [&declined, &bounced] {
+        let (status, _) = app
+            .admin_json(reqwest::Method::DELETE, &format!("/admin/users/{id}"))
+            .await;
+        assert_eq!(status, 202);
+    }
+
+    let again = register(&app, 1).await;
+    assert_eq!(consent_of(&app, &again).await["state"], "unsubscribed");
+    let again = register(&app, 2).await;
+    assert_eq!(consent_of(&app, &again).await["state"], Value::Null);
+}
