@@ -15,6 +15,7 @@ use crate::database::WriteTurns;
 use crate::outbox::ContactKey;
 
 pub(crate) mod mailgun;
+pub(crate) mod resend;
 pub(crate) mod store;
 
 /// A contact's consent state (SPEC §8).
@@ -111,6 +112,8 @@ impl Source {
 pub(crate) struct Inbound {
     /// `email_sync.mailgun.webhook_signing_key`.
     pub(crate) mailgun: Option<SecretSlice<u8>>,
+    /// `email_sync.resend.webhook_secret`.
+    pub(crate) resend: Option<crate::email::webhook::WebhookKey>,
     pub(crate) contacts: ContactKey,
     pub(crate) turns: WriteTurns,
 }
@@ -127,6 +130,7 @@ impl Inbound {
         };
         Self {
             mailgun: credential(&sync.mailgun.webhook_signing_key),
+            resend: sync.resend.webhook_secret.clone(),
             contacts,
             turns,
         }

@@ -2,13 +2,13 @@
 //! before anything else; a refused request changes nothing. Every event is counted in
 //! `signup_provider_events_total{kind, outcome}`.
 
-use actix_web::{HttpResponse, ResponseError, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
 use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::consent::{Event, Rejected, mailgun, store};
+use crate::consent::{Event, Rejected, mailgun, resend, store};
 use crate::database::Writes;
 
 /// What the route answers for events it took: each one's outcome.
@@ -36,6 +36,46 @@ pub(crate) async fn mailgun(body: web::Bytes, state: web::Data<AppState>) -> Htt
     };
     let read = mailgun::read(&body, key.expose_secret(), Utc::now());
     take(&state, mailgun::KIND, read.map(|event| vec![event])).await
+}
+
+/// `POST /hooks/resend`: Resend's webhook, signed by Svix (Standard Webhooks' scheme).
+#[utoipa::path(post, path = "/hooks/resend", tag = "consent",
+    params(
+        ("svix-id" = String, Header, description = "The delivery's id"),
+        ("svix-timestamp" = String, Header, description = "Unix seconds"),
+        ("svix-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256>`, space-separated"),
+    ),
+    request_body(content = Object, content_type = "application/json", description = "Resend's event: `type`, `created_at`, `data`"),
+    responses(
+        (status = 200, description = "Verified; applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
+        (status = 400, description = "Not a Resend event body", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong signature, or a timestamp more than 5 minutes away; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "email_sync.resend.webhook_secret is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn resend(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(key) = &state.inbound.resend else {
+        return ApiError::NotFound.error_response();
+    };
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let headers = resend::Headers {
+        id: header("svix-id"),
+        timestamp: header("svix-timestamp"),
+        signature: header("svix-signature"),
+    };
+    let read = resend::read(&headers, &body, key.expose(), Utc::now());
+    take(&state, resend::KIND, read).await
 }
 
 /// Applies verified `events` of `kind`, or answers why none were taken.

@@ -96,9 +96,10 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     )
     .route("/register/welcome", web::get().to(form::welcome))
     .service(
-        web::resource("/hooks/mailgun")
+        web::scope("/hooks")
             .app_data(web::PayloadConfig::new(max_body_bytes))
-            .route(web::post().to(hooks::mailgun))
+            .route("/mailgun", web::post().to(hooks::mailgun))
+            .route("/resend", web::post().to(hooks::resend))
             .wrap(from_fn(limits::limit_api))
             .wrap(from_fn(limits::body_deadline)),
     )

@@ -40,6 +40,7 @@ use super::{admin, console, form, health, hooks, registrations};
         console::confirm_erase,
         console::erase,
         hooks::mailgun,
+        hooks::resend,
         document,
     ),
     modifiers(&Credentials),

@@ -11,10 +11,13 @@ use crate::admin::TOKEN;
 use crate::helpers::{TestApp, registration, spawn_app, spawn_app_with};
 
 const MAILGUN_KEY: &str = "mailgun-webhook-signing-key-0123456789";
+/// A Svix secret as Resend shows it.
+const RESEND_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 async fn app() -> TestApp {
     spawn_app_with(|s| {
         s.email_sync.mailgun.webhook_signing_key = MAILGUN_KEY.into();
+        s.email_sync.resend.webhook_secret = Some(RESEND_SECRET.parse().expect("a whsec_ secret"));
         s.admin.token = Some(TOKEN.into());
     })
     .await
@@ -300,4 +303,108 @@ async fn erasure_keeps_only_a_declined_addresss_suppression() {
     assert_eq!(consent_of(&app, &again).await["state"], "unsubscribed");
     let again = register(&app, 2).await;
     assert_eq!(consent_of(&app, &again).await["state"], Value::Null);
+}
+
+/// Posts Resend's `body` signed as Svix signs it (the `standardwebhooks` crate, not signup's
+/// code) with `secret`, id `id`, at `signed_at`.
+async fn post_resend(
+    app: &TestApp,
+    secret: &str,
+    id: &str,
+    signed_at: DateTime<Utc>,
+    body: &Value,
+) -> reqwest::Response {
+    let body = body.to_string();
+    let signature = standardwebhooks::Webhook::new(secret)
+        .expect("secret")
+        .sign(id, signed_at.timestamp(), body.as_bytes())
+        .expect("signed");
+    app.client
+        .post(app.url("/hooks/resend"))
+        .header("content-type", "application/json")
+        .header("svix-id", id)
+        .header("svix-timestamp", signed_at.timestamp().to_string())
+        .header("svix-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// Resend's documented `email.complained`, and `contact.updated` with `unsubscribed`.
+fn resend_event(kind: &str, at: DateTime<Utc>, email: &str) -> Value {
+    let data = if kind.starts_with("contact.") {
+        json!({"id": "479e3145-dd38-476b-932c-529ceb705947", "audience_id": "78261eea-8f8b-4381-83c6-79fa7120f1cf", "email": email, "first_name": "Steve", "unsubscribed": true, "created_at": at.to_rfc3339()})
+    } else {
+        json!({"created_at": at.to_rfc3339(), "email_id": "56761188-7520-42d8-8898-ff6fc54ce618", "from": "Acme <onboarding@resend.dev>", "to": [email], "subject": "Sending this example"})
+    };
+    json!({"type": kind, "created_at": at.to_rfc3339(), "data": data})
+}
+
+#[actix_web::test]
+async fn resend_complaints_and_unsubscribes_apply_and_forgeries_change_nothing() {
+    let app = app().await;
+    let id = register(&app, 1).await;
+    let now = Utc::now();
+
+    let forged = post_resend(
+        &app,
+        "whsec_bm90IHRoZSBzZWNyZXQgYXQgYWxsIG5vLW5vLW5v",
+        "msg_0",
+        now,
+        &resend_event("email.complained", now, "user1@example.com"),
+    )
+    .await;
+    assert_eq!(forged.status().as_u16(), 401);
+    let stale = post_resend(
+        &app,
+        RESEND_SECRET,
+        "msg_0",
+        now - Duration::minutes(6),
+        &resend_event("email.complained", now, "user1@example.com"),
+    )
+    .await;
+    assert_eq!(stale.status().as_u16(), 401);
+    assert_eq!(consent_of(&app, &id).await["state"], Value::Null);
+
+    let earlier = now - Duration::seconds(30);
+    let unsubscribed = resend_event("contact.updated", earlier, "user1@example.com");
+    assert_eq!(
+        post_resend(&app, RESEND_SECRET, "msg_1", now, &unsubscribed)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(consent_of(&app, &id).await["state"], "unsubscribed");
+
+    let complained = resend_event("email.complained", now, "USER1@example.com");
+    let response = post_resend(&app, RESEND_SECRET, "msg_2", now, &complained).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let taken: Value = response.json().await.expect("json");
+    assert_eq!(taken["outcomes"], json!(["applied"]));
+    assert_eq!(consent_of(&app, &id).await["state"], "complained");
+
+    // The same delivery again (Svix retries with the same id), and the older event again
+    // under a new id: nothing changes.
+    let replay = post_resend(&app, RESEND_SECRET, "msg_2", now, &complained).await;
+    let taken: Value = replay.json().await.expect("json");
+    assert_eq!(taken["outcomes"], json!(["ignored"]));
+    let older = post_resend(&app, RESEND_SECRET, "msg_3", now, &unsubscribed).await;
+    let taken: Value = older.json().await.expect("json");
+    assert_eq!(taken["outcomes"], json!(["ignored"]));
+    assert_eq!(consent_of(&app, &id).await["state"], "complained");
+}
+
+#[actix_web::test]
+async fn an_unknown_kinds_hook_is_404() {
+    let app = app().await;
+    let response = app
+        .client
+        .post(app.url("/hooks/postmark"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 404);
 }

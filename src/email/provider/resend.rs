@@ -11,6 +11,9 @@ pub struct ResendSettings {
     /// The API's base URL; tests point it at a local fake.
     #[serde(deserialize_with = "required_http_url")]
     pub base_url: Url,
+    /// The webhook's signing secret as Resend shows it (`whsec_…`): set, `POST /hooks/resend`
+    /// takes Resend's events (SPEC §8); unset, that route is 404.
+    pub webhook_secret: Option<crate::email::webhook::WebhookKey>,
 }
 
 impl Default for ResendSettings {
@@ -19,6 +22,7 @@ impl Default for ResendSettings {
             api_key: SecretString::from(""),
             base_url: Url::parse("https://api.resend.com")
                 .unwrap_or_else(|_| unreachable!("a valid URL")),
+            webhook_secret: None,
         }
     }
 }
