@@ -29,7 +29,7 @@ pub const OUTCOMES: [&str; 5] = [
     "error",
 ];
 /// `result` label values of `signup_email_sync_attempts_total`.
-pub const RESULTS: [&str; 3] = ["delivered", "transient", "permanent"];
+pub const RESULTS: [&str; 4] = ["delivered", "transient", "permanent", "suppressed"];
 const STATES: [CircuitState; 3] = [
     CircuitState::Closed,
     CircuitState::Open,

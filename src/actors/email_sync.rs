@@ -195,19 +195,20 @@ impl EmailSyncActor {
         let (db, lease) = (self.db.clone(), self.settings.lease);
         let claims = request.rows.clone();
         let task = tokio::task::spawn_local(async move {
-            let rows = deliveries(&db, &claims, lease).await;
+            // None: given back unsent, no attempt spent (consent could not be read).
+            let rows = deliveries(&db, &claims, lease).await?;
             if let Some(hook) = hook {
                 for row in &rows {
                     hook(row.id);
                 }
             }
-            provider.deliver(&rows).await
+            Some(provider.deliver(&rows).await)
         });
         self.aborts.insert(request.id, task.abort_handle());
         let id = request.id;
         let attempt = async move {
             match task.await {
-                Ok(outcomes) => Some(outcomes),
+                Ok(outcomes) => outcomes,
                 // Cancelled by the drain: not an attempt.
                 Err(e) if e.is_cancelled() => None,
                 Err(e) => Some(vec![AttemptOutcome::Transient {
@@ -262,7 +263,10 @@ impl EmailSyncActor {
                         scrubbed |= stored
                             && finished.claimed.row.event
                                 == entity::email_outbox::EventType::UserDeleted
-                            && matches!(finished.completion, Completion::Delivered { .. });
+                            && matches!(
+                                finished.completion,
+                                Completion::Delivered { .. } | Completion::Suppressed { .. }
+                            );
                     }
                     if scrubbed {
                         // The deletion's payload held the address: its old image goes too.
@@ -355,6 +359,13 @@ impl EmailSyncActor {
                     .with_label_values(&["transient"])
                     .inc();
                 tracing::info!(outbox_id = %id, status, %error, attempts, "the provider is not done with an earlier request about this contact; will ask again");
+            }
+            AttemptOutcome::Suppressed { state } => {
+                self.metrics
+                    .sync_attempts
+                    .with_label_values(&["suppressed"])
+                    .inc();
+                tracing::info!(outbox_id = %id, state, "not sent: the address declined; the row is done without a request (SPEC §8)");
             }
             AttemptOutcome::NotSent { retry_after } => {
                 tracing::debug!(outbox_id = %id, ?retry_after, "not sent: the provider asked us to wait for its rate limit");
@@ -461,7 +472,24 @@ impl EmailSyncActor {
 /// its user, which a provider that imports asynchronously may still be applying (SPEC §6).
 /// If that cannot be read, the deletion assumes an upsert may have just been sent: "not found"
 /// is then retried rather than taken as gone.
-async fn deliveries(db: &DatabaseConnection, claims: &[Claimed], lease: Duration) -> Vec<Delivery> {
+async fn deliveries(
+    db: &DatabaseConnection,
+    claims: &[Claimed],
+    lease: Duration,
+) -> Option<Vec<Delivery>> {
+    let upserts: Vec<&str> = claims
+        .iter()
+        .filter(|c| c.row.event == entity::email_outbox::EventType::UserRegistered)
+        .filter_map(|c| c.row.contact.as_deref())
+        .collect();
+    let declined = match crate::consent::store::declined(db, &upserts).await {
+        Ok(declined) => declined,
+        Err(e) => {
+            // Sending now could subscribe someone who declined: these go back, tried again.
+            tracing::warn!(error = %e, "cannot read consent; the claimed rows are given back and tried again later");
+            return None;
+        }
+    };
     let mut rows = Vec::with_capacity(claims.len());
     for claimed in claims {
         let row = &claimed.row;
@@ -485,9 +513,17 @@ async fn deliveries(db: &DatabaseConnection, claims: &[Claimed], lease: Duration
             event: row.event,
             payload: row.payload.clone(),
             upsert,
+            suppressed: match row.event {
+                entity::email_outbox::EventType::UserRegistered => row
+                    .contact
+                    .as_deref()
+                    .and_then(|contact| declined.get(contact))
+                    .map(|state| state.as_str()),
+                _ => None,
+            },
         });
     }
-    rows
+    Some(rows)
 }
 
 impl Actor for EmailSyncActor {

@@ -175,6 +175,28 @@ pub(crate) async fn forget<C: ConnectionTrait>(db: &C, contact: &str) -> Result<
     Ok(())
 }
 
+/// Of `contacts`, those whose person declined, with the state (SPEC §8): no delivery may
+/// subscribe them again.
+pub(crate) async fn declined<C: ConnectionTrait>(
+    db: &C,
+    contacts: &[&str],
+) -> Result<std::collections::HashMap<String, ConsentState>, DbErr> {
+    if contacts.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows = consent::Entity::find()
+        .filter(consent::Column::Contact.is_in(contacts.iter().copied()))
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let state = ConsentState::parse(&row.state)?;
+            state.suppresses().then_some((row.contact, state))
+        })
+        .collect())
+}
+
 /// A contact's consent as the registration view shows it (SPEC §8).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Consent {

@@ -256,14 +256,19 @@ impl Core {
         }
         self.observe(&outcomes, now, &mut out);
         for (claimed, outcome) in rows.into_iter().zip(outcomes) {
-            let spent = !matches!(outcome, AttemptOutcome::NotSent { .. });
+            // Attempts are requests that reached the provider (§3.5.4): a row held back by its
+            // pause or suppressed (SPEC §8) spends none.
+            let spent = !matches!(
+                outcome,
+                AttemptOutcome::NotSent { .. } | AttemptOutcome::Suppressed { .. }
+            );
             let attempts = claimed.row.attempts.saturating_add(i32::from(spent));
             let transient =
                 outcome.is_failure() || matches!(outcome, AttemptOutcome::NotYet { .. });
             let completion =
                 crate::email::completion(outcome.clone(), &claimed.row, now, &self.settings.retry);
             let dead = matches!(completion, Completion::Dead { .. });
-            if spent {
+            if spent || matches!(outcome, AttemptOutcome::Suppressed { .. }) {
                 out.noted.push(Noted {
                     claimed: claimed.clone(),
                     outcome,
@@ -489,10 +494,16 @@ impl Core {
         let before = self.breaker.state();
         let mut sent = outcomes
             .iter()
-            .filter(|outcome| !matches!(outcome, AttemptOutcome::NotSent { .. }))
+            .filter(|outcome| {
+                !matches!(
+                    outcome,
+                    AttemptOutcome::NotSent { .. } | AttemptOutcome::Suppressed { .. }
+                )
+            })
             .peekable();
         if sent.peek().is_none() {
-            // Held back by the provider's pause: not an answer, for the circuit either.
+            // Held back by the provider's pause, or not to be sent at all: not an answer, for
+            // the circuit either.
             self.breaker.on_abandoned();
         } else if sent.all(AttemptOutcome::is_failure) {
             self.breaker.on_failure(now);

@@ -20,6 +20,11 @@ pub(crate) fn completion(
 ) -> Completion {
     match outcome {
         AttemptOutcome::Delivered { status, job } => Completion::Delivered { status, job },
+        AttemptOutcome::Suppressed { state } => Completion::Suppressed {
+            reason: format!(
+                "suppressed: the address is {state} (SPEC §8); not sent to the provider"
+            ),
+        },
         // Not attempted: due again when the provider's pause ends (no later than the longest
         // retry interval), with no attempt spent.
         AttemptOutcome::NotSent { retry_after } => Completion::Deferred {

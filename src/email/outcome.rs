@@ -28,6 +28,10 @@ pub(crate) enum AttemptOutcome {
     /// Any other 4xx: the message itself is refused; retrying cannot help. `status`: none when
     /// the request could not even be built (a stored payload nobody can read).
     Permanent { status: Option<u16>, error: String },
+    /// Not sent, on purpose: an upsert of an address whose person declined (unsubscribed,
+    /// complained, cleaned; SPEC §8, "never undone"). The row is done, delivered without a
+    /// request; the circuit is not touched.
+    Suppressed { state: &'static str },
     /// Not sent: the provider told every request to wait (a 429's reset), for `retry_after`
     /// from now. No attempt is spent and the circuit is not touched.
     NotSent { retry_after: Duration },

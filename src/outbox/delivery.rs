@@ -162,6 +162,11 @@ pub enum Completion {
         status: Option<u16>,
         error: String,
     },
+    /// Done without a request: an upsert of an address whose person declined (SPEC §8). Stored
+    /// as delivered, with `reason` as its `last_error`.
+    Suppressed {
+        reason: String,
+    },
     /// Not attempted (the provider asked every request to wait): due again at `at`.
     Deferred {
         at: DateTime<Utc>,
@@ -320,6 +325,11 @@ async fn complete<C: ConnectionTrait>(db: &C, finished: &Finished) -> Result<boo
                 // The provider has forgotten the person: so does the announcement (SPEC §6).
                 update.payload = Set(crate::email::event::scrubbed_payload(claimed.row.user_id));
             }
+        }
+        Completion::Suppressed { reason } => {
+            update.status = Set(Status::Delivered);
+            update.delivered_at = Set(Some(now.trunc_subsecs(6)));
+            update.last_error = Set(Some(reason));
         }
         Completion::Retry { at, status, error } => {
             update.next_attempt_at = Set(at.trunc_subsecs(6));

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::admin::TOKEN;
-use crate::helpers::{TestApp, registration, spawn_app, spawn_app_with};
+use crate::helpers::{
+    PATIENCE, TestApp, registration, spawn_app, spawn_app_with, use_provider_kind, wait_until,
+};
 
 const MAILGUN_KEY: &str = "mailgun-webhook-signing-key-0123456789";
 /// A Svix secret as Resend shows it.
@@ -407,4 +409,85 @@ async fn an_unknown_kinds_hook_is_404() {
         .await
         .expect("sent");
     assert_eq!(response.status().as_u16(), 404);
+}
+
+/// The end-to-end promise of SPEC §8 ("never undone"): a person who unsubscribed at Resend,
+/// was erased, and whose address is registered again is not subscribed again: the provider
+/// never gets a second upsert, and the new row is done as `suppressed`.
+#[actix_web::test]
+async fn an_address_that_unsubscribed_is_never_subscribed_again_even_after_erasure() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/contacts"))
+        .respond_with(
+            ResponseTemplate::new(201).set_body_json(json!({"object": "contact", "id": "c-1"})),
+        )
+        .mount(&provider)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"object": "contact", "deleted": true})),
+        )
+        .mount(&provider)
+        .await;
+    let base = provider.uri();
+    let app = spawn_app_with(move |s| {
+        use_provider_kind(
+            s,
+            signup::configuration::ProviderKind::Resend,
+            &base,
+            "re_key",
+        );
+        s.email_sync.resend.webhook_secret = Some(RESEND_SECRET.parse().expect("a whsec_ secret"));
+        s.admin.token = Some(TOKEN.into());
+    })
+    .await;
+    let upserts = || async {
+        provider
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.method.as_str() == "POST")
+            .count()
+    };
+
+    let id = register(&app, 1).await;
+    wait_until("the upsert reached Resend", PATIENCE, || async {
+        upserts().await == 1
+    })
+    .await;
+    let now = Utc::now();
+    let unsubscribed = resend_event("contact.updated", now, "user1@example.com");
+    assert_eq!(
+        post_resend(&app, RESEND_SECRET, "msg_1", now, &unsubscribed)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let (status, _) = app
+        .admin_json(reqwest::Method::DELETE, &format!("/admin/users/{id}"))
+        .await;
+    assert_eq!(status, 202);
+
+    let again = register(&app, 1).await;
+    app.wait_all_delivered(3).await;
+    assert_eq!(upserts().await, 1, "the address was not subscribed again");
+    let rows = app.outbox_rows().await;
+    let new_row = rows
+        .iter()
+        .find(|r| r.user_id.to_string() == again)
+        .expect("the new registration's row");
+    assert!(
+        new_row
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("suppressed")),
+        "{new_row:?}"
+    );
+    assert_eq!(new_row.attempts, 0, "no request, no attempt");
+    assert_eq!(consent_of(&app, &again).await["state"], "unsubscribed");
 }

@@ -109,11 +109,11 @@ pub fn use_provider_kind(
     sync.resend.base_url = url(base);
 }
 
-/// The signing secret of the tests' provider.
 /// How long a test waits for something the server does on its own before it fails: long
 /// enough for a slow, shared machine, never a measure of speed.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The signing secret of the tests' provider.
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// Points the email sync at `base` (a mock's URI) with timings short enough for tests.

@@ -145,7 +145,9 @@ impl Sim {
             }
             row.attempts = finished.attempts;
             match &finished.completion {
-                Completion::Delivered { .. } => row.status = Status::Delivered,
+                Completion::Delivered { .. } | Completion::Suppressed { .. } => {
+                    row.status = Status::Delivered
+                }
                 Completion::Dead { .. } => row.status = Status::Dead,
                 Completion::Retry { at: when, .. } | Completion::Deferred { at: when } => {
                     row.next_attempt_at = ms_at(*when);

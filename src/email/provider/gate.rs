@@ -143,6 +143,7 @@ mod tests {
             event: EventType::UserRegistered,
             payload: "{}".into(),
             upsert: None,
+            suppressed: None,
         }];
         let outcomes = one_by_one(&rows, &gate, |_| async {
             panic!("nothing is sent while paused")

@@ -101,6 +101,9 @@ pub(crate) struct Delivery {
     pub event: EventType,
     pub payload: String,
     pub upsert: Option<EarlierUpsert>,
+    /// For an upsert: the state of an address whose person declined (SPEC §8), which no
+    /// delivery may subscribe again; the kinds that would, skip it.
+    pub(crate) suppressed: Option<&'static str>,
 }
 
 /// A provider's API as the EmailSyncActor uses it.
@@ -132,6 +135,37 @@ pub(crate) enum Provider {
 
 impl Adapter for Provider {
     async fn deliver(&self, rows: &[Delivery], gate: &Gate) -> Vec<AttemptOutcome> {
+        // Never undone (SPEC §8): an upsert of a declined address is not sent. Mailchimp's is:
+        // its `status_if_new` never changes an existing member's status.
+        if !matches!(self, Provider::Mailchimp(_)) && rows.iter().any(|r| r.suppressed.is_some()) {
+            let sendable: Vec<Delivery> = rows
+                .iter()
+                .filter(|r| r.suppressed.is_none())
+                .cloned()
+                .collect();
+            let mut sent = self.send(&sendable, gate).await.into_iter();
+            return rows
+                .iter()
+                .map(|row| match row.suppressed {
+                    Some(state) => AttemptOutcome::Suppressed { state },
+                    None => sent.next().unwrap_or_else(|| AttemptOutcome::Transient {
+                        status: None,
+                        error: "the provider adapter gave no outcome".into(),
+                        retry_after: None,
+                    }),
+                })
+                .collect();
+        }
+        self.send(rows, gate).await
+    }
+}
+
+impl Provider {
+    /// One attempt for each of `rows`, by the kind's API.
+    async fn send(&self, rows: &[Delivery], gate: &Gate) -> Vec<AttemptOutcome> {
+        if rows.is_empty() {
+            return Vec::new();
+        }
         match self {
             Provider::Webhook(p) => {
                 one_by_one(rows, gate, |row| {
