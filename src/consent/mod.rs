@@ -14,6 +14,7 @@ use crate::configuration::EmailSyncSettings;
 use crate::database::WriteTurns;
 use crate::outbox::ContactKey;
 
+pub(crate) mod mailchimp;
 pub(crate) mod mailgun;
 pub(crate) mod resend;
 pub(crate) mod store;
@@ -110,6 +111,8 @@ impl Source {
 /// that turns an address into its contact, and SQLite's write turns.
 #[derive(Clone)]
 pub(crate) struct Inbound {
+    /// `email_sync.mailchimp.webhook_secret`.
+    pub(crate) mailchimp: Option<SecretSlice<u8>>,
     /// `email_sync.mailgun.webhook_signing_key`.
     pub(crate) mailgun: Option<SecretSlice<u8>>,
     /// `email_sync.resend.webhook_secret`.
@@ -129,6 +132,7 @@ impl Inbound {
             (!bytes.is_empty()).then(|| SecretSlice::from(bytes.to_vec()))
         };
         Self {
+            mailchimp: credential(&sync.mailchimp.webhook_secret),
             mailgun: credential(&sync.mailgun.webhook_signing_key),
             resend: sync.resend.webhook_secret.clone(),
             contacts,

@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::consent::{Event, Rejected, mailgun, resend, store};
+use crate::consent::{Event, Rejected, mailchimp, mailgun, resend, store};
 use crate::database::Writes;
 
 /// What the route answers for events it took: each one's outcome.
@@ -16,6 +16,58 @@ use crate::database::Writes;
 pub(crate) struct Taken {
     /// `applied` or `ignored`, one per event, in order.
     outcomes: Vec<&'static str>,
+}
+
+/// `POST /hooks/mailchimp/{secret}`: Mailchimp's webhook (form-encoded; the path's secret is
+/// its credential).
+#[utoipa::path(post, path = "/hooks/mailchimp/{secret}", tag = "consent",
+    params(("secret" = String, Path, description = "email_sync.mailchimp.webhook_secret")),
+    request_body(content = Object, content_type = "application/x-www-form-urlencoded", description = "Mailchimp's webhook form: `type`, `fired_at`, `data[email]`, …"),
+    responses(
+        (status = 200, description = "Applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
+        (status = 400, description = "Not a Mailchimp event body", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not the configured secret; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "email_sync.mailchimp.webhook_secret is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn mailchimp(
+    secret: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(key) = &state.inbound.mailchimp else {
+        return ApiError::NotFound.error_response();
+    };
+    let read = if mailchimp::authorized(&secret, key.expose_secret()) {
+        mailchimp::read(&body).map(|event| vec![event])
+    } else {
+        Err(Rejected::BadSignature)
+    };
+    take(&state, mailchimp::KIND, read).await
+}
+
+/// `GET /hooks/mailchimp/{secret}`: Mailchimp's validator, checking the URL when the webhook
+/// is set up.
+#[utoipa::path(get, path = "/hooks/mailchimp/{secret}", tag = "consent",
+    params(("secret" = String, Path, description = "email_sync.mailchimp.webhook_secret")),
+    responses(
+        (status = 200, description = "The URL takes Mailchimp's events"),
+        (status = 401, description = "Not the configured secret", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "email_sync.mailchimp.webhook_secret is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn mailchimp_validator(
+    secret: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    match &state.inbound.mailchimp {
+        None => ApiError::NotFound.error_response(),
+        Some(key) if mailchimp::authorized(&secret, key.expose_secret()) => {
+            HttpResponse::Ok().finish()
+        }
+        Some(_) => ApiError::BadSignature(Rejected::BadSignature.to_string()).error_response(),
+    }
 }
 
 /// `POST /hooks/mailgun`: Mailgun's webhook (its signature is in the body).

@@ -98,6 +98,11 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .service(
         web::scope("/hooks")
             .app_data(web::PayloadConfig::new(max_body_bytes))
+            .route("/mailchimp/{secret}", web::post().to(hooks::mailchimp))
+            .route(
+                "/mailchimp/{secret}",
+                web::get().to(hooks::mailchimp_validator),
+            )
             .route("/mailgun", web::post().to(hooks::mailgun))
             .route("/resend", web::post().to(hooks::resend))
             .wrap(from_fn(limits::limit_api))

@@ -39,6 +39,8 @@ use super::{admin, console, form, health, hooks, registrations};
         console::search,
         console::confirm_erase,
         console::erase,
+        hooks::mailchimp,
+        hooks::mailchimp_validator,
         hooks::mailgun,
         hooks::resend,
         document,

@@ -13,6 +13,7 @@ use crate::helpers::{
 };
 
 const MAILGUN_KEY: &str = "mailgun-webhook-signing-key-0123456789";
+const MAILCHIMP_SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c";
 /// A Svix secret as Resend shows it.
 const RESEND_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -20,6 +21,7 @@ async fn app() -> TestApp {
     spawn_app_with(|s| {
         s.email_sync.mailgun.webhook_signing_key = MAILGUN_KEY.into();
         s.email_sync.resend.webhook_secret = Some(RESEND_SECRET.parse().expect("a whsec_ secret"));
+        s.email_sync.mailchimp.webhook_secret = MAILCHIMP_SECRET.into();
         s.admin.token = Some(TOKEN.into());
     })
     .await
@@ -490,4 +492,104 @@ async fn an_address_that_unsubscribed_is_never_subscribed_again_even_after_erasu
     );
     assert_eq!(new_row.attempts, 0, "no request, no attempt");
     assert_eq!(consent_of(&app, &again).await["state"], "unsubscribed");
+}
+
+/// Mailchimp's documented form (its "Webhooks" guide), `type` about `email` fired at `at`.
+fn mailchimp_form(kind: &str, email: &str, at: DateTime<Utc>) -> Vec<(String, String)> {
+    [
+        ("type", kind.to_owned()),
+        ("fired_at", at.format("%Y-%m-%d %H:%M:%S").to_string()),
+        ("data[action]", "unsub".into()),
+        ("data[reason]", "manual".into()),
+        ("data[id]", "8a25ff1d98".into()),
+        ("data[list_id]", "a6b5da1054".into()),
+        ("data[email]", email.to_owned()),
+        ("data[email_type]", "html".into()),
+        ("data[merges][EMAIL]", email.to_owned()),
+        ("data[ip_opt]", "10.20.10.30".into()),
+        ("data[campaign_id]", "cb398d21d2".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+async fn post_mailchimp(
+    app: &TestApp,
+    secret: &str,
+    form: &[(String, String)],
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/hooks/mailchimp/{secret}")))
+        .form(form)
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[actix_web::test]
+async fn mailchimp_events_come_to_their_secret_url_and_its_validator_is_answered() {
+    let app = app().await;
+    let id = register(&app, 1).await;
+    let at = Utc::now() - Duration::minutes(1);
+
+    let validator = app
+        .get(&format!("/hooks/mailchimp/{MAILCHIMP_SECRET}"))
+        .await;
+    assert_eq!(
+        validator.status().as_u16(),
+        200,
+        "Mailchimp's validator GET"
+    );
+    assert_eq!(
+        app.get("/hooks/mailchimp/guessed").await.status().as_u16(),
+        401
+    );
+
+    let unsubscribe = mailchimp_form("unsubscribe", "user1@example.com", at);
+    let wrong = post_mailchimp(&app, "guessed", &unsubscribe).await;
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert_eq!(
+        consent_of(&app, &id).await["state"],
+        Value::Null,
+        "nothing changed"
+    );
+
+    let response = post_mailchimp(&app, MAILCHIMP_SECRET, &unsubscribe).await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(consent_of(&app, &id).await["state"], "unsubscribed");
+    let again = post_mailchimp(&app, MAILCHIMP_SECRET, &unsubscribe).await;
+    let taken: Value = again.json().await.expect("json");
+    assert_eq!(
+        taken["outcomes"],
+        json!(["ignored"]),
+        "the same delivery again"
+    );
+
+    let cleaned = mailchimp_form("cleaned", "user1@example.com", at + Duration::seconds(1));
+    assert_eq!(
+        post_mailchimp(&app, MAILCHIMP_SECRET, &cleaned)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(consent_of(&app, &id).await["state"], "cleaned");
+}
+
+#[actix_web::test]
+async fn without_its_secret_the_mailchimp_route_is_404() {
+    let app = spawn_app().await;
+    let form = mailchimp_form("unsubscribe", "user1@example.com", Utc::now());
+    assert_eq!(
+        post_mailchimp(&app, "anything", &form)
+            .await
+            .status()
+            .as_u16(),
+        404
+    );
+    assert_eq!(
+        app.get("/hooks/mailchimp/anything").await.status().as_u16(),
+        404
+    );
 }

@@ -40,6 +40,10 @@ pub struct MailchimpSettings {
     /// address cannot be re-imported, and a later sign-up with it is refused by Mailchimp as
     /// "Forgotten Email Not Subscribed") or `archive` (DELETE: kept archived, may come back).
     pub erase: MailchimpErase,
+    /// The secret path segment of Mailchimp's webhook URL (`/hooks/mailchimp/<secret>`):
+    /// Mailchimp signs nothing, so this is the credential. Set, that route takes Mailchimp's
+    /// events (SPEC §8); unset, it is 404.
+    pub webhook_secret: SecretString,
 }
 
 /// `email_sync.mailchimp.erase`.
@@ -61,6 +65,7 @@ impl Default for MailchimpSettings {
             username_merge_field: "USERNAME".into(),
             status_if_new: StatusIfNew::Pending,
             erase: MailchimpErase::Permanent,
+            webhook_secret: SecretString::from(""),
         }
     }
 }
