@@ -14,6 +14,7 @@ use crate::configuration::EmailSyncSettings;
 use crate::database::WriteTurns;
 use crate::outbox::ContactKey;
 
+pub(crate) mod brevo;
 pub(crate) mod mailchimp;
 pub(crate) mod mailgun;
 pub(crate) mod resend;
@@ -111,6 +112,8 @@ impl Source {
 /// that turns an address into its contact, and SQLite's write turns.
 #[derive(Clone)]
 pub(crate) struct Inbound {
+    /// `email_sync.brevo.webhook_token`.
+    pub(crate) brevo: Option<SecretSlice<u8>>,
     /// `email_sync.mailchimp.webhook_secret`.
     pub(crate) mailchimp: Option<SecretSlice<u8>>,
     /// `email_sync.mailgun.webhook_signing_key`.
@@ -132,6 +135,7 @@ impl Inbound {
             (!bytes.is_empty()).then(|| SecretSlice::from(bytes.to_vec()))
         };
         Self {
+            brevo: credential(&sync.brevo.webhook_token),
             mailchimp: credential(&sync.mailchimp.webhook_secret),
             mailgun: credential(&sync.mailgun.webhook_signing_key),
             resend: sync.resend.webhook_secret.clone(),

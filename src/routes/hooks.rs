@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::consent::{Event, Rejected, mailchimp, mailgun, resend, store};
+use crate::consent::{Event, Rejected, brevo, mailchimp, mailgun, resend, store};
 use crate::database::Writes;
 
 /// What the route answers for events it took: each one's outcome.
@@ -16,6 +16,36 @@ use crate::database::Writes;
 pub(crate) struct Taken {
     /// `applied` or `ignored`, one per event, in order.
     outcomes: Vec<&'static str>,
+}
+
+/// `POST /hooks/brevo`: Brevo's marketing webhook (the credential it was created with).
+#[utoipa::path(post, path = "/hooks/brevo", tag = "consent",
+    params(("Authorization" = String, Header, description = "`Bearer <email_sync.brevo.webhook_token>`, or Basic credentials whose `user:password` it is")),
+    request_body(content = Object, content_type = "application/json", description = "A Brevo marketing event (`event`, `email`, `ts_event`, …), or an array of them"),
+    responses(
+        (status = 200, description = "Applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
+        (status = 400, description = "Not a Brevo event body", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong credential; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "email_sync.brevo.webhook_token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn brevo(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(token) = &state.inbound.brevo else {
+        return ApiError::NotFound.error_response();
+    };
+    let authorization = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let read =
+        brevo::authorized(authorization, token.expose_secret()).and_then(|()| brevo::read(&body));
+    take(&state, brevo::KIND, read).await
 }
 
 /// `POST /hooks/mailchimp/{secret}`: Mailchimp's webhook (form-encoded; the path's secret is

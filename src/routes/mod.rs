@@ -98,6 +98,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     .service(
         web::scope("/hooks")
             .app_data(web::PayloadConfig::new(max_body_bytes))
+            .route("/brevo", web::post().to(hooks::brevo))
             .route("/mailchimp/{secret}", web::post().to(hooks::mailchimp))
             .route(
                 "/mailchimp/{secret}",

@@ -39,6 +39,7 @@ use super::{admin, console, form, health, hooks, registrations};
         console::search,
         console::confirm_erase,
         console::erase,
+        hooks::brevo,
         hooks::mailchimp,
         hooks::mailchimp_validator,
         hooks::mailgun,

@@ -13,6 +13,7 @@ use crate::helpers::{
 };
 
 const MAILGUN_KEY: &str = "mailgun-webhook-signing-key-0123456789";
+const BREVO_TOKEN: &str = "brevo-webhook-token-0123456789abcdef";
 const MAILCHIMP_SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c";
 /// A Svix secret as Resend shows it.
 const RESEND_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -22,6 +23,7 @@ async fn app() -> TestApp {
         s.email_sync.mailgun.webhook_signing_key = MAILGUN_KEY.into();
         s.email_sync.resend.webhook_secret = Some(RESEND_SECRET.parse().expect("a whsec_ secret"));
         s.email_sync.mailchimp.webhook_secret = MAILCHIMP_SECRET.into();
+        s.email_sync.brevo.webhook_token = BREVO_TOKEN.into();
         s.admin.token = Some(TOKEN.into());
     })
     .await
@@ -592,4 +594,78 @@ async fn without_its_secret_the_mailchimp_route_is_404() {
         app.get("/hooks/mailchimp/anything").await.status().as_u16(),
         404
     );
+}
+
+/// Brevo's documented marketing event `kind` about `email` at `at`.
+fn brevo_event(kind: &str, email: &str, at: DateTime<Utc>) -> Value {
+    json!({
+        "id": 123456,
+        "camp_id": 12,
+        "email": email,
+        "campaign name": "My First Campaign",
+        "date_sent": "2020-10-09 00:00:00",
+        "date_event": "2020-10-09 00:00:00",
+        "event": kind,
+        "tag": "",
+        "ts_sent": at.timestamp() - 60,
+        "ts_event": at.timestamp(),
+        "ts": at.timestamp() + 3600,
+    })
+}
+
+async fn post_brevo(app: &TestApp, authorization: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut request = app.client.post(app.url("/hooks/brevo")).json(body);
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    request.send().await.expect("sent")
+}
+
+#[actix_web::test]
+async fn brevo_events_are_taken_with_the_configured_token_only() {
+    let app = app().await;
+    let id = register(&app, 1).await;
+    let at = Utc::now() - Duration::minutes(1);
+    let spam = brevo_event("spam", "user1@example.com", at);
+    let bearer = format!("Bearer {BREVO_TOKEN}");
+
+    assert_eq!(post_brevo(&app, None, &spam).await.status().as_u16(), 401);
+    assert_eq!(
+        post_brevo(&app, Some("Bearer guessed"), &spam)
+            .await
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        consent_of(&app, &id).await["state"],
+        Value::Null,
+        "nothing changed"
+    );
+
+    let response = post_brevo(&app, Some(&bearer), &spam).await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(consent_of(&app, &id).await["state"], "complained");
+    let replay: Value = post_brevo(&app, Some(&bearer), &spam)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(replay["outcomes"], json!(["ignored"]));
+
+    let batch = json!([
+        brevo_event("opened", "user1@example.com", at + Duration::seconds(5)),
+        brevo_event(
+            "unsubscribe",
+            "user1@example.com",
+            at + Duration::seconds(10)
+        ),
+    ]);
+    let taken: Value = post_brevo(&app, Some(&bearer), &batch)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(taken["outcomes"], json!(["ignored", "applied"]));
+    assert_eq!(consent_of(&app, &id).await["state"], "unsubscribed");
 }

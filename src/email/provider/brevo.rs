@@ -15,6 +15,10 @@ pub struct BrevoSettings {
     pub base_url: Url,
     /// The contact attribute that receives the username (create it in Brevo first).
     pub username_attribute: String,
+    /// The credential Brevo's webhook is created with: its bearer token, or `user:password`
+    /// of its basic credentials. Set, `POST /hooks/brevo` takes Brevo's marketing events
+    /// (SPEC §8); unset, that route is 404.
+    pub webhook_token: SecretString,
 }
 
 impl Default for BrevoSettings {
@@ -25,6 +29,7 @@ impl Default for BrevoSettings {
             base_url: Url::parse("https://api.brevo.com")
                 .unwrap_or_else(|_| unreachable!("a valid URL")),
             username_attribute: "USERNAME".into(),
+            webhook_token: SecretString::from(""),
         }
     }
 }
