@@ -18,6 +18,7 @@ pub(crate) mod brevo;
 pub(crate) mod mailchimp;
 pub(crate) mod mailgun;
 pub(crate) mod resend;
+pub(crate) mod sendgrid;
 pub(crate) mod store;
 
 /// A contact's consent state (SPEC §8).
@@ -118,6 +119,8 @@ pub(crate) struct Inbound {
     pub(crate) mailchimp: Option<SecretSlice<u8>>,
     /// `email_sync.mailgun.webhook_signing_key`.
     pub(crate) mailgun: Option<SecretSlice<u8>>,
+    /// `email_sync.sendgrid.webhook_public_key`.
+    pub(crate) sendgrid: Option<crate::email::provider::EventWebhookKey>,
     /// `email_sync.resend.webhook_secret`.
     pub(crate) resend: Option<crate::email::webhook::WebhookKey>,
     pub(crate) contacts: ContactKey,
@@ -139,6 +142,7 @@ impl Inbound {
             mailchimp: credential(&sync.mailchimp.webhook_secret),
             mailgun: credential(&sync.mailgun.webhook_signing_key),
             resend: sync.resend.webhook_secret.clone(),
+            sendgrid: sync.sendgrid.webhook_public_key.clone(),
             contacts,
             turns,
         }

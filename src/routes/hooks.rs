@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::consent::{Event, Rejected, brevo, mailchimp, mailgun, resend, store};
+use crate::consent::{Event, Rejected, brevo, mailchimp, mailgun, resend, sendgrid, store};
 use crate::database::Writes;
 
 /// What the route answers for events it took: each one's outcome.
@@ -158,6 +158,44 @@ pub(crate) async fn resend(
     };
     let read = resend::read(&headers, &body, key.expose(), Utc::now());
     take(&state, resend::KIND, read).await
+}
+
+/// `POST /hooks/sendgrid`: SendGrid's Signed Event Webhook.
+#[utoipa::path(post, path = "/hooks/sendgrid", tag = "consent",
+    params(
+        ("X-Twilio-Email-Event-Webhook-Signature" = String, Header, description = "base64 DER ECDSA P-256 signature of timestamp ‖ body"),
+        ("X-Twilio-Email-Event-Webhook-Timestamp" = String, Header, description = "Unix seconds"),
+    ),
+    request_body(content = Object, content_type = "application/json", description = "SendGrid's array of events (`email`, `timestamp`, `event`, `sg_event_id`, …)"),
+    responses(
+        (status = 200, description = "Verified; each event applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
+        (status = 400, description = "Not a SendGrid event array", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong signature, or a timestamp more than 5 minutes away; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "email_sync.sendgrid.webhook_public_key is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn sendgrid(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(key) = &state.inbound.sendgrid else {
+        return ApiError::NotFound.error_response();
+    };
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let headers = sendgrid::Headers {
+        signature: header("x-twilio-email-event-webhook-signature"),
+        timestamp: header("x-twilio-email-event-webhook-timestamp"),
+    };
+    let read = sendgrid::read(&headers, &body, &key.0, Utc::now());
+    take(&state, sendgrid::KIND, read).await
 }
 
 /// Applies verified `events` of `kind`, or answers why none were taken.

@@ -106,6 +106,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             )
             .route("/mailgun", web::post().to(hooks::mailgun))
             .route("/resend", web::post().to(hooks::resend))
+            .route("/sendgrid", web::post().to(hooks::sendgrid))
             .wrap(from_fn(limits::limit_api))
             .wrap(from_fn(limits::body_deadline)),
     )

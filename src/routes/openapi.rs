@@ -44,6 +44,7 @@ use super::{admin, console, form, health, hooks, registrations};
         hooks::mailchimp_validator,
         hooks::mailgun,
         hooks::resend,
+        hooks::sendgrid,
         document,
     ),
     modifiers(&Credentials),

@@ -669,3 +669,69 @@ async fn brevo_events_are_taken_with_the_configured_token_only() {
     assert_eq!(taken["outcomes"], json!(["ignored", "applied"]));
     assert_eq!(consent_of(&app, &id).await["state"], "unsubscribed");
 }
+
+/// SendGrid's Signed Event Webhook, with a key pair of the test's own: the public key given as
+/// SendGrid shows it (base64 DER), each request signed over `timestamp ‖ body`.
+#[actix_web::test]
+async fn sendgrid_signed_events_apply_per_event_and_a_forged_batch_changes_nothing() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use p256::ecdsa::signature::Signer;
+    use p256::ecdsa::{Signature, SigningKey};
+    use p256::pkcs8::EncodePublicKey;
+    let signing = SigningKey::from_slice(&[42u8; 32]).expect("a scalar");
+    let shown = STANDARD.encode(
+        signing
+            .verifying_key()
+            .to_public_key_der()
+            .expect("der")
+            .as_bytes(),
+    );
+    let app = spawn_app_with(move |s| {
+        s.email_sync.sendgrid.webhook_public_key = Some(shown.parse().expect("the key"));
+        s.admin.token = Some(TOKEN.into());
+    })
+    .await;
+    let (one, two) = (register(&app, 1).await, register(&app, 2).await);
+    let now = Utc::now();
+    let body = json!([
+        {"email": "user1@example.com", "timestamp": now.timestamp() - 5, "event": "spamreport", "sg_event_id": "sg-1", "sg_message_id": "m1"},
+        {"email": "user2@example.com", "timestamp": now.timestamp() - 4, "event": "bounce", "type": "bounce", "reason": "550 5.1.1 no such user", "sg_event_id": "sg-2"},
+        {"email": "user2@example.com", "timestamp": now.timestamp() - 3, "event": "delivered", "sg_event_id": "sg-3"},
+    ])
+    .to_string();
+    let post = |signer: SigningKey, body: String| {
+        let app = &app;
+        async move {
+            let timestamp = now.timestamp().to_string();
+            let signature: Signature = signer.sign(format!("{timestamp}{body}").as_bytes());
+            app.client
+                .post(app.url("/hooks/sendgrid"))
+                .header("content-type", "application/json")
+                .header(
+                    "X-Twilio-Email-Event-Webhook-Signature",
+                    STANDARD.encode(signature.to_der()),
+                )
+                .header("X-Twilio-Email-Event-Webhook-Timestamp", timestamp)
+                .body(body)
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+
+    let forger = SigningKey::from_slice(&[43u8; 32]).expect("a scalar");
+    assert_eq!(post(forger, body.clone()).await.status().as_u16(), 401);
+    assert_eq!(
+        consent_of(&app, &one).await["state"],
+        Value::Null,
+        "nothing changed"
+    );
+
+    let response = post(signing.clone(), body.clone()).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let taken: Value = response.json().await.expect("json");
+    assert_eq!(taken["outcomes"], json!(["applied", "applied", "ignored"]));
+    assert_eq!(consent_of(&app, &one).await["state"], "complained");
+    assert_eq!(consent_of(&app, &two).await["state"], "bounced");
+}

@@ -40,7 +40,7 @@ pub use gate::{Gate, Paced};
 pub use mailchimp::{Mailchimp, MailchimpErase, MailchimpSettings, StatusIfNew, subscriber_hash};
 pub use mailgun::{Mailgun, MailgunSettings};
 pub use resend::{Resend, ResendSettings};
-pub use sendgrid::{Sendgrid, SendgridSettings};
+pub use sendgrid::{EventWebhookKey, Sendgrid, SendgridSettings};
 pub use webhook::WebhookProvider;
 
 /// `email_sync.kind`: which provider's API deliveries speak (SPEC §5).

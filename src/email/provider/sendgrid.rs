@@ -20,6 +20,43 @@ pub struct SendgridSettings {
     /// An upsert answered with its `job_id` is waited for by polling the job instead.
     #[serde(with = "humantime_serde")]
     pub import_window: Duration,
+    /// The Signed Event Webhook's public key as SendGrid shows it (base64 DER). Set,
+    /// `POST /hooks/sendgrid` takes SendGrid's events (SPEC §8); unset, that route is 404.
+    pub webhook_public_key: Option<EventWebhookKey>,
+}
+
+/// SendGrid's Signed Event Webhook public key: ECDSA P-256, given as SendGrid shows it (the
+/// base64 of its DER), parsed when the settings are read.
+#[derive(Clone)]
+pub struct EventWebhookKey(pub(crate) p256::ecdsa::VerifyingKey);
+
+impl std::fmt::Debug for EventWebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventWebhookKey(P-256)")
+    }
+}
+
+impl std::str::FromStr for EventWebhookKey {
+    type Err = String;
+
+    fn from_str(base64_der: &str) -> Result<Self, Self::Err> {
+        use base64::Engine;
+        use p256::pkcs8::DecodePublicKey;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(base64_der.trim())
+            .map_err(|e| format!("not base64: {e}"))?;
+        p256::ecdsa::VerifyingKey::from_public_key_der(&der)
+            .map(Self)
+            .map_err(|e| format!("not a P-256 public key in DER: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for EventWebhookKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for SendgridSettings {
@@ -31,6 +68,7 @@ impl Default for SendgridSettings {
                 .unwrap_or_else(|_| unreachable!("a valid URL")),
             username_field: "first_name".into(),
             import_window: Duration::from_secs(30 * 60),
+            webhook_public_key: None,
         }
     }
 }
