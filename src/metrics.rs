@@ -81,6 +81,9 @@ pub struct Metrics {
     /// `applied`, `ignored` (a replay, an older event, an unknown address, not about consent)
     /// or `rejected` (signature, timestamp or body refused).
     pub provider_events: IntCounterVec,
+    /// `signup_consent_state{state}`: contacts per consent state (SPEC §8), refreshed with the
+    /// outbox gauges.
+    pub consent_state: IntGaugeVec,
     /// `signup_http_requests_total{method,route,status}`: every request, by route pattern.
     pub http_requests: IntCounterVec,
     /// `signup_http_request_duration_seconds{method,route}`.
@@ -205,6 +208,17 @@ impl Metrics {
             &["kind", "outcome"],
         )?;
         registry.register(Box::new(provider_events.clone()))?;
+        let consent_state = IntGaugeVec::new(
+            Opts::new(
+                "signup_consent_state",
+                "Contacts per consent state, as the providers last told it.",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(consent_state.clone()))?;
+        for state in crate::consent::ConsentState::ALL {
+            consent_state.with_label_values(&[state.as_str()]).set(0);
+        }
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         // process_cpu_seconds_total, process_resident_memory_bytes, … (Linux).
@@ -237,6 +251,7 @@ impl Metrics {
             claims_released,
             database_file_ok,
             provider_events,
+            consent_state,
             http_requests,
             http_duration,
         };

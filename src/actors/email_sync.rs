@@ -423,6 +423,17 @@ impl EmailSyncActor {
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot refresh the outbox gauges"),
             }
+            match crate::consent::store::counts(&db).await {
+                Ok(counts) => {
+                    for (state, n) in counts {
+                        metrics
+                            .consent_state
+                            .with_label_values(&[state.as_str()])
+                            .set(n);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot refresh the consent gauge"),
+            }
         };
         ctx.spawn(refresh.into_actor(self));
     }

@@ -197,6 +197,34 @@ pub(crate) async fn declined<C: ConnectionTrait>(
         .collect())
 }
 
+/// Contacts per consent state (the kept entries of erased people included), for
+/// `signup_consent_state`.
+pub(crate) async fn counts<C: ConnectionTrait>(db: &C) -> Result<Vec<(ConsentState, i64)>, DbErr> {
+    use sea_orm::QuerySelect;
+    use sea_orm::sea_query::{Expr, Func};
+    let rows: Vec<(String, i64)> = consent::Entity::find()
+        .select_only()
+        .column(consent::Column::State)
+        .column_as(
+            Expr::from(Func::count(Expr::col(consent::Column::Contact))),
+            "n",
+        )
+        .group_by(consent::Column::State)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(ConsentState::ALL
+        .into_iter()
+        .map(|state| {
+            let n = rows
+                .iter()
+                .find(|(name, _)| name == state.as_str())
+                .map_or(0, |(_, n)| *n);
+            (state, n)
+        })
+        .collect())
+}
+
 /// A contact's consent as the registration view shows it (SPEC §8).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Consent {

@@ -121,6 +121,12 @@ async fn a_mailgun_unsubscribe_sets_the_persons_consent() {
     assert_eq!(consent["state"], "unsubscribed", "{consent}");
     assert_eq!(consent["source"], "provider event");
     assert_eq!(events_counted(&app, "applied").await, 1.0);
+    wait_until("the consent gauge counts them", PATIENCE, || async {
+        let text = app.get("/metrics").await.text().await.expect("text");
+        text.lines()
+            .any(|line| line == "signup_consent_state{state=\"unsubscribed\"} 1")
+    })
+    .await;
 }
 
 #[actix_web::test]
