@@ -127,6 +127,9 @@ impl EmailSyncActor {
         }
         for noted in &actions.noted {
             self.note_outcome(noted);
+            if let AttemptOutcome::Declined { state, .. } = &noted.outcome {
+                self.record_declined(&noted.claimed, state, ctx);
+            }
         }
         if actions.stale > 0 {
             tracing::warn!(
@@ -301,6 +304,36 @@ impl EmailSyncActor {
         self.wake_timer = Some((at, handle));
     }
 
+    /// The provider answered that the person of `claimed` declined: their consent says so
+    /// (SPEC §8, source `provider answer`), unless a newer statement does.
+    fn record_declined(&self, claimed: &Claimed, state: &str, ctx: &mut Context<Self>) {
+        let (Some(contact), Some(state)) = (
+            claimed.row.contact.clone(),
+            crate::consent::ConsentState::parse(state),
+        ) else {
+            return;
+        };
+        let (db, turns, kind) = (self.db.clone(), self.turns.clone(), self.settings.kind);
+        let record = async move {
+            let written = turns
+                .run(
+                    Writes::Deliveries,
+                    crate::consent::store::set_from_answer(
+                        &db,
+                        contact,
+                        state,
+                        kind.as_str(),
+                        Utc::now(),
+                    ),
+                )
+                .await;
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot record the provider's answer as consent; the row is done all the same");
+            }
+        };
+        ctx.spawn(record.into_actor(self));
+    }
+
     /// Counts and logs one row's outcome.
     fn note_outcome(&self, noted: &Noted) {
         let Noted {
@@ -359,6 +392,18 @@ impl EmailSyncActor {
                     .with_label_values(&["transient"])
                     .inc();
                 tracing::info!(outbox_id = %id, status, %error, attempts, "the provider is not done with an earlier request about this contact; will ask again");
+            }
+            AttemptOutcome::Declined {
+                status,
+                state,
+                error,
+            } => {
+                self.metrics
+                    .sync_attempts
+                    .with_label_values(&["suppressed"])
+                    .inc();
+                let error = crate::domain::mask_addresses_in(error);
+                tracing::info!(outbox_id = %id, status, state, %error, "the provider says the person declined: their consent is recorded and the row is done (SPEC §8)");
             }
             AttemptOutcome::Suppressed { state } => {
                 self.metrics

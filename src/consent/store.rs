@@ -110,6 +110,35 @@ pub(crate) async fn apply(
     Ok(Verdict::Applied)
 }
 
+/// The provider's answer to a delivery says `contact` is in `state` (Mailchimp's compliance
+/// state): recorded as of `now`, source `provider answer`, unless a newer statement stands.
+pub(crate) async fn set_from_answer(
+    db: &DatabaseConnection,
+    contact: String,
+    state: ConsentState,
+    kind: &'static str,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    let current = consent::Entity::find_by_id(contact.clone())
+        .one(&txn)
+        .await?;
+    if current.is_some_and(|c| !supersedes(c.changed_at, c.event_id.as_deref(), now, None)) {
+        return Ok(());
+    }
+    set(
+        &txn,
+        contact,
+        state,
+        now,
+        Source::ProviderAnswer,
+        kind,
+        None,
+    )
+    .await?;
+    txn.commit().await
+}
+
 /// Writes the contact's state.
 async fn set<C: ConnectionTrait>(
     db: &C,

@@ -20,6 +20,9 @@ pub(crate) fn completion(
 ) -> Completion {
     match outcome {
         AttemptOutcome::Delivered { status, job } => Completion::Delivered { status, job },
+        AttemptOutcome::Declined { error, .. } => Completion::Suppressed {
+            reason: format!("suppressed: {error}"),
+        },
         AttemptOutcome::Suppressed { state } => Completion::Suppressed {
             reason: format!(
                 "suppressed: the address is {state} (SPEC §8); not sent to the provider"

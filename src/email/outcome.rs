@@ -28,6 +28,14 @@ pub(crate) enum AttemptOutcome {
     /// Any other 4xx: the message itself is refused; retrying cannot help. `status`: none when
     /// the request could not even be built (a stored payload nobody can read).
     Permanent { status: Option<u16>, error: String },
+    /// The provider refused the member because the person declined (Mailchimp's "Member In
+    /// Compliance State", "Forgotten Email Not Subscribed"): the contact's consent becomes
+    /// `state` (SPEC §8), and the row is done as suppressed, not dead.
+    Declined {
+        status: u16,
+        state: &'static str,
+        error: String,
+    },
     /// Not sent, on purpose: an upsert of an address whose person declined (unsubscribed,
     /// complained, cleaned; SPEC §8, "never undone"). The row is done, delivered without a
     /// request; the circuit is not touched.

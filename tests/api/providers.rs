@@ -173,7 +173,8 @@ async fn mailchimp_gets_an_upsert_of_the_member_by_its_hash_without_a_status() {
 }
 
 #[actix_web::test]
-async fn mailchimp_compliance_state_makes_the_row_dead_with_the_providers_title() {
+async fn mailchimp_compliance_state_records_the_persons_consent_and_the_row_is_done_as_suppressed()
+{
     let provider = MockServer::start().await;
     Mock::given(method("PUT"))
         .respond_with(ResponseTemplate::new(400).set_body_json(json!({
@@ -189,19 +190,33 @@ async fn mailchimp_compliance_state_makes_the_row_dead_with_the_providers_title(
 
     app.register_all(1..2).await;
 
-    wait_until("the row is dead", Duration::from_secs(30), || async {
-        app.outbox_rows().await[0].status == Status::Dead
+    // SPEC §8: the answer sets the person's consent instead of leaving only a dead row.
+    wait_until("the row is done", Duration::from_secs(30), || async {
+        app.outbox_rows().await[0].status == Status::Delivered
     })
     .await;
     let row = &app.outbox_rows().await[0];
-    assert_eq!(row.last_status, Some(400));
     assert!(
         row.last_error
             .as_deref()
-            .is_some_and(|e| e.contains("Member In Compliance State")),
+            .is_some_and(|e| e.contains("suppressed") && e.contains("Member In Compliance State")),
         "{:?}",
         row.last_error
     );
+    wait_until(
+        "the consent is recorded",
+        Duration::from_secs(30),
+        || async {
+            use sea_orm::EntityTrait;
+            entity::consent::Entity::find()
+                .all(&app.db)
+                .await
+                .expect("consent")
+                .iter()
+                .any(|c| c.state == "unsubscribed" && c.source == "provider answer")
+        },
+    )
+    .await;
 }
 
 #[actix_web::test]

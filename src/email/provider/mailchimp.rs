@@ -168,6 +168,17 @@ fn mailchimp_outcome(status: StatusCode, headers: &HeaderMap, body: &str) -> Att
 /// may be tried again, no sooner than an hour; everything else (compliance state, permanently
 /// deleted or forgotten, fake or invalid, validation) is final, kept with Mailchimp's words.
 fn mailchimp_refusal(words: &str) -> AttemptOutcome {
+    // The person declined (unsubscribed, bounced, complained, or was forgotten at Mailchimp):
+    // their consent says so from now on (SPEC §8), and the row is done.
+    if words.contains("Member In Compliance State")
+        || words.contains("Forgotten Email Not Subscribed")
+    {
+        return AttemptOutcome::Declined {
+            status: 400,
+            state: "unsubscribed",
+            error: format!("Mailchimp: {words}"),
+        };
+    }
     if words.contains("signed up to a lot of lists very recently") {
         return AttemptOutcome::Transient {
             status: Some(400),
@@ -286,7 +297,8 @@ mod tests {
     }
 
     #[test]
-    fn mailchimp_400s_are_permanent_but_too_many_recent_signups_waits_an_hour() {
+    fn mailchimp_400s_are_permanent_a_declined_member_is_consent_and_too_many_recent_signups_waits_an_hour()
+     {
         let body = |title: &str, detail: &str| json_body(title, detail);
         let permanent = mailchimp_outcome(
             StatusCode::BAD_REQUEST,
@@ -297,11 +309,11 @@ mod tests {
             ),
         );
         assert!(
-            matches!(&permanent, AttemptOutcome::Permanent { status: Some(400), error } if error.contains("Member In Compliance State")),
+            matches!(&permanent, AttemptOutcome::Declined { status: 400, state: "unsubscribed", error } if error.contains("Member In Compliance State")),
             "{permanent:?}"
         );
-        // After a permanent delete (erasure), the same address signing up again: final, so the
-        // operator sees it dead instead of a retry loop.
+        // After a permanent delete (erasure), the same address signing up again: final, and
+        // the person's consent says they declined (SPEC §8) instead of a retry loop.
         let forgotten = mailchimp_outcome(
             StatusCode::BAD_REQUEST,
             &HeaderMap::new(),
@@ -311,7 +323,7 @@ mod tests {
             ),
         );
         assert!(
-            matches!(&forgotten, AttemptOutcome::Permanent { status: Some(400), error } if error.contains("Forgotten Email Not Subscribed")),
+            matches!(&forgotten, AttemptOutcome::Declined { status: 400, state: "unsubscribed", error } if error.contains("Forgotten Email Not Subscribed")),
             "{forgotten:?}"
         );
         let recent = mailchimp_outcome(

@@ -62,6 +62,18 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// As `email_sync.kind` spells it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Webhook => "webhook",
+            ProviderKind::Brevo => "brevo",
+            ProviderKind::Resend => "resend",
+            ProviderKind::Mailchimp => "mailchimp",
+            ProviderKind::Sendgrid => "sendgrid",
+            ProviderKind::Mailgun => "mailgun",
+        }
+    }
+
     /// The most rows one request may carry: the API's batch limit (SPEC §5; SendGrid's own
     /// is 30 000 contacts / 6 MB, held to 1000 so a request stays far below the size limit),
     /// 1 where the API takes one contact per request.
