@@ -263,6 +263,21 @@ pub(crate) struct Consent {
     pub(crate) source: Option<Source>,
 }
 
+impl Consent {
+    /// One line for a page: `unsubscribed since 2027-01-15 08:00:00 UTC (provider event)`.
+    pub(crate) fn describe(&self) -> String {
+        match (self.state, self.changed_at, self.source) {
+            (Some(state), Some(at), Some(source)) => format!(
+                "{} since {} UTC ({})",
+                state.as_str(),
+                at.format("%Y-%m-%d %H:%M:%S"),
+                source.as_str()
+            ),
+            _ => "not known yet (the provider has said nothing)".to_owned(),
+        }
+    }
+}
+
 /// The consent of the person registered as `normalized_email`.
 pub(crate) async fn of<C: ConnectionTrait>(
     db: &C,

@@ -94,6 +94,9 @@ pub(super) struct SearchView {
     pub query: String,
     pub user: Option<RegisteredUser>,
     pub registered: String,
+    /// The user's consent (SPEC §8): state, when and who said it; "not known yet" until the
+    /// provider says anything.
+    pub consent: String,
     pub message: Option<String>,
     pub jobs: Vec<JobRow>,
     pub back: String,

@@ -741,3 +741,30 @@ async fn sendgrid_signed_events_apply_per_event_and_a_forged_batch_changes_nothi
     assert_eq!(consent_of(&app, &one).await["state"], "complained");
     assert_eq!(consent_of(&app, &two).await["state"], "bounced");
 }
+
+/// The console's search shows the person's consent: state, since when, and who said it.
+#[actix_web::test]
+async fn the_console_shows_a_persons_consent() {
+    let app = spawn_app_with(|s| {
+        s.email_sync.mailgun.webhook_signing_key = MAILGUN_KEY.into();
+        s.admin.token = Some(crate::console::TOKEN.into());
+    })
+    .await;
+    register(&app, 1).await;
+    let browser = crate::console::Browser::signed_in(&app).await;
+    let page = browser.text("/admin/search?q=user1@example.com").await;
+    assert!(page.contains("not known yet"), "{page}");
+
+    let now = Utc::now();
+    let body = mailgun_event(
+        MAILGUN_KEY,
+        now,
+        data("unsubscribed", "ev-1", "user1@example.com", now),
+    );
+    assert_eq!(post_mailgun(&app, &body).await.status().as_u16(), 200);
+    let page = browser.text("/admin/search?q=user1@example.com").await;
+    assert!(
+        page.contains("unsubscribed since") && page.contains("(provider event)"),
+        "{page}"
+    );
+}

@@ -43,7 +43,7 @@ pub async fn console_app(provider: Option<&MockServer>) -> TestApp {
 }
 
 /// A browser of the console: keeps cookies, does not follow redirects.
-struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     app: &'a TestApp,
     client: reqwest::Client,
 }
@@ -66,7 +66,7 @@ impl<'a> Browser<'a> {
             .expect("sent")
     }
 
-    async fn text(&self, path: &str) -> String {
+    pub(crate) async fn text(&self, path: &str) -> String {
         let response = self.get(path).await;
         assert_eq!(response.status(), 200, "GET {path}");
         response.text().await.expect("body")
@@ -89,7 +89,7 @@ impl<'a> Browser<'a> {
             .await
     }
 
-    async fn signed_in(app: &'a TestApp) -> Self {
+    pub(crate) async fn signed_in(app: &'a TestApp) -> Self {
         let browser = Self::new(app);
         let response = browser.sign_in_with(TOKEN).await;
         assert_eq!(response.status(), 303);

@@ -28,6 +28,7 @@ pub(crate) async fn search(
         query: text.clone(),
         user: None,
         registered: String::new(),
+        consent: String::new(),
         message: None,
         jobs: Vec::new(),
         back: String::new(),
@@ -60,6 +61,13 @@ pub(crate) async fn search(
             .as_ref()
             .map(|u| u.created_at.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
+        if let Some(user) = &user {
+            let normalized = crate::domain::Email::parse(&user.email)
+                .map_or_else(|_| user.email.to_lowercase(), |e| e.normalized().to_owned());
+            let consent =
+                crate::consent::store::of(&state.db, &state.inbound.contacts, &normalized).await?;
+            view.consent = consent.describe();
+        }
         view.user = user;
     }
     Ok(pages::console_search(&operator.csrf_token(&state), &view))
