@@ -127,8 +127,24 @@ impl EmailSyncActor {
         }
         for noted in &actions.noted {
             self.note_outcome(noted);
-            if let AttemptOutcome::Declined { state, .. } = &noted.outcome {
-                self.record_declined(&noted.claimed, state, ctx);
+            match &noted.outcome {
+                AttemptOutcome::Declined { state, .. } => {
+                    if let Some(state) = crate::consent::ConsentState::parse(state) {
+                        self.record_answer(&noted.claimed, state, ctx);
+                    }
+                }
+                // Double opt-in (SPEC §8): Mailchimp asks a new member to confirm; until its
+                // `subscribe` event, the person is pending.
+                AttemptOutcome::Delivered { .. }
+                    if noted.claimed.row.event
+                        == entity::email_outbox::EventType::UserRegistered
+                        && self.settings.kind == crate::configuration::ProviderKind::Mailchimp
+                        && self.settings.mailchimp.status_if_new
+                            == crate::configuration::StatusIfNew::Pending =>
+                {
+                    self.record_answer(&noted.claimed, crate::consent::ConsentState::Pending, ctx);
+                }
+                _ => {}
             }
         }
         if actions.stale > 0 {
@@ -304,13 +320,16 @@ impl EmailSyncActor {
         self.wake_timer = Some((at, handle));
     }
 
-    /// The provider answered that the person of `claimed` declined: their consent says so
-    /// (SPEC §8, source `provider answer`), unless a newer statement does.
-    fn record_declined(&self, claimed: &Claimed, state: &str, ctx: &mut Context<Self>) {
-        let (Some(contact), Some(state)) = (
-            claimed.row.contact.clone(),
-            crate::consent::ConsentState::parse(state),
-        ) else {
+    /// The provider's answer about the person of `claimed` says `state` (SPEC §8, source
+    /// `provider answer`): recorded unless a newer statement stands (`pending` only where
+    /// nothing was said yet).
+    fn record_answer(
+        &self,
+        claimed: &Claimed,
+        state: crate::consent::ConsentState,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(contact) = claimed.row.contact.clone() else {
             return;
         };
         let (db, turns, kind) = (self.db.clone(), self.turns.clone(), self.settings.kind);

@@ -85,7 +85,13 @@ pub(crate) async fn apply(
     if remembered == 0 {
         return Ok(Verdict::Replayed);
     }
+    // `pending` is signup's own inference from an upsert answered (double opt-in asked): the
+    // provider's word on the person replaces it, whatever the clocks say.
+    let inferred = current.as_ref().is_some_and(|c| {
+        c.state == ConsentState::Pending.as_str() && c.source == Source::ProviderAnswer.as_str()
+    });
     if let Some(current) = &current
+        && !inferred
         && !supersedes(
             current.changed_at,
             current.event_id.as_deref(),
@@ -111,7 +117,8 @@ pub(crate) async fn apply(
 }
 
 /// The provider's answer to a delivery says `contact` is in `state` (Mailchimp's compliance
-/// state): recorded as of `now`, source `provider answer`, unless a newer statement stands.
+/// state, or `pending` for a double opt-in asked): recorded as of `now`, source `provider
+/// answer`, unless a newer statement stands (for `pending`: unless anything was said).
 pub(crate) async fn set_from_answer(
     db: &DatabaseConnection,
     contact: String,
@@ -123,7 +130,13 @@ pub(crate) async fn set_from_answer(
     let current = consent::Entity::find_by_id(contact.clone())
         .one(&txn)
         .await?;
-    if current.is_some_and(|c| !supersedes(c.changed_at, c.event_id.as_deref(), now, None)) {
+    let stands = match &current {
+        // Asked to confirm: says nothing over what the person or the provider said before.
+        Some(_) if state == ConsentState::Pending => true,
+        Some(c) => !supersedes(c.changed_at, c.event_id.as_deref(), now, None),
+        None => false,
+    };
+    if stands {
         return Ok(());
     }
     set(

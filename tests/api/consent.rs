@@ -768,3 +768,49 @@ async fn the_console_shows_a_persons_consent() {
         "{page}"
     );
 }
+
+/// Double opt-in (SPEC §8): with `status_if_new = "pending"` Mailchimp asks a new member to
+/// confirm; the person is `pending` from the upsert until Mailchimp's `subscribe` event.
+#[actix_web::test]
+async fn a_double_opt_in_is_pending_until_mailchimps_subscribe_event() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let provider = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"id": "62eeb292278cc15f5817cb78f7790b08", "email_address": "user1@example.com", "status": "pending"}),
+        ))
+        .mount(&provider)
+        .await;
+    let base = provider.uri();
+    let app = spawn_app_with(move |s| {
+        use_provider_kind(
+            s,
+            signup::configuration::ProviderKind::Mailchimp,
+            &base,
+            "key-us1",
+        );
+        s.email_sync.mailchimp.webhook_secret = MAILCHIMP_SECRET.into();
+        s.admin.token = Some(TOKEN.into());
+    })
+    .await;
+    let id = register(&app, 1).await;
+    app.wait_all_delivered(1).await;
+    wait_until("the person is pending", PATIENCE, || async {
+        consent_of(&app, &id).await["state"] == "pending"
+    })
+    .await;
+    assert_eq!(consent_of(&app, &id).await["source"], "provider answer");
+
+    let confirmed = mailchimp_form("subscribe", "user1@example.com", Utc::now());
+    assert_eq!(
+        post_mailchimp(&app, MAILCHIMP_SECRET, &confirmed)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    let consent = consent_of(&app, &id).await;
+    assert_eq!(consent["state"], "subscribed", "{consent}");
+    assert_eq!(consent["source"], "provider event");
+}
