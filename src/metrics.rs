@@ -208,6 +208,11 @@ impl Metrics {
             &["kind", "outcome"],
         )?;
         registry.register(Box::new(provider_events.clone()))?;
+        for kind in ["mailchimp", "sendgrid", "brevo", "resend", "mailgun"] {
+            for outcome in ["applied", "ignored", "rejected"] {
+                provider_events.with_label_values(&[kind, outcome]);
+            }
+        }
         let consent_state = IntGaugeVec::new(
             Opts::new(
                 "signup_consent_state",

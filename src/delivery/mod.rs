@@ -7,5 +7,5 @@ pub(crate) mod core;
 mod sim;
 
 pub(crate) use self::core::{
-    Actions, Core, CoreSettings, Noted, Request, RequestId, lease_accepted,
+    Actions, Core, CoreSettings, Noted, Request, RequestId, lease_accepted, may_send,
 };

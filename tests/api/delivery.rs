@@ -216,3 +216,50 @@ async fn released_claims(app: &crate::helpers::TestApp) -> f64 {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| panic!("no signup_email_sync_claims_released_total in:\n{text}"))
 }
+
+/// SPEC §3.5: a request goes out only while its lease still covers the whole timeout. What a
+/// request needs is read after the claim (the person's consent, an erasure's last upsert), and
+/// that may take time: the rule is checked once more right before the request goes out, as the
+/// simulation's shell does. Here the time before the request (a test hook) outlasts the lease's
+/// slack: the claim is given back unsent, and the row is delivered once, by a later claim.
+#[actix_web::test]
+async fn a_request_whose_lease_ran_short_before_it_went_out_is_given_back_unsent() {
+    let provider = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&provider)
+        .await;
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hooks = signup::startup::Hooks {
+        before_delivery: Some(Arc::new(move |_| {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                // Past lease (3 s) − timeout (1 s) after the claim.
+                std::thread::sleep(Duration::from_millis(2500));
+            }
+        })),
+    };
+    let base = provider.uri();
+    let app = crate::helpers::spawn_app_with_hooks(
+        move |s| {
+            use_provider(s, &base);
+            s.email_sync.timeout = Duration::from_secs(1);
+            s.email_sync.lease = Duration::from_secs(3);
+        },
+        hooks,
+    )
+    .await;
+
+    app.register_all(0..1).await;
+    app.wait_all_delivered(1).await;
+
+    assert!(
+        released_claims(&app).await >= 1.0,
+        "the first claim was given back"
+    );
+    let requests = provider.received_requests().await.map_or(0, |r| r.len());
+    assert_eq!(
+        requests, 1,
+        "one request, by the claim whose lease covered it"
+    );
+    assert_eq!(app.outbox_rows().await[0].attempts, 1);
+}
