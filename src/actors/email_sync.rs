@@ -78,6 +78,9 @@ pub struct EmailSyncActor {
     wake_timer: Option<(DateTime<Utc>, SpawnHandle)>,
     /// The pending [`Drain`]'s answer, sent once the core says the drain is over.
     draining: Option<oneshot::Sender<()>>,
+    /// Claimed upserts of declined addresses (SPEC §8), read once per claim: a request's rows
+    /// take theirs when it is sent.
+    declined: HashMap<uuid::Uuid, &'static str>,
 }
 
 impl EmailSyncActor {
@@ -111,6 +114,7 @@ impl EmailSyncActor {
             turns,
             wake_timer: None,
             draining: None,
+            declined: HashMap::new(),
         }
     }
 
@@ -125,6 +129,13 @@ impl EmailSyncActor {
         for (before, after) in actions.circuit {
             self.note_transition(before, after);
         }
+        // Double opt-in (SPEC §8): Mailchimp asks a new member to confirm; until its
+        // `subscribe` event, the person is pending. One write for all the request's rows: a
+        // write per row would queue behind each other and delay the outcome writes past their
+        // leases (a 10 000-row run sent rows twice).
+        let double_opt_in = self.settings.kind == crate::configuration::ProviderKind::Mailchimp
+            && self.settings.mailchimp.status_if_new == crate::configuration::StatusIfNew::Pending;
+        let mut asked = Vec::new();
         for noted in &actions.noted {
             self.note_outcome(noted);
             match &noted.outcome {
@@ -133,19 +144,18 @@ impl EmailSyncActor {
                         self.record_answer(&noted.claimed, state, ctx);
                     }
                 }
-                // Double opt-in (SPEC §8): Mailchimp asks a new member to confirm; until its
-                // `subscribe` event, the person is pending.
                 AttemptOutcome::Delivered { .. }
-                    if noted.claimed.row.event
-                        == entity::email_outbox::EventType::UserRegistered
-                        && self.settings.kind == crate::configuration::ProviderKind::Mailchimp
-                        && self.settings.mailchimp.status_if_new
-                            == crate::configuration::StatusIfNew::Pending =>
+                    if double_opt_in
+                        && noted.claimed.row.event
+                            == entity::email_outbox::EventType::UserRegistered =>
                 {
-                    self.record_answer(&noted.claimed, crate::consent::ConsentState::Pending, ctx);
+                    asked.extend(noted.claimed.row.contact.clone());
                 }
                 _ => {}
             }
+        }
+        if !asked.is_empty() {
+            self.record_asked(asked, ctx);
         }
         if actions.stale > 0 {
             tracing::warn!(
@@ -188,15 +198,22 @@ impl EmailSyncActor {
         let lease = self.settings.lease;
         let turns = self.turns.clone();
         let claim = async move {
-            turns
+            let rows = turns
                 .run(Writes::Deliveries, async {
                     outbox::claim(&db, limit, lease, Utc::now()).await
                 })
-                .await
+                .await?;
+            // Once per claim, not once per request: reads on this pool compete with the
+            // outcome writes, which must land within the lease.
+            let declined = declined_of(&db, &rows).await?;
+            Ok::<_, sea_orm::DbErr>((rows, declined))
         };
         ctx.spawn(claim.into_actor(self).map(|result, act, ctx| {
             let actions = match result {
-                Ok(rows) => act.core.claimed(rows, Utc::now()),
+                Ok((rows, declined)) => {
+                    act.declined.extend(declined);
+                    act.core.claimed(rows, Utc::now())
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim outbox rows; retrying at the next poll");
                     act.core.claim_failed(Utc::now())
@@ -213,9 +230,16 @@ impl EmailSyncActor {
         let hook = self.hook.clone();
         let (db, lease, timeout) = (self.db.clone(), self.settings.lease, self.settings.timeout);
         let claims = request.rows.clone();
+        let declined: HashMap<uuid::Uuid, &'static str> = claims
+            .iter()
+            .filter_map(|c| {
+                self.declined
+                    .remove(&c.row.id)
+                    .map(|state| (c.row.id, state))
+            })
+            .collect();
         let task = tokio::task::spawn_local(async move {
-            // None: given back unsent, no attempt spent (consent could not be read).
-            let rows = deliveries(&db, &claims, lease).await?;
+            let rows = deliveries(&db, &claims, lease, &declined).await;
 
             if let Some(hook) = hook {
                 for row in &rows {
@@ -263,6 +287,9 @@ impl EmailSyncActor {
     /// given back again and again is a configuration or a database to look at.
     fn release(&mut self, rows: Vec<Claimed>, ctx: &mut Context<Self>) {
         self.metrics.claims_released.inc_by(rows.len() as u64);
+        for claimed in &rows {
+            self.declined.remove(&claimed.row.id);
+        }
         let db = self.db.clone();
         let release = async move {
             if let Err(e) = outbox::release(&db, &rows).await {
@@ -363,6 +390,23 @@ impl EmailSyncActor {
                 .await;
             if let Err(e) = written {
                 tracing::warn!(error = %e, "cannot record the provider's answer as consent; the row is done all the same");
+            }
+        };
+        ctx.spawn(record.into_actor(self));
+    }
+
+    /// Mailchimp asked these contacts to confirm: `pending` where nothing was said yet.
+    fn record_asked(&self, contacts: Vec<String>, ctx: &mut Context<Self>) {
+        let (db, turns) = (self.db.clone(), self.turns.clone());
+        let record = async move {
+            let written = turns
+                .run(
+                    Writes::Deliveries,
+                    crate::consent::store::pending_where_unknown(&db, &contacts, Utc::now()),
+                )
+                .await;
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot record the double opt-in as pending; the rows are done all the same");
             }
         };
         ctx.spawn(record.into_actor(self));
@@ -562,24 +606,35 @@ impl EmailSyncActor {
 /// its user, which a provider that imports asynchronously may still be applying (SPEC §6).
 /// If that cannot be read, the deletion assumes an upsert may have just been sent: "not found"
 /// is then retried rather than taken as gone.
-async fn deliveries(
+/// Of the claimed `rows`, the upserts of addresses whose person declined (SPEC §8).
+async fn declined_of(
     db: &DatabaseConnection,
-    claims: &[Claimed],
-    lease: Duration,
-) -> Option<Vec<Delivery>> {
-    let upserts: Vec<&str> = claims
+    rows: &[Claimed],
+) -> Result<HashMap<uuid::Uuid, &'static str>, sea_orm::DbErr> {
+    let upserts: Vec<&str> = rows
         .iter()
         .filter(|c| c.row.event == entity::email_outbox::EventType::UserRegistered)
         .filter_map(|c| c.row.contact.as_deref())
         .collect();
-    let declined = match crate::consent::store::declined(db, &upserts).await {
-        Ok(declined) => declined,
-        Err(e) => {
-            // Sending now could subscribe someone who declined: these go back, tried again.
-            tracing::warn!(error = %e, "cannot read consent; the claimed rows are given back and tried again later");
-            return None;
-        }
-    };
+    let declined = crate::consent::store::declined(db, &upserts).await?;
+    Ok(rows
+        .iter()
+        .filter(|c| c.row.event == entity::email_outbox::EventType::UserRegistered)
+        .filter_map(|c| {
+            let state = declined.get(c.row.contact.as_deref()?)?;
+            Some((c.row.id, state.as_str()))
+        })
+        .collect())
+}
+
+/// The rows of a request as the provider adapter takes them: a deletion with the last upsert
+/// of its contact that may still be landing, an upsert with its contact's declined state.
+async fn deliveries(
+    db: &DatabaseConnection,
+    claims: &[Claimed],
+    lease: Duration,
+    declined: &HashMap<uuid::Uuid, &'static str>,
+) -> Vec<Delivery> {
     let mut rows = Vec::with_capacity(claims.len());
     for claimed in claims {
         let row = &claimed.row;
@@ -603,17 +658,10 @@ async fn deliveries(
             event: row.event,
             payload: row.payload.clone(),
             upsert,
-            suppressed: match row.event {
-                entity::email_outbox::EventType::UserRegistered => row
-                    .contact
-                    .as_deref()
-                    .and_then(|contact| declined.get(contact))
-                    .map(|state| state.as_str()),
-                _ => None,
-            },
+            suppressed: declined.get(&row.id).copied(),
         });
     }
-    Some(rows)
+    rows
 }
 
 impl Actor for EmailSyncActor {

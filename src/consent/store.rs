@@ -152,6 +152,34 @@ pub(crate) async fn set_from_answer(
     txn.commit().await
 }
 
+/// Mailchimp asked `contacts` to confirm (double opt-in): `pending` for each of them nothing
+/// was said about yet, in one statement per thousand.
+pub(crate) async fn pending_where_unknown(
+    db: &DatabaseConnection,
+    contacts: &[String],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    for chunk in contacts.chunks(1000) {
+        let rows = chunk.iter().map(|contact| consent::ActiveModel {
+            contact: Set(contact.clone()),
+            state: Set(ConsentState::Pending.as_str().to_owned()),
+            changed_at: Set(now),
+            source: Set(Source::ProviderAnswer.as_str().to_owned()),
+            kind: Set(Some("mailchimp".to_owned())),
+            event_id: Set(None),
+        });
+        consent::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(consent::Column::Contact)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Writes the contact's state.
 async fn set<C: ConnectionTrait>(
     db: &C,
