@@ -11,6 +11,34 @@ use super::error::ApiError;
 use crate::consent::{Event, Rejected, brevo, mailchimp, mailgun, resend, sendgrid, store};
 use crate::database::Writes;
 
+/// How every `/hooks/…` route refuses a request, changing nothing (OpenAPI only): 400 a body
+/// that is not the kind's shape, 401 a missing or wrong credential or signature or a signed
+/// timestamp more than 5 minutes away, 404 the kind's credential unset, 413 a body over
+/// `server.max_body_bytes`, 429 the form's rate limit, 503 the database did not answer (the
+/// provider sends it again).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum HookRefused<'p> {
+    /// Not the kind's event body
+    #[response(status = 400, content_type = "application/problem+json")]
+    Malformed(crate::routes::error::Problem<'p>),
+    /// Missing or wrong credential or signature, or a stale timestamp; nothing changed
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(crate::routes::error::Problem<'p>),
+    /// The kind's credential is not set
+    #[response(status = 404, content_type = "application/problem+json")]
+    Off(crate::routes::error::Problem<'p>),
+    /// Body over server.max_body_bytes
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(crate::routes::error::Problem<'p>),
+    /// rate_limited
+    #[response(status = 429, content_type = "application/problem+json")]
+    RateLimited(crate::routes::error::Problem<'p>),
+    /// The database did not answer; nothing changed
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(crate::routes::error::Problem<'p>),
+}
+
 /// What the route answers for events it took: each one's outcome.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Taken {
@@ -24,12 +52,7 @@ pub(crate) struct Taken {
     request_body(content = Object, content_type = "application/json", description = "A Brevo marketing event (`event`, `email`, `ts_event`, …), or an array of them"),
     responses(
         (status = 200, description = "Applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
-        (status = 400, description = "Not a Brevo event body", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong credential; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "email_sync.brevo.webhook_token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        HookRefused,
     ))]
 pub(crate) async fn brevo(
     request: HttpRequest,
@@ -39,10 +62,7 @@ pub(crate) async fn brevo(
     let Some(token) = &state.inbound.brevo else {
         return ApiError::NotFound.error_response();
     };
-    let authorization = request
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok());
+    let authorization = header(&request, "authorization");
     let read =
         brevo::authorized(authorization, token.expose_secret()).and_then(|()| brevo::read(&body));
     take(&state, brevo::KIND, read).await
@@ -55,12 +75,7 @@ pub(crate) async fn brevo(
     request_body(content = Object, content_type = "application/x-www-form-urlencoded", description = "Mailchimp's webhook form: `type`, `fired_at`, `data[email]`, …"),
     responses(
         (status = 200, description = "Applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
-        (status = 400, description = "Not a Mailchimp event body", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not the configured secret; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "email_sync.mailchimp.webhook_secret is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        HookRefused,
     ))]
 pub(crate) async fn mailchimp(
     secret: web::Path<String>,
@@ -105,12 +120,7 @@ pub(crate) async fn mailchimp_validator(
     request_body(content = Object, content_type = "application/json", description = "Mailgun's webhook body: `signature` and `event-data`"),
     responses(
         (status = 200, description = "Verified; applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
-        (status = 400, description = "Not a Mailgun event body", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong signature, or a timestamp more than 5 minutes away; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "email_sync.mailgun.webhook_signing_key is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        HookRefused,
     ))]
 pub(crate) async fn mailgun(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
     let Some(key) = &state.inbound.mailgun else {
@@ -130,12 +140,7 @@ pub(crate) async fn mailgun(body: web::Bytes, state: web::Data<AppState>) -> Htt
     request_body(content = Object, content_type = "application/json", description = "Resend's event: `type`, `created_at`, `data`"),
     responses(
         (status = 200, description = "Verified; applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
-        (status = 400, description = "Not a Resend event body", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong signature, or a timestamp more than 5 minutes away; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "email_sync.resend.webhook_secret is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        HookRefused,
     ))]
 pub(crate) async fn resend(
     request: HttpRequest,
@@ -145,16 +150,10 @@ pub(crate) async fn resend(
     let Some(key) = &state.inbound.resend else {
         return ApiError::NotFound.error_response();
     };
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-    };
     let headers = resend::Headers {
-        id: header("svix-id"),
-        timestamp: header("svix-timestamp"),
-        signature: header("svix-signature"),
+        id: header(&request, "svix-id"),
+        timestamp: header(&request, "svix-timestamp"),
+        signature: header(&request, "svix-signature"),
     };
     let read = resend::read(&headers, &body, key.expose(), Utc::now());
     take(&state, resend::KIND, read).await
@@ -169,12 +168,7 @@ pub(crate) async fn resend(
     request_body(content = Object, content_type = "application/json", description = "SendGrid's array of events (`email`, `timestamp`, `event`, `sg_event_id`, …)"),
     responses(
         (status = 200, description = "Verified; each event applied or ignored (a replay, an older event, an unknown address, not about consent)", body = Taken),
-        (status = 400, description = "Not a SendGrid event array", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong signature, or a timestamp more than 5 minutes away; nothing changed", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "email_sync.sendgrid.webhook_public_key is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over server.max_body_bytes", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "rate_limited", body = crate::routes::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not answer; nothing changed (the provider retries)", body = crate::routes::error::Problem, content_type = "application/problem+json"),
+        HookRefused,
     ))]
 pub(crate) async fn sendgrid(
     request: HttpRequest,
@@ -184,18 +178,20 @@ pub(crate) async fn sendgrid(
     let Some(key) = &state.inbound.sendgrid else {
         return ApiError::NotFound.error_response();
     };
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-    };
     let headers = sendgrid::Headers {
-        signature: header("x-twilio-email-event-webhook-signature"),
-        timestamp: header("x-twilio-email-event-webhook-timestamp"),
+        signature: header(&request, "x-twilio-email-event-webhook-signature"),
+        timestamp: header(&request, "x-twilio-email-event-webhook-timestamp"),
     };
     let read = sendgrid::read(&headers, &body, &key.0, Utc::now());
     take(&state, sendgrid::KIND, read).await
+}
+
+/// The header `name`, if present and readable.
+fn header<'r>(request: &'r HttpRequest, name: &str) -> Option<&'r str> {
+    request
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
 }
 
 /// Applies verified `events` of `kind`, or answers why none were taken.
