@@ -267,6 +267,19 @@ pub(crate) async fn declined<C: ConnectionTrait>(
         .collect())
 }
 
+/// Deletes the provider event ids received before `cutoff` (`email_sync.retention`): a replay
+/// older than that is only an older event, which changes nothing either.
+pub(crate) async fn forget_events_before<C: ConnectionTrait>(
+    db: &C,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    Ok(provider_event::Entity::delete_many()
+        .filter(provider_event::Column::ReceivedAt.lt(cutoff))
+        .exec(db)
+        .await?
+        .rows_affected)
+}
+
 /// Contacts per consent state (the kept entries of erased people included), for
 /// `signup_consent_state`.
 pub(crate) async fn counts<C: ConnectionTrait>(db: &C) -> Result<Vec<(ConsentState, i64)>, DbErr> {

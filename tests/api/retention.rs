@@ -56,3 +56,59 @@ async fn dead_rows_are_kept_past_the_retention_period() {
         "kept until an operator acts"
     );
 }
+
+/// The providers' event ids (kept so that a replay changes nothing, SPEC §8) go after
+/// `email_sync.retention` like delivered rows; the consent they set stays.
+#[actix_web::test]
+async fn provider_event_ids_are_deleted_after_the_retention_period_and_consent_stays() {
+    use hmac::{Hmac, Mac};
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    const KEY: &str = "mailgun-webhook-signing-key-0123456789";
+    let provider = MockServer::start().await;
+    accepting().mount(&provider).await;
+    let app = app_with_provider(&provider, |s| {
+        s.email_sync.retention = Duration::from_millis(300);
+        s.email_sync.mailgun.webhook_signing_key = KEY.into();
+    })
+    .await;
+    app.register_all(0..1).await;
+
+    let now = chrono::Utc::now();
+    let (timestamp, token) = (now.timestamp().to_string(), "t".repeat(50));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(KEY.as_bytes()).expect("any key");
+    mac.update(timestamp.as_bytes());
+    mac.update(token.as_bytes());
+    let signature: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let body = serde_json::json!({
+        "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+        "event-data": {"event": "unsubscribed", "id": "ev-1", "timestamp": now.timestamp(), "recipient": "user0@example.com"},
+    });
+    let response = app
+        .client
+        .post(app.url("/hooks/mailgun"))
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 200);
+
+    wait_until("the event id is swept", PATIENCE, || async {
+        entity::provider_event::Entity::find()
+            .count(&app.db)
+            .await
+            .expect("counts")
+            == 0
+    })
+    .await;
+    let consent = entity::consent::Entity::find()
+        .all(&app.db)
+        .await
+        .expect("consent");
+    assert_eq!(consent.len(), 1);
+    assert_eq!(consent[0].state, "unsubscribed");
+}

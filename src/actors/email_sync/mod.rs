@@ -450,6 +450,11 @@ impl EmailSyncActor {
         let retention = chrono::Duration::from_std(self.settings.retention).ok()?;
         let db = self.db.clone();
         Some(async move {
+            // The providers' event ids are kept as long, for replays: then they go too.
+            if let Err(e) = crate::consent::store::forget_events_before(&db, now - retention).await
+            {
+                tracing::warn!(error = %e, "cannot delete provider event ids past email_sync.retention");
+            }
             match outbox::delete_delivered_before(&db, now - retention, RETENTION_BATCH).await {
                 Ok(0) => 0,
                 Ok(n) => {
