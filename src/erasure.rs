@@ -78,9 +78,7 @@ pub async fn erase(
     let found = match who {
         Who::Id(id) => user::Entity::find_by_id(*id).one(&txn).await?,
         Who::Email(email) => {
-            let normalized = crate::domain::Email::parse(email)
-                .map(|e| e.normalized().to_owned())
-                .unwrap_or_else(|_| email.to_lowercase());
+            let normalized = crate::domain::normalized_email(email);
             user::Entity::find()
                 .filter(user::Column::EmailNormalized.eq(normalized))
                 .one(&txn)

@@ -332,13 +332,13 @@ impl Consent {
     }
 }
 
-/// The consent of the person registered as `normalized_email`.
+/// The consent of the person registered with `email` (as typed).
 pub(crate) async fn of<C: ConnectionTrait>(
     db: &C,
     key: &ContactKey,
-    normalized_email: &str,
+    email: &str,
 ) -> Result<Consent, DbErr> {
-    let row = consent::Entity::find_by_id(key.of(normalized_email))
+    let row = consent::Entity::find_by_id(key.of(&crate::domain::normalized_email(email)))
         .one(db)
         .await?;
     Ok(match row {

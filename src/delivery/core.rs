@@ -247,11 +247,7 @@ impl Core {
             return out;
         };
         if outcomes.len() != rows.len() {
-            let whole = outcomes.pop().unwrap_or_else(|| AttemptOutcome::Transient {
-                status: None,
-                error: "the provider adapter gave no outcome".into(),
-                retry_after: None,
-            });
+            let whole = outcomes.pop().unwrap_or_else(AttemptOutcome::no_outcome);
             outcomes = vec![whole; rows.len()];
         }
         self.observe(&outcomes, now, &mut out);

@@ -128,6 +128,14 @@ pub(crate) fn mask_addresses_in(text: &str) -> String {
         .join(" ")
 }
 
+/// An address as the unique index holds it: normalised as a registration would, or, for text
+/// that is not a valid address (a lookup by what an operator typed), trimmed and lower-cased.
+pub(crate) fn normalized_email(text: &str) -> String {
+    Email::parse(text)
+        .map(|e| e.normalized().to_owned())
+        .unwrap_or_else(|_| text.trim().to_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ mod registered_user;
 mod username;
 
 pub use email::Email;
-pub(crate) use email::mask_addresses_in;
+pub(crate) use email::{mask_addresses_in, normalized_email};
 pub use new_registration::NewRegistration;
 pub(crate) use password::Password;
 pub(crate) use registered_user::RegisteredUser;

@@ -60,6 +60,15 @@ impl AttemptOutcome {
         AttemptOutcome::Delivered { status, job: None }
     }
 
+    /// What stands for a row the adapter gave no outcome for (a bug): tried again.
+    pub(crate) fn no_outcome() -> Self {
+        AttemptOutcome::Transient {
+            status: None,
+            error: "the provider adapter gave no outcome".into(),
+            retry_after: None,
+        }
+    }
+
     /// An attempt that got no usable answer and is retried: what the circuit breaker counts
     /// as the provider failing.
     pub(crate) fn is_failure(&self) -> bool {

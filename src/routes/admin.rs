@@ -268,10 +268,8 @@ pub(super) async fn get_registration(
         .await?
         .ok_or(ApiError::NotFound)?;
     let job = outbox::find_for_user(&state.db, id).await?;
-    let normalized = crate::domain::Email::parse(&user.email)
-        .map_or_else(|_| user.email.to_lowercase(), |e| e.normalized().to_owned());
     let consent =
-        crate::consent::store::of(&state.db, &state.inbound.contacts, &normalized).await?;
+        crate::consent::store::of(&state.db, &state.inbound.contacts, &user.email).await?;
     Ok(HttpResponse::Ok().json(RegistrationDetail {
         id: user.id,
         username: user.username,

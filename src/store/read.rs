@@ -15,9 +15,7 @@ pub(crate) async fn find_user_by_email(
     db: &DatabaseConnection,
     email: &str,
 ) -> Result<Option<RegisteredUser>, DbErr> {
-    let normalized = crate::domain::Email::parse(email)
-        .map(|e| e.normalized().to_owned())
-        .unwrap_or_else(|_| email.trim().to_lowercase());
+    let normalized = crate::domain::normalized_email(email);
     Ok(user::Entity::find()
         .filter(user::Column::EmailNormalized.eq(normalized))
         .one(db)

@@ -171,3 +171,23 @@ async fn a_proxy_that_appends_its_own_forwarded_for_line_is_read_to_the_last_lin
         "another client has an allowance of its own, whatever it wrote in its own line"
     );
 }
+
+/// The providers' event routes are rate-limited like the form (SPEC §8): a flood from one
+/// address gets 429 before any body is read.
+#[actix_web::test]
+async fn the_provider_event_routes_are_rate_limited_like_the_form() {
+    let app = limited_app().await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = app
+            .client
+            .post(app.url("/hooks/mailgun"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("sent");
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 404, 429], "the burst is 3");
+}

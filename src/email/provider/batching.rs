@@ -134,12 +134,6 @@ pub(super) async fn bisecting<A: InBatches + Sync>(
     }
     outcomes
         .into_iter()
-        .map(|outcome| {
-            outcome.unwrap_or_else(|| AttemptOutcome::Transient {
-                status: None,
-                error: "the provider adapter gave no outcome".into(),
-                retry_after: None,
-            })
-        })
+        .map(|outcome| outcome.unwrap_or_else(AttemptOutcome::no_outcome))
         .collect()
 }

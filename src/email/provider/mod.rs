@@ -160,11 +160,7 @@ impl Adapter for Provider {
                 .iter()
                 .map(|row| match row.suppressed {
                     Some(state) => AttemptOutcome::Suppressed { state },
-                    None => sent.next().unwrap_or_else(|| AttemptOutcome::Transient {
-                        status: None,
-                        error: "the provider adapter gave no outcome".into(),
-                        retry_after: None,
-                    }),
+                    None => sent.next().unwrap_or_else(AttemptOutcome::no_outcome),
                 })
                 .collect();
         }

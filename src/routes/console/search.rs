@@ -62,10 +62,8 @@ pub(crate) async fn search(
             .map(|u| u.created_at.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
         if let Some(user) = &user {
-            let normalized = crate::domain::Email::parse(&user.email)
-                .map_or_else(|_| user.email.to_lowercase(), |e| e.normalized().to_owned());
             let consent =
-                crate::consent::store::of(&state.db, &state.inbound.contacts, &normalized).await?;
+                crate::consent::store::of(&state.db, &state.inbound.contacts, &user.email).await?;
             view.consent = consent.describe();
         }
         view.user = user;
