@@ -129,25 +129,15 @@ pub async fn erase(
         user_id: person.id,
         email: person.email.clone(),
     };
-    email_outbox::ActiveModel {
-        id: Set(deletion_job),
-        user_id: Set(person.id),
-        payload: Set(deleted.to_payload()),
-        status: Set(Status::Pending),
-        attempts: Set(0),
-        next_attempt_at: Set(now),
-        locked_until: Set(None),
-        last_error: Set(None),
-        last_status: Set(None),
-        created_at: Set(now),
-        delivered_at: Set(None),
-        retry_from: Set(None),
-        event: Set(EventType::UserDeleted),
-        seq: Set(last_seq + 1),
-        contact: Set(Some(contact.of(&person.email_normalized))),
-        claimed_at: Set(None),
-        provider_job: Set(None),
-    }
+    crate::outbox::new_row(
+        deletion_job,
+        person.id,
+        EventType::UserDeleted,
+        deleted.to_payload(),
+        last_seq + 1,
+        contact.of(&person.email_normalized),
+        now,
+    )
     .insert(&txn)
     .await?;
     txn.commit().await?;

@@ -127,6 +127,16 @@ async fn receive(
                 user.user_id, user.email
             ),
         ),
+        Event::UserConsentChanged(change) => say(
+            options,
+            format_args!(
+                "DELIVERED webhook-id={id} type=user.consent_changed user_id={} email={} state={} provider={}{repeat}",
+                change.user_id,
+                change.email,
+                change.state.as_str(),
+                change.provider
+            ),
+        ),
     }
     HttpResponse::NoContent().finish()
 }

@@ -31,6 +31,9 @@ pub enum EventType {
     /// The user was erased: remove them at the provider.
     #[sea_orm(string_value = "user.deleted")]
     UserDeleted,
+    /// The provider told us the user's consent changed (SPEC §8): forwarded by kind `webhook`.
+    #[sea_orm(string_value = "user.consent_changed")]
+    UserConsentChanged,
 }
 
 impl EventType {
@@ -39,6 +42,7 @@ impl EventType {
         match self {
             EventType::UserRegistered => "user.registered",
             EventType::UserDeleted => "user.deleted",
+            EventType::UserConsentChanged => "user.consent_changed",
         }
     }
 }

@@ -22,7 +22,9 @@ pub(crate) mod sendgrid;
 pub(crate) mod store;
 
 /// A contact's consent state (SPEC §8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum ConsentState {
     /// Double opt-in asked; not confirmed yet.
@@ -76,7 +78,9 @@ impl ConsentState {
 }
 
 /// Who said it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub(crate) enum Source {
     /// An event the provider sent to one of the `/hooks/…` routes.
     #[serde(rename = "provider event")]
@@ -125,6 +129,8 @@ pub(crate) struct Inbound {
     pub(crate) resend: Option<crate::email::webhook::WebhookKey>,
     pub(crate) contacts: ContactKey,
     pub(crate) turns: WriteTurns,
+    /// Kind `webhook`: each applied change is forwarded as `user.consent_changed` (SPEC §8).
+    pub(crate) forward: bool,
 }
 
 impl Inbound {
@@ -145,6 +151,7 @@ impl Inbound {
             sendgrid: sync.sendgrid.webhook_public_key.clone(),
             contacts,
             turns,
+            forward: sync.kind == crate::email::provider::ProviderKind::Webhook,
         }
     }
 }

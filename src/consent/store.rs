@@ -1,16 +1,18 @@
 //! The consent table: a verified event applied to its contact in one transaction (SPEC §8),
 //! and the state read back for the registration view.
 
+use chrono::SubsecRound;
 use chrono::{DateTime, Utc};
-use entity::{consent, provider_event, user};
+use entity::{consent, email_outbox, provider_event, user};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, TransactionTrait,
+    QueryFilter, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 use super::{ConsentState, Event, Source, supersedes};
 use crate::domain::Email;
+use crate::email::event::UserConsentChanged;
 use crate::outbox::ContactKey;
 
 /// What became of one verified event.
@@ -39,13 +41,16 @@ impl Verdict {
 }
 
 /// Applies `event`, sent by the provider `kind`, in one transaction: remembers its id (a
-/// replay finds it), and sets the contact's state unless a newer event set it.
+/// replay finds it), and sets the contact's state unless a newer event set it. With `forward`
+/// (kind `webhook`, SPEC §8), an applied change of a registered user is also written to the
+/// outbox as `user.consent_changed`, in the same transaction, after the user's other rows.
 pub(crate) async fn apply(
     db: &DatabaseConnection,
     key: &ContactKey,
     kind: &'static str,
     event: &Event,
     now: DateTime<Utc>,
+    forward: bool,
 ) -> Result<Verdict, DbErr> {
     let Some(state) = event.state else {
         return Ok(Verdict::NotConsent);
@@ -54,16 +59,24 @@ pub(crate) async fn apply(
         return Ok(Verdict::UnknownAddress);
     };
     let contact = key.of(email.normalized());
-    let txn = db.begin().await?;
-    let known = user::Entity::find()
+    // IMMEDIATE on SQLite: this transaction reads, then writes (see `store`).
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    // Locked on PostgreSQL: an erasure of the person, or another event's `user.consent_changed`
+    // for them, waits for this transaction (and this one for theirs).
+    let person = user::Entity::find()
         .filter(user::Column::EmailNormalized.eq(email.normalized()))
+        .lock_exclusive()
         .one(&txn)
-        .await?
-        .is_some();
+        .await?;
     let current = consent::Entity::find_by_id(contact.clone())
         .one(&txn)
         .await?;
-    if !known && current.is_none() {
+    if person.is_none() && current.is_none() {
         return Ok(Verdict::UnknownAddress);
     }
     let remembered = provider_event::Entity::insert(provider_event::ActiveModel {
@@ -104,7 +117,7 @@ pub(crate) async fn apply(
     }
     set(
         &txn,
-        contact,
+        contact.clone(),
         state,
         event.at,
         Source::ProviderEvent,
@@ -112,8 +125,48 @@ pub(crate) async fn apply(
         Some(&event.id),
     )
     .await?;
+    if forward && let Some(person) = person {
+        let change = UserConsentChanged {
+            user_id: person.id,
+            email: person.email,
+            state,
+            changed_at: event.at,
+            source: Source::ProviderEvent,
+            provider: kind.to_owned(),
+        };
+        forward_change(&txn, &change, contact, now).await?;
+    }
     txn.commit().await?;
     Ok(Verdict::Applied)
+}
+
+/// Writes `change` to the outbox as its user's next row (SPEC §8: kind `webhook` forwards it,
+/// in order per contact like every row).
+async fn forward_change<C: ConnectionTrait>(
+    txn: &C,
+    change: &UserConsentChanged,
+    contact: String,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    use sea_orm::{ActiveModelTrait, QueryOrder};
+    let last_seq = email_outbox::Entity::find()
+        .filter(email_outbox::Column::UserId.eq(change.user_id))
+        .order_by_desc(email_outbox::Column::Seq)
+        .one(txn)
+        .await?
+        .map_or(0, |row| row.seq);
+    crate::outbox::new_row(
+        uuid::Uuid::now_v7(),
+        change.user_id,
+        email_outbox::EventType::UserConsentChanged,
+        change.to_payload(),
+        last_seq + 1,
+        contact,
+        now.trunc_subsecs(6),
+    )
+    .insert(txn)
+    .await?;
+    Ok(())
 }
 
 /// The provider's answer to a delivery says `contact` is in `state` (Mailchimp's compliance
@@ -318,6 +371,15 @@ pub(crate) struct Consent {
 }
 
 impl Consent {
+    /// Nothing said yet.
+    pub(crate) fn unknown() -> Self {
+        Consent {
+            state: None,
+            changed_at: None,
+            source: None,
+        }
+    }
+
     /// One line for a page: `unsubscribed since 2027-01-15 08:00:00 UTC (provider event)`.
     pub(crate) fn describe(&self) -> String {
         match (self.state, self.changed_at, self.source) {
@@ -338,7 +400,15 @@ pub(crate) async fn of<C: ConnectionTrait>(
     key: &ContactKey,
     email: &str,
 ) -> Result<Consent, DbErr> {
-    let row = consent::Entity::find_by_id(key.of(&crate::domain::normalized_email(email)))
+    of_contact(db, &key.of(&crate::domain::normalized_email(email))).await
+}
+
+/// The consent of `contact` (a [`ContactKey`] hash): an erased person's kept entry too.
+pub(crate) async fn of_contact<C: ConnectionTrait>(
+    db: &C,
+    contact: &str,
+) -> Result<Consent, DbErr> {
+    let row = consent::Entity::find_by_id(contact.to_owned())
         .one(db)
         .await?;
     Ok(match row {
@@ -347,10 +417,6 @@ pub(crate) async fn of<C: ConnectionTrait>(
             changed_at: Some(row.changed_at),
             source: Source::parse(&row.source),
         },
-        None => Consent {
-            state: None,
-            changed_at: None,
-            source: None,
-        },
+        None => Consent::unknown(),
     })
 }

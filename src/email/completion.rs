@@ -23,10 +23,8 @@ pub(crate) fn completion(
         AttemptOutcome::Declined { error, .. } => Completion::Suppressed {
             reason: format!("suppressed: {error}"),
         },
-        AttemptOutcome::Suppressed { state } => Completion::Suppressed {
-            reason: format!(
-                "suppressed: the address is {state} (SPEC §8); not sent to the provider"
-            ),
+        AttemptOutcome::Suppressed { reason } => Completion::Suppressed {
+            reason: format!("suppressed: {reason}"),
         },
         // Not attempted: due again when the provider's pause ends (no later than the longest
         // retry interval), with no attempt spent.

@@ -36,6 +36,32 @@ impl UserDeleted {
     }
 }
 
+/// `user.consent_changed`: the provider told us the user's consent changed (SPEC §8). Written
+/// with the change, in the consent's transaction, when `email_sync.kind` is `webhook`; sent in
+/// order with the user's other rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UserConsentChanged {
+    pub user_id: Uuid,
+    /// The address the provider knows them by, as the person spelled it.
+    pub email: String,
+    /// The new state (SPEC §8).
+    pub state: crate::consent::ConsentState,
+    /// When the provider says it changed (the event's time), RFC 3339 with microseconds.
+    #[serde(with = "rfc3339_micros")]
+    pub changed_at: DateTime<Utc>,
+    /// Who said it (`provider event`).
+    pub source: crate::consent::Source,
+    /// Which provider said it (`mailchimp`, `sendgrid`, …).
+    pub provider: String,
+}
+
+impl UserConsentChanged {
+    /// The outbox row's payload.
+    pub(crate) fn to_payload(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// What is left of a payload once its user is erased: the id only (SPEC §6).
 pub(crate) fn scrubbed_payload(user_id: Uuid) -> String {
     serde_json::json!({ "user_id": user_id, "erased": true }).to_string()
@@ -44,11 +70,15 @@ pub(crate) fn scrubbed_payload(user_id: Uuid) -> String {
 /// An event by its type, the way the Standard Webhooks body names it (`type` and `data`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
+// Named as the events are (`user.registered`, `user.deleted`, `user.consent_changed`).
+#[allow(clippy::enum_variant_names)]
 pub(crate) enum Event {
     #[serde(rename = "user.registered")]
     UserRegistered(UserRegistered),
     #[serde(rename = "user.deleted")]
     UserDeleted(UserDeleted),
+    #[serde(rename = "user.consent_changed")]
+    UserConsentChanged(UserConsentChanged),
 }
 
 impl Event {
@@ -61,6 +91,7 @@ impl Event {
         Ok(match event {
             T::UserRegistered => Event::UserRegistered(serde_json::from_str(payload)?),
             T::UserDeleted => Event::UserDeleted(serde_json::from_str(payload)?),
+            T::UserConsentChanged => Event::UserConsentChanged(serde_json::from_str(payload)?),
         })
     }
 }

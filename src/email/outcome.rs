@@ -36,10 +36,10 @@ pub(crate) enum AttemptOutcome {
         state: &'static str,
         error: String,
     },
-    /// Not sent, on purpose: an upsert of an address whose person declined (unsubscribed,
-    /// complained, cleaned; SPEC §8, "never undone"). The row is done, delivered without a
-    /// request; the circuit is not touched.
-    Suppressed { state: &'static str },
+    /// Not sent, on purpose, for `reason`: an upsert of an address whose person declined
+    /// (unsubscribed, complained, cleaned; SPEC §8, "never undone"), or an event this kind has
+    /// no call for. The row is done, delivered without a request; the circuit is not touched.
+    Suppressed { reason: String },
     /// Not sent: the provider told every request to wait (a 429's reset), for `retry_after`
     /// from now. No attempt is spent and the circuit is not touched.
     NotSent { retry_after: Duration },

@@ -60,7 +60,7 @@ pub(crate) async fn requeue(
 pub(crate) struct Job {
     pub id: Uuid,
     pub user_id: Uuid,
-    /// `user.registered` or `user.deleted`.
+    /// `user.registered`, `user.deleted` or `user.consent_changed`.
     pub event: &'static str,
     /// Empty once the user is erased (and, for `user.deleted`, once delivered).
     pub email: String,
@@ -71,6 +71,9 @@ pub(crate) struct Job {
     pub next_attempt_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// The row's contact (a keyed hash of the address): whose consent the job view shows.
+    #[serde(skip)]
+    pub(crate) contact: Option<String>,
 }
 
 impl From<email_outbox::Model> for Job {
@@ -91,6 +94,7 @@ impl From<email_outbox::Model> for Job {
             next_attempt_at: row.next_attempt_at,
             created_at: row.created_at,
             delivered_at: row.delivered_at,
+            contact: row.contact,
         }
     }
 }

@@ -178,15 +178,30 @@ fn job_id(path: &str) -> Result<Uuid, ApiError> {
 
 #[utoipa::path(get, path = "/admin/email-sync/jobs/{id}", tag = "admin",
     params(("id" = String, Path, description = "Job (outbox row) id")), security(("bearer" = [])),
-    responses((status = 200, description = "The job", body = outbox::Job), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "The job, with its contact's consent", body = JobDetail), (status = 401, description = "Missing or wrong bearer token", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found, or admin.token is not set", body = crate::routes::error::Problem, content_type = "application/problem+json"), (status = 503, description = "The database did not answer", body = crate::routes::error::Problem, content_type = "application/problem+json")))]
 pub(super) async fn get_job(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = outbox::find(&state.db, job_id(&path)?).await?;
-    job.map(|job| HttpResponse::Ok().json(job))
-        .ok_or(ApiError::NotFound)
+    let job = outbox::find(&state.db, job_id(&path)?)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let consent = match &job.contact {
+        Some(contact) => crate::consent::store::of_contact(&state.db, contact).await?,
+        None => crate::consent::store::Consent::unknown(),
+    };
+    Ok(HttpResponse::Ok().json(JobDetail { job, consent }))
+}
+
+/// One job, with its contact's consent (SPEC §8).
+#[derive(Serialize, ToSchema)]
+pub(super) struct JobDetail {
+    #[serde(flatten)]
+    job: outbox::Job,
+    /// What the provider last said about the contact's consent; `state` null until it says
+    /// anything. An erased person's kept suppression entry shows here too.
+    consent: crate::consent::store::Consent,
 }
 
 #[utoipa::path(post, path = "/admin/email-sync/jobs/{id}/retry", tag = "admin",

@@ -226,7 +226,14 @@ async fn take(
             .turns
             .run(
                 Writes::Deliveries,
-                store::apply(&state.db, &inbound.contacts, kind, event, Utc::now()),
+                store::apply(
+                    &state.db,
+                    &inbound.contacts,
+                    kind,
+                    event,
+                    Utc::now(),
+                    inbound.forward,
+                ),
             )
             .await;
         match applied {
@@ -234,6 +241,10 @@ async fn take(
                 counter(applied.outcome());
                 if applied == store::Verdict::Applied {
                     tracing::info!(kind, event_id = %event.id, state = ?event.state, "consent changed by the provider");
+                    if inbound.forward {
+                        // Forwarded as `user.consent_changed`: deliver it now, not at the next poll.
+                        super::admin::wake(state);
+                    }
                 }
                 outcomes.push(applied.outcome());
             }

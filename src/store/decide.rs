@@ -141,27 +141,17 @@ pub(super) fn new_outbox_row(
         email: user.email.clone(),
         registered_at: user.created_at,
     };
-    email_outbox::ActiveModel {
-        id: Set(id),
-        user_id: Set(user.id),
-        payload: Set(payload.to_payload()),
-        status: Set(email_outbox::Status::Pending),
-        attempts: Set(0),
-        next_attempt_at: Set(user.created_at),
-        locked_until: Set(None),
-        last_error: Set(None),
-        last_status: Set(None),
-        created_at: Set(user.created_at),
-        delivered_at: Set(None),
-        retry_from: Set(None),
-        event: Set(email_outbox::EventType::UserRegistered),
-        // A new user's first row (an erased user's name or address registering again is a
-        // new user, with a new id).
-        seq: Set(1),
-        contact: Set(Some(contact)),
-        claimed_at: Set(None),
-        provider_job: Set(None),
-    }
+    // A new user's first row (an erased user's name or address registering again is a new
+    // user, with a new id).
+    crate::outbox::new_row(
+        id,
+        user.id,
+        email_outbox::EventType::UserRegistered,
+        payload.to_payload(),
+        1,
+        contact,
+        user.created_at,
+    )
 }
 
 /// The candidates' idempotency keys.

@@ -12,7 +12,7 @@ use crate::helpers::{
     PATIENCE, TestApp, registration, spawn_app, spawn_app_with, use_provider_kind, wait_until,
 };
 
-const MAILGUN_KEY: &str = "mailgun-webhook-signing-key-0123456789";
+pub const MAILGUN_KEY: &str = "mailgun-webhook-signing-key-0123456789";
 const BREVO_TOKEN: &str = "brevo-webhook-token-0123456789abcdef";
 const MAILCHIMP_SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c";
 /// A Svix secret as Resend shows it.
@@ -31,7 +31,7 @@ async fn app() -> TestApp {
 
 /// A Mailgun webhook body (its "Securing Webhooks" page): the hex HMAC-SHA256 of
 /// `timestamp ‖ token`, and the event's data.
-fn mailgun_event(key: &str, signed_at: DateTime<Utc>, data: Value) -> Value {
+pub fn mailgun_event(key: &str, signed_at: DateTime<Utc>, data: Value) -> Value {
     let timestamp = signed_at.timestamp().to_string();
     let token = "a8ce0edb2dd8301dee6c2405235584e45aa91d1e9f979f3de0";
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key");
@@ -50,7 +50,7 @@ fn mailgun_event(key: &str, signed_at: DateTime<Utc>, data: Value) -> Value {
 }
 
 /// `event-data` of an event of `kind` about `recipient` at `at`, with `id`.
-fn data(kind: &str, id: &str, recipient: &str, at: DateTime<Utc>) -> Value {
+pub fn data(kind: &str, id: &str, recipient: &str, at: DateTime<Utc>) -> Value {
     json!({
         "event": kind,
         "id": id,
@@ -61,7 +61,7 @@ fn data(kind: &str, id: &str, recipient: &str, at: DateTime<Utc>) -> Value {
     })
 }
 
-async fn post_mailgun(app: &TestApp, body: &Value) -> reqwest::Response {
+pub async fn post_mailgun(app: &TestApp, body: &Value) -> reqwest::Response {
     app.client
         .post(app.url("/hooks/mailgun"))
         .json(body)
@@ -71,7 +71,7 @@ async fn post_mailgun(app: &TestApp, body: &Value) -> reqwest::Response {
 }
 
 /// Registers user `n` and answers its id.
-async fn register(app: &TestApp, n: usize) -> String {
+pub async fn register(app: &TestApp, n: usize) -> String {
     let created: Value = app
         .post_registration(&registration(n))
         .await

@@ -12,6 +12,7 @@ mod cli;
 mod commit_outcome;
 mod concurrency;
 mod consent;
+mod consent_forwarding;
 mod console;
 mod db_faults;
 mod db_file;

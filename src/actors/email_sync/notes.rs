@@ -74,12 +74,12 @@ impl EmailSyncActor {
                 let error = crate::domain::mask_addresses_in(error);
                 tracing::info!(outbox_id = %id, status, state, %error, "the provider says the person declined: their consent is recorded and the row is done (SPEC §8)");
             }
-            AttemptOutcome::Suppressed { state } => {
+            AttemptOutcome::Suppressed { reason } => {
                 self.metrics
                     .sync_attempts
                     .with_label_values(&["suppressed"])
                     .inc();
-                tracing::info!(outbox_id = %id, state, "not sent: the address declined; the row is done without a request (SPEC §8)");
+                tracing::info!(outbox_id = %id, %reason, "not sent: the row is done without a request");
             }
             AttemptOutcome::NotSent { retry_after } => {
                 tracing::debug!(outbox_id = %id, ?retry_after, "not sent: the provider asked us to wait for its rate limit");

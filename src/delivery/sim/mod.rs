@@ -127,6 +127,9 @@ enum Event {
     Register,
     Erase,
     RegisterAgain,
+    /// The provider tells us a live user's consent changed: kind `webhook` forwards it as a
+    /// row of its own, after the user's earlier rows (SPEC §8).
+    ConsentChange,
     OperatorRetry,
 }
 
@@ -162,6 +165,7 @@ impl Event {
             | Event::Register
             | Event::Erase
             | Event::RegisterAgain
+            | Event::ConsentChange
             | Event::OperatorRetry => None,
         }
     }
@@ -311,6 +315,10 @@ impl Sim {
             let later = self.rng.random_range(when..=self.chaos_until);
             self.schedule(later, Event::RegisterAgain);
         }
+        for _ in 0..self.rng.random_range(0..=3) {
+            let when = self.rng.random_range(0..self.chaos_until);
+            self.schedule(when, Event::ConsentChange);
+        }
         for _ in 0..self.rng.random_range(0..=2) {
             let when = self.rng.random_range(0..self.chaos_until);
             self.schedule(when, Event::OperatorRetry);
@@ -396,7 +404,8 @@ impl Sim {
         for row in &self.rows {
             let delivered = matches!(row.status, Status::Delivered | Status::Cancelled);
             *all_delivered.entry(row.contact).or_insert(true) &= delivered;
-            if row.status == Status::Delivered {
+            // A consent change says nothing about whether the provider holds the contact.
+            if row.status == Status::Delivered && row.event != EventType::UserConsentChanged {
                 last.insert(row.contact, row);
             }
         }

@@ -12,7 +12,10 @@ impl Sim {
             if let Some(open) = self.open.get_mut(id) {
                 *open -= 1;
             }
-            if *applies && let Some(row) = self.rows.iter().find(|r| r.id == *id) {
+            if *applies
+                && let Some(row) = self.rows.iter().find(|r| r.id == *id)
+                && row.event != EventType::UserConsentChanged
+            {
                 let present = row.event == EventType::UserRegistered;
                 self.contacts.insert(row.contact, present);
             }

@@ -142,6 +142,15 @@ impl Sim {
                     self.register(contact);
                 }
             }
+            Event::ConsentChange => {
+                let users: Vec<(u32, u32)> = self.live.iter().map(|(u, c)| (*u, *c)).collect();
+                if !users.is_empty() {
+                    let (user, contact) = users[self.rng.random_range(0..users.len())];
+                    self.write_row(user, contact, EventType::UserConsentChanged);
+                    self.note(format!("user {user}'s consent changed (contact {contact})"));
+                    self.wake_someone();
+                }
+            }
             Event::Erase => {
                 let users: Vec<u32> = self.live.keys().copied().collect();
                 if !users.is_empty() {

@@ -30,10 +30,18 @@ pub(super) async fn contacts_one_by_one<A: OneAtATime + Sync>(
         match event(row) {
             Ok(Event::UserRegistered(user)) => api.send(&user).await,
             Ok(Event::UserDeleted(user)) => api.erase(&user, row.upsert.as_ref()).await,
+            Ok(Event::UserConsentChanged(_)) => no_call(),
             Err(unreadable) => unreadable,
         }
     })
     .await
+}
+
+/// A `user.consent_changed` row, which [`Provider`] keeps from contacts APIs: not sent.
+fn no_call() -> AttemptOutcome {
+    AttemptOutcome::Suppressed {
+        reason: "a contacts API has no call for user.consent_changed".into(),
+    }
 }
 
 /// What the answer to a batch request says.
@@ -76,6 +84,7 @@ pub(super) async fn bisecting<A: InBatches + Sync>(
                 places.push(place);
             }
             Ok(Event::UserDeleted(user)) => erasures.push((place, user, row.upsert.as_ref())),
+            Ok(Event::UserConsentChanged(_)) => outcomes[place] = Some(no_call()),
             Err(unreadable) => outcomes[place] = Some(unreadable),
         }
     }

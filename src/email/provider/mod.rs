@@ -147,24 +147,42 @@ pub(crate) enum Provider {
 
 impl Adapter for Provider {
     async fn deliver(&self, rows: &[Delivery], gate: &Gate) -> Vec<AttemptOutcome> {
-        // Never undone (SPEC §8): an upsert of a declined address is not sent. Mailchimp's is:
-        // its `status_if_new` never changes an existing member's status.
-        if !matches!(self, Provider::Mailchimp(_)) && rows.iter().any(|r| r.suppressed.is_some()) {
-            let sendable: Vec<Delivery> = rows
-                .iter()
-                .filter(|r| r.suppressed.is_none())
-                .cloned()
-                .collect();
-            let mut sent = self.send(&sendable, gate).await.into_iter();
-            return rows
-                .iter()
-                .map(|row| match row.suppressed {
-                    Some(state) => AttemptOutcome::Suppressed { state },
-                    None => sent.next().unwrap_or_else(AttemptOutcome::no_outcome),
-                })
-                .collect();
+        if rows.iter().all(|row| self.unsent(row).is_none()) {
+            return self.send(rows, gate).await;
         }
-        self.send(rows, gate).await
+        let sendable: Vec<Delivery> = rows
+            .iter()
+            .filter(|row| self.unsent(row).is_none())
+            .cloned()
+            .collect();
+        let mut sent = self.send(&sendable, gate).await.into_iter();
+        rows.iter()
+            .map(|row| match self.unsent(row) {
+                Some(outcome) => outcome,
+                None => sent.next().unwrap_or_else(AttemptOutcome::no_outcome),
+            })
+            .collect()
+    }
+}
+
+impl Provider {
+    /// The outcome of a row this kind does not send, done without a request:
+    /// - never undone (SPEC §8): an upsert of a declined address. Mailchimp's is sent: its
+    ///   `status_if_new` never changes an existing member's status;
+    /// - `user.consent_changed`, news for kind `webhook` only: a contacts API has no call for
+    ///   it (rows written while the kind was `webhook`, delivered after it changed).
+    fn unsent(&self, row: &Delivery) -> Option<AttemptOutcome> {
+        if let Some(state) = row.suppressed
+            && !matches!(self, Provider::Mailchimp(_))
+        {
+            return Some(AttemptOutcome::Suppressed {
+                reason: format!("the address is {state} (SPEC §8); not sent to the provider"),
+            });
+        }
+        (row.event == EventType::UserConsentChanged && !matches!(self, Provider::Webhook(_)))
+            .then(|| AttemptOutcome::Suppressed {
+                reason: "user.consent_changed is forwarded by kind webhook only; this kind's API has no call for it".into(),
+            })
     }
 }
 
