@@ -33,8 +33,12 @@ enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
-    /// Run a local stand-in for the email provider that verifies and prints deliveries.
+    /// Run a local stand-in for the email provider that verifies and prints deliveries, or
+    /// send a signup one of a provider's events (`send-event`).
+    #[command(args_conflicts_with_subcommands = true)]
     MockProvider {
+        #[command(subcommand)]
+        action: Option<MockAction>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090")]
         bind: String,
@@ -59,6 +63,39 @@ enum Command {
         /// Print nothing per request (for benchmarks).
         #[arg(long)]
         quiet: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MockAction {
+    /// Send a running signup one event about an address, shaped and signed as the provider
+    /// `--kind` sends it (SPEC §8), with the credential signup is configured with.
+    SendEvent {
+        /// The provider: mailchimp, sendgrid, brevo, resend or mailgun.
+        #[arg(long, value_parser = parse_kind)]
+        kind: ProviderKind,
+        /// The provider's own name of the event: mailchimp `unsubscribe`, `cleaned`,
+        /// `subscribe`; sendgrid `unsubscribe`, `spamreport`, `bounce`; brevo `unsubscribed`,
+        /// `hardBounce`, `spam`; resend `contact.updated`, `email.bounced`, `email.complained`;
+        /// mailgun `unsubscribed`, `complained`, `failed` (sent as a permanent failure).
+        #[arg(long = "type")]
+        event_type: String,
+        /// The address the event is about.
+        #[arg(long)]
+        email: String,
+        /// The signup to send it to (default: server.bind of the configuration).
+        #[arg(long)]
+        to: Option<String>,
+        /// The credential to sign with (default: the kind's webhook setting in the
+        /// configuration; SendGrid's events are signed with the mock's own key).
+        #[arg(long)]
+        secret: Option<String>,
+        /// The provider's event id (default: a new one).
+        #[arg(long)]
+        id: Option<String>,
+        /// How long ago the event happened, in seconds.
+        #[arg(long, default_value_t = 0)]
+        seconds_ago: i64,
     },
 }
 
@@ -97,6 +134,7 @@ enum OutboxAction {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::MockProvider {
+        action: None,
         bind,
         secret,
         fail_rate,
@@ -140,7 +178,13 @@ async fn main() -> ExitCode {
         Command::Users {
             action: UsersAction::Delete { who },
         } => erase(settings, who).await,
-        Command::MockProvider { .. } => unreachable!("handled before loading settings"),
+        Command::MockProvider {
+            action: Some(action),
+            ..
+        } => send_event(&settings, action).await,
+        Command::MockProvider { action: None, .. } => {
+            unreachable!("handled before loading settings")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -208,6 +252,63 @@ async fn erase(
             Err("no such user (never registered, or erased already)".into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+async fn send_event(
+    settings: &Settings,
+    action: MockAction,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let MockAction::SendEvent {
+        kind,
+        event_type,
+        email,
+        to,
+        secret,
+        id,
+        seconds_ago,
+    } = action;
+    let now = chrono::Utc::now();
+    let event = mock_provider::EventToSend {
+        kind,
+        event_type,
+        email,
+        at: now - chrono::Duration::seconds(seconds_ago),
+        id: id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+    };
+    let credential =
+        secret.unwrap_or_else(|| mock_provider::configured_credential(&settings.email_sync, kind));
+    let request = mock_provider::signed(&event, &credential, now)?;
+    let base = match to {
+        Some(to) => reqwest::Url::parse(&to).map_err(|e| format!("--to {to}: {e}"))?,
+        None => mock_provider::base_of(settings.server.bind)?,
+    };
+    if kind == ProviderKind::Sendgrid {
+        eprintln!(
+            "signed with the mock's own key: signup accepts it with email_sync.sendgrid.webhook_public_key = \"{}\"",
+            mock_provider::sendgrid_public_key()
+        );
+    }
+    let (status, answer) = mock_provider::send(&base, &request).await?;
+    println!(
+        "{} {} about {} -> {status} {answer}",
+        request
+            .path
+            .split('/')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("/"),
+        event.event_type,
+        event.email
+    );
+    match status {
+        200..=299 => Ok(()),
+        404 => Err(format!(
+            "signup answered 404: its /hooks/{} route is off until that provider's webhook credential is configured (README, \"Consent\")",
+            kind.as_str()
+        )
+        .into()),
+        _ => Err(format!("signup answered {status}").into()),
     }
 }
 

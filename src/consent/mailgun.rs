@@ -99,26 +99,14 @@ pub(crate) fn signed_body(
     at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> String {
-    let timestamp = now.timestamp().to_string();
-    let token = format!("{:050}", now.timestamp_nanos_opt().unwrap_or_default());
-    let mut mac = Hmac::<Sha256>::new_from_slice(signing_key).expect("HMAC takes any key length");
-    mac.update(timestamp.as_bytes());
-    mac.update(token.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
-    let mut data = serde_json::json!({
-        "id": id,
-        "event": event,
-        "timestamp": at.timestamp_millis() as f64 / 1000.0,
-        "recipient": recipient,
-    });
-    if let Some(severity) = severity {
-        data["severity"] = severity.into();
-    }
-    serde_json::json!({
-        "signature": {"timestamp": timestamp, "token": token, "signature": signature},
-        "event-data": data,
-    })
-    .to_string()
+    let event = crate::mock_provider::EventToSend {
+        kind: crate::configuration::ProviderKind::Mailgun,
+        event_type: event.into(),
+        email: recipient.into(),
+        at,
+        id: id.into(),
+    };
+    crate::mock_provider::mailgun_body(signing_key, &event, severity, now)
 }
 
 #[cfg(test)]

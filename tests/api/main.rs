@@ -38,3 +38,4 @@ mod providers;
 mod rate_limit;
 mod registrations;
 mod retention;
+mod send_event;

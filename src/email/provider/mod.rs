@@ -63,7 +63,7 @@ pub enum ProviderKind {
 
 impl ProviderKind {
     /// As `email_sync.kind` spells it.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Webhook => "webhook",
             ProviderKind::Brevo => "brevo",

@@ -14,6 +14,13 @@ use rand::Rng;
 use crate::configuration::ProviderKind;
 use crate::email::{Event, WebhookBody};
 
+mod send_event;
+#[cfg(test)]
+pub(crate) use send_event::mailgun_body;
+pub use send_event::{
+    EventToSend, SignedRequest, base_of, configured_credential, send, sendgrid_public_key, signed,
+};
+
 /// How the mock behaves.
 #[derive(Debug, Clone)]
 pub struct MockOptions {
