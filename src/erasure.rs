@@ -10,7 +10,7 @@ use entity::email_outbox::{self, EventType, Status};
 use entity::{idempotency_key, user};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use sea_orm::{SqliteTransactionMode, TransactionOptions};
 use uuid::Uuid;
@@ -75,12 +75,20 @@ pub async fn erase(
             ..Default::default()
         })
         .await?;
+    // Locked on PostgreSQL: a provider event about the person (which may write their next
+    // outbox row, SPEC §8) waits for the erasure, or the erasure for it, and sees its rows.
     let found = match who {
-        Who::Id(id) => user::Entity::find_by_id(*id).one(&txn).await?,
+        Who::Id(id) => {
+            user::Entity::find_by_id(*id)
+                .lock_exclusive()
+                .one(&txn)
+                .await?
+        }
         Who::Email(email) => {
             let normalized = crate::domain::normalized_email(email);
             user::Entity::find()
                 .filter(user::Column::EmailNormalized.eq(normalized))
+                .lock_exclusive()
                 .one(&txn)
                 .await?
         }

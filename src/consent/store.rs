@@ -73,7 +73,9 @@ pub(crate) async fn apply(
         .lock_exclusive()
         .one(&txn)
         .await?;
+    // Locked too: an erased person's kept entry has no user row to serialize on.
     let current = consent::Entity::find_by_id(contact.clone())
+        .lock_exclusive()
         .one(&txn)
         .await?;
     if person.is_none() && current.is_none() {

@@ -23,7 +23,7 @@ async fn admin_app(provider: Option<&MockServer>) -> TestApp {
 }
 
 impl TestApp {
-    async fn admin(
+    pub(crate) async fn admin(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -239,3 +239,34 @@ async fn a_contacts_kind_keeps_the_change_and_forwards_nothing() {
     assert_eq!(status, 200, "{job}");
     assert_eq!(job["consent"]["state"], "unsubscribed", "{job}");
 }
+
+/// An erasure and a provider event about the same person at once, many times (SPEC §6, §8):
+/// whichever commits first, the other sees it. No forwarded change is left pending, and none
+/// keeps the erased address; both requests succeed.
+#[actix_web::test]
+async fn an_erasure_and_a_provider_event_at_once_leave_no_forwarded_address_behind() {
+    let app = spawn_app_with(|s| {
+        // Nothing listens: rows stay as the two transactions left them.
+        s.email_sync.mailgun.webhook_signing_key = MAILGUN_KEY.into();
+        s.admin.token = Some(TOKEN.into());
+    })
+    .await;
+    for n in 0..12 {
+        let id = register(&app, n).await;
+        let email = format!("user{n}@example.com");
+        let event = data("unsubscribed", &format!("race-{n}"), &email, Utc::now());
+        let body = mailgun_event(MAILGUN_KEY, Utc::now(), event);
+        let path = format!("/admin/users/{id}");
+        let erase = app.admin(reqwest::Method::DELETE, &path, Some(TOKEN));
+        let (erased, hooked) = futures::join!(erase, post_mailgun(&app, &body));
+        assert_eq!(erased.status().as_u16(), 202, "round {n}");
+        assert_eq!(hooked.status().as_u16(), 200, "round {n}");
+        let user_id: uuid::Uuid = id.parse().expect("a uuid");
+        for row in rows_of(&app).await.iter().filter(|r| r.user_id == user_id) {
+            if row.event == EventType::UserConsentChanged {
+                assert_eq!(row.status, Status::Cancelled, "round {n}: {row:?}");
+                assert!(!row.payload.contains(&email), "round {n}: {row:?}");
+            }
+        }
+    }
+}
