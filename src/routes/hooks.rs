@@ -2,6 +2,9 @@
 //! before anything else; a refused request changes nothing. Every event is counted in
 //! `signup_provider_events_total{kind, outcome}`.
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
 use secrecy::ExposeSecret;
@@ -37,6 +40,50 @@ enum HookRefused<'p> {
     /// The database did not answer; nothing changed
     #[response(status = 503, content_type = "application/problem+json")]
     Unavailable(crate::routes::error::Problem<'p>),
+}
+
+/// Counts, as `rejected`, the requests to a configured kind's route that were refused before
+/// its handler saw them: a body over `server.max_body_bytes` (413), a body that came too
+/// slowly (408), the rate limit (429). The handler counts the rest.
+pub(super) async fn count_refused(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let kind = state
+        .as_ref()
+        .and_then(|state| configured_kind(request.path(), &state.inbound));
+    let response = next.call(request).await;
+    let status = match &response {
+        Ok(response) => response.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
+    if let (Some(state), Some(kind)) = (state, kind)
+        && matches!(status.as_u16(), 408 | 413 | 429)
+    {
+        state
+            .metrics
+            .provider_events
+            .with_label_values(&[kind, "rejected"])
+            .inc();
+        tracing::warn!(kind, %status, "provider event refused before it was read");
+    }
+    response
+}
+
+/// The kind a `/hooks/<kind>…` path is for, if its credential is set.
+fn configured_kind(path: &str, inbound: &crate::consent::Inbound) -> Option<&'static str> {
+    let segment = path.strip_prefix("/hooks/")?.split('/').next()?;
+    let on = [
+        (brevo::KIND, inbound.brevo.is_some()),
+        (mailchimp::KIND, inbound.mailchimp.is_some()),
+        (mailgun::KIND, inbound.mailgun.is_some()),
+        (resend::KIND, inbound.resend.is_some()),
+        (sendgrid::KIND, inbound.sendgrid.is_some()),
+    ];
+    on.into_iter()
+        .find(|(kind, configured)| *configured && *kind == segment)
+        .map(|(kind, _)| kind)
 }
 
 /// What the route answers for events it took: each one's outcome.

@@ -108,7 +108,8 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route("/resend", web::post().to(hooks::resend))
             .route("/sendgrid", web::post().to(hooks::sendgrid))
             .wrap(from_fn(limits::limit_api))
-            .wrap(from_fn(limits::body_deadline)),
+            .wrap(from_fn(limits::body_deadline))
+            .wrap(from_fn(hooks::count_refused)),
     )
     .service(
         web::resource("/api/v1/registrations")

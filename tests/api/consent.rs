@@ -13,12 +13,12 @@ use crate::helpers::{
 };
 
 pub const MAILGUN_KEY: &str = "mailgun-webhook-signing-key-0123456789";
-const BREVO_TOKEN: &str = "brevo-webhook-token-0123456789abcdef";
-const MAILCHIMP_SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c";
+pub const BREVO_TOKEN: &str = "brevo-webhook-token-0123456789abcdef";
+pub const MAILCHIMP_SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c";
 /// A Svix secret as Resend shows it.
-const RESEND_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const RESEND_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-async fn app() -> TestApp {
+pub async fn app() -> TestApp {
     spawn_app_with(|s| {
         s.email_sync.mailgun.webhook_signing_key = MAILGUN_KEY.into();
         s.email_sync.resend.webhook_secret = Some(RESEND_SECRET.parse().expect("a whsec_ secret"));
@@ -81,7 +81,7 @@ pub async fn register(app: &TestApp, n: usize) -> String {
     created["id"].as_str().expect("an id").to_owned()
 }
 
-async fn consent_of(app: &TestApp, id: &str) -> Value {
+pub async fn consent_of(app: &TestApp, id: &str) -> Value {
     let (status, body) = app
         .admin_json(reqwest::Method::GET, &format!("/api/v1/registrations/{id}"))
         .await;
@@ -319,7 +319,7 @@ async fn erasure_keeps_only_a_declined_addresss_suppression() {
 
 /// Posts Resend's `body` signed as Svix signs it (the `standardwebhooks` crate, not signup's
 /// code) with `secret`, id `id`, at `signed_at`.
-async fn post_resend(
+pub async fn post_resend(
     app: &TestApp,
     secret: &str,
     id: &str,
@@ -344,7 +344,7 @@ async fn post_resend(
 }
 
 /// Resend's documented `email.complained`, and `contact.updated` with `unsubscribed`.
-fn resend_event(kind: &str, at: DateTime<Utc>, email: &str) -> Value {
+pub fn resend_event(kind: &str, at: DateTime<Utc>, email: &str) -> Value {
     let data = if kind.starts_with("contact.") {
         json!({"id": "479e3145-dd38-476b-932c-529ceb705947", "audience_id": "78261eea-8f8b-4381-83c6-79fa7120f1cf", "email": email, "first_name": "Steve", "unsubscribed": true, "created_at": at.to_rfc3339()})
     } else {
@@ -503,7 +503,7 @@ async fn an_address_that_unsubscribed_is_never_subscribed_again_even_after_erasu
 }
 
 /// Mailchimp's documented form (its "Webhooks" guide), `type` about `email` fired at `at`.
-fn mailchimp_form(kind: &str, email: &str, at: DateTime<Utc>) -> Vec<(String, String)> {
+pub fn mailchimp_form(kind: &str, email: &str, at: DateTime<Utc>) -> Vec<(String, String)> {
     [
         ("type", kind.to_owned()),
         ("fired_at", at.format("%Y-%m-%d %H:%M:%S").to_string()),
@@ -522,7 +522,7 @@ fn mailchimp_form(kind: &str, email: &str, at: DateTime<Utc>) -> Vec<(String, St
     .collect()
 }
 
-async fn post_mailchimp(
+pub async fn post_mailchimp(
     app: &TestApp,
     secret: &str,
     form: &[(String, String)],
@@ -603,7 +603,7 @@ async fn without_its_secret_the_mailchimp_route_is_404() {
 }
 
 /// Brevo's documented marketing event `kind` about `email` at `at`.
-fn brevo_event(kind: &str, email: &str, at: DateTime<Utc>) -> Value {
+pub fn brevo_event(kind: &str, email: &str, at: DateTime<Utc>) -> Value {
     json!({
         "id": 123456,
         "camp_id": 12,
@@ -619,7 +619,11 @@ fn brevo_event(kind: &str, email: &str, at: DateTime<Utc>) -> Value {
     })
 }
 
-async fn post_brevo(app: &TestApp, authorization: Option<&str>, body: &Value) -> reqwest::Response {
+pub async fn post_brevo(
+    app: &TestApp,
+    authorization: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
     let mut request = app.client.post(app.url("/hooks/brevo")).json(body);
     if let Some(authorization) = authorization {
         request = request.header("authorization", authorization);

@@ -13,6 +13,7 @@ mod commit_outcome;
 mod concurrency;
 mod consent;
 mod consent_forwarding;
+mod consent_matrix;
 mod consent_order;
 mod console;
 mod db_faults;
