@@ -686,8 +686,7 @@ async fn brevo_events_are_taken_with_the_configured_token_only() {
 async fn sendgrid_signed_events_apply_per_event_and_a_forged_batch_changes_nothing() {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
-    use p256::ecdsa::signature::Signer;
-    use p256::ecdsa::{Signature, SigningKey};
+    use p256::ecdsa::SigningKey;
     use p256::pkcs8::EncodePublicKey;
     let signing = SigningKey::from_slice(&[42u8; 32]).expect("a scalar");
     let shown = STANDARD.encode(
@@ -710,25 +709,7 @@ async fn sendgrid_signed_events_apply_per_event_and_a_forged_batch_changes_nothi
         {"email": "user2@example.com", "timestamp": now.timestamp() - 3, "event": "delivered", "sg_event_id": "sg-3"},
     ])
     .to_string();
-    let post = |signer: SigningKey, body: String| {
-        let app = &app;
-        async move {
-            let timestamp = now.timestamp().to_string();
-            let signature: Signature = signer.sign(format!("{timestamp}{body}").as_bytes());
-            app.client
-                .post(app.url("/hooks/sendgrid"))
-                .header("content-type", "application/json")
-                .header(
-                    "X-Twilio-Email-Event-Webhook-Signature",
-                    STANDARD.encode(signature.to_der()),
-                )
-                .header("X-Twilio-Email-Event-Webhook-Timestamp", timestamp)
-                .body(body)
-                .send()
-                .await
-                .expect("sent")
-        }
-    };
+    let post = |signer: SigningKey, body: String| post_sendgrid(&app, signer, now, body);
 
     let forger = SigningKey::from_slice(&[43u8; 32]).expect("a scalar");
     assert_eq!(post(forger, body.clone()).await.status().as_u16(), 401);
@@ -822,4 +803,31 @@ async fn a_double_opt_in_is_pending_until_mailchimps_subscribe_event() {
     let consent = consent_of(&app, &id).await;
     assert_eq!(consent["state"], "subscribed", "{consent}");
     assert_eq!(consent["source"], "provider event");
+}
+
+/// Posts `body` to SendGrid's route signed by `signer` as SendGrid signs (ECDSA P-256 over
+/// `timestamp ‖ body`, base64 DER), at `signed_at`.
+pub async fn post_sendgrid(
+    app: &TestApp,
+    signer: p256::ecdsa::SigningKey,
+    signed_at: DateTime<Utc>,
+    body: String,
+) -> reqwest::Response {
+    use base64::Engine;
+    use p256::ecdsa::Signature;
+    use p256::ecdsa::signature::Signer;
+    let timestamp = signed_at.timestamp().to_string();
+    let signature: Signature = signer.sign(format!("{timestamp}{body}").as_bytes());
+    app.client
+        .post(app.url("/hooks/sendgrid"))
+        .header("content-type", "application/json")
+        .header(
+            "X-Twilio-Email-Event-Webhook-Signature",
+            base64::engine::general_purpose::STANDARD.encode(signature.to_der()),
+        )
+        .header("X-Twilio-Email-Event-Webhook-Timestamp", timestamp)
+        .body(body)
+        .send()
+        .await
+        .expect("sent")
 }

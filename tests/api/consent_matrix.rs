@@ -6,16 +6,15 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Duration, Utc};
-use p256::ecdsa::signature::Signer;
-use p256::ecdsa::{Signature, SigningKey};
+use p256::ecdsa::SigningKey;
 use p256::pkcs8::EncodePublicKey;
 use serde_json::{Value, json};
 
 use crate::admin::TOKEN;
 use crate::consent::{
     BREVO_TOKEN, MAILCHIMP_SECRET, MAILGUN_KEY, RESEND_SECRET, brevo_event, consent_of, data,
-    mailchimp_form, mailgun_event, post_brevo, post_mailchimp, post_mailgun, post_resend, register,
-    resend_event,
+    mailchimp_form, mailgun_event, post_brevo, post_mailchimp, post_mailgun, post_resend,
+    post_sendgrid, register, resend_event,
 };
 use crate::helpers::{TestApp, spawn_app_with};
 
@@ -148,20 +147,7 @@ async fn post(
             } else {
                 sendgrid_key()
             };
-            let timestamp = signed_at.timestamp().to_string();
-            let signature: Signature = signer.sign(format!("{timestamp}{body}").as_bytes());
-            app.client
-                .post(app.url("/hooks/sendgrid"))
-                .header("content-type", "application/json")
-                .header(
-                    "X-Twilio-Email-Event-Webhook-Signature",
-                    STANDARD.encode(signature.to_der()),
-                )
-                .header("X-Twilio-Email-Event-Webhook-Timestamp", timestamp)
-                .body(body)
-                .send()
-                .await
-                .expect("sent")
+            post_sendgrid(app, signer, signed_at, body).await
         }
         Kind::Brevo => {
             let mut body = brevo_event(event, email, at);

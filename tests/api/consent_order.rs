@@ -3,8 +3,6 @@
 //! sent in any order with replays mixed in, one after another or all at once, ends in the state of the newest event (event time,
 //! then event id), the one SPEC §8 rule. The seed of a failing case is printed by proptest.
 
-use std::sync::mpsc;
-
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -12,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::admin::TOKEN;
 use crate::consent::{MAILGUN_KEY, data, mailgun_event};
-use crate::helpers::{registration, spawn_app_with};
+use crate::helpers::{registration, serve_in_thread};
 
 const MAILCHIMP_SECRET: &str = "consent-order-mailchimp-secret-0123456789";
 
@@ -109,23 +107,12 @@ fn schedules() -> impl Strategy<Value = Vec<ProviderEvent>> {
 #[test]
 fn any_order_of_provider_events_with_replays_ends_in_the_newest_events_state() {
     // The server runs in an actix System of its own thread; proptest drives it from here.
-    let (tx, rx) = mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let app = spawn_app_with(|s| {
-                s.email_sync.mailgun.webhook_signing_key = MAILGUN_KEY.into();
-                s.email_sync.mailchimp.webhook_secret = MAILCHIMP_SECRET.into();
-                s.admin.token = Some(TOKEN.into());
-            })
-            .await;
-            let _ = tx.send(app.address.clone());
-            let _ = stopped.await;
-            drop(app);
-        });
+    let served = serve_in_thread(|s| {
+        s.email_sync.mailgun.webhook_signing_key = MAILGUN_KEY.into();
+        s.email_sync.mailchimp.webhook_secret = MAILCHIMP_SECRET.into();
+        s.admin.token = Some(TOKEN.into());
     });
-    let address = rx.recv().expect("the server started");
-    signup::startup::install_crypto_provider();
+    let address = served.address.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -182,8 +169,7 @@ fn any_order_of_provider_events_with_replays_ends_in_the_newest_events_state() {
         prop_assert_eq!(changed_at, Some(at));
     });
 
-    let _ = stop.send(());
-    server.join().expect("the server thread ends");
+    drop(served);
 }
 
 /// Registers person `n`: their id and address.

@@ -517,3 +517,47 @@ pub async fn wait_all_delivered(db: &DatabaseConnection, n: usize, limit: std::t
     })
     .await;
 }
+
+/// A server in an actix System of its own thread, for a test driven from a plain thread (a
+/// proptest): its address and database. Dropping it stops the server and waits for its thread.
+pub struct ServedApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    pub database_url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts the server with `adjust`ed test settings in a thread of its own.
+pub fn serve_in_thread(adjust: impl FnOnce(&mut Settings) + Send + 'static) -> ServedApp {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let app = spawn_app_with(adjust).await;
+            let _ = tx.send((app.address.clone(), app.database_url.clone()));
+            // Keep the app (and its database) alive until the test has looked at it.
+            let _ = stopped.await;
+            drop(app);
+        });
+    });
+    let (address, database_url) = rx.recv().expect("the server started");
+    signup::startup::install_crypto_provider();
+    ServedApp {
+        address,
+        database_url,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for ServedApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

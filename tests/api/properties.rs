@@ -1,13 +1,11 @@
 //! Property test of the JSON route: whatever the body, the answer is 201, 400, 409, 413, 415 or
 //! 422, never a 5xx, and no invalid input is ever stored.
 
-use std::sync::mpsc;
-
 use proptest::prelude::*;
 use sea_orm::EntityTrait;
 use signup::domain::NewRegistration;
 
-use crate::helpers::spawn_app;
+use crate::helpers::serve_in_thread;
 
 /// Bodies worth throwing: well-formed registrations with arbitrary field contents, JSON of the
 /// wrong shape, and arbitrary bytes.
@@ -48,19 +46,11 @@ fn bodies() -> impl Strategy<Value = (String, Vec<u8>)> {
 #[test]
 fn any_json_body_gets_a_4xx_or_201_and_never_stores_invalid_input() {
     // The server runs in an actix System of its own thread; proptest drives it from here.
-    let (tx, rx) = mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let app = spawn_app().await;
-            let _ = tx.send((app.url("/api/v1/registrations"), app.database_url.clone()));
-            // Keep the app (and its database) alive until the test has looked at it.
-            let _ = stopped.await;
-            drop(app);
-        });
-    });
-    let (url, database_url) = rx.recv().expect("the server started");
-    signup::startup::install_crypto_provider();
+    let served = serve_in_thread(|_| {});
+    let (url, database_url) = (
+        format!("{}/api/v1/registrations", served.address),
+        served.database_url.clone(),
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -85,8 +75,7 @@ fn any_json_body_gets_a_4xx_or_201_and_never_stores_invalid_input() {
         let db = sea_orm::Database::connect(&database_url).await.expect("db");
         entity::user::Entity::find().all(&db).await.expect("users")
     });
-    let _ = stop.send(());
-    server.join().expect("the server thread ends");
+    drop(served);
     for user in users {
         assert!(
             NewRegistration::parse(&user.username, &user.email, "a valid password").is_ok(),
