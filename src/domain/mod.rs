@@ -2,12 +2,14 @@
 //! constructor, `parse`, which trims, validates and normalises, so the RegistrationActor's check
 //! and the unique indexes always compare the same forms.
 
+mod consent;
 mod email;
 mod new_registration;
 mod password;
 mod registered_user;
 mod username;
 
+pub(crate) use consent::{ConsentState, Source};
 pub use email::Email;
 pub(crate) use email::{mask_addresses_in, normalized_email};
 pub use new_registration::NewRegistration;

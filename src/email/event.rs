@@ -45,12 +45,12 @@ pub(crate) struct UserConsentChanged {
     /// The address the provider knows them by, as the person spelled it.
     pub email: String,
     /// The new state (SPEC §8).
-    pub state: crate::consent::ConsentState,
+    pub state: crate::domain::ConsentState,
     /// When the provider says it changed (the event's time), RFC 3339 with microseconds.
     #[serde(with = "rfc3339_micros")]
     pub changed_at: DateTime<Utc>,
     /// Who said it (`provider event`).
-    pub source: crate::consent::Source,
+    pub source: crate::domain::Source,
     /// Which provider said it (`mailchimp`, `sendgrid`, …).
     pub provider: String,
 }
