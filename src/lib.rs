@@ -9,6 +9,8 @@
 mod activity;
 /// The two actors: RegistrationActor (serialized writes) and the email sync's messages.
 pub mod actors;
+
+mod budget;
 /// Settings from `config.toml` and `SIGNUP_…` variables.
 pub mod configuration;
 /// Consent: the provider's events kept per contact and never undone (SPEC §8).

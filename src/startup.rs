@@ -14,6 +14,7 @@ use crate::actors::{CommitWatch, DeliveryHook, Drain, EmailSyncActor, Registrati
 use crate::configuration::ProviderKind;
 use crate::configuration::Settings;
 use crate::database::{self, WriteTurns};
+use crate::budget::{Budget, Shared};
 use crate::email::provider::{Brevo, Mailchimp, Mailgun, Paced, Resend, Sendgrid};
 use crate::email::{CircuitState, Provider, WebhookProvider};
 use crate::hashing::{HashError, PasswordHasher};
@@ -467,6 +468,20 @@ fn start_email_sync(
         }
     };
     let per_second = sync.requests_per_second();
+    // Several instances may share a PostgreSQL: the provider's budget is theirs together
+    // (SPEC §3.6). SQLite is one process.
+    let budget = if crate::database::is_postgres(&db) {
+        Budget::shared(Shared::new(
+            db.clone(),
+            sync.kind.as_str(),
+            sync.in_flight(),
+            per_second,
+            sync.lease,
+            sync.timeout,
+        ))
+    } else {
+        Budget::local(per_second)
+    };
     let provider = Arc::new(Paced::new(
         match sync.kind {
             ProviderKind::Webhook => {
@@ -489,7 +504,7 @@ fn start_email_sync(
             }
         }
         .map_err(StartupError::Provider)?,
-        per_second,
+        budget,
     ));
     let arbiter = Arbiter::new();
     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {

@@ -13,6 +13,7 @@ mod m20261207_000007_outbox_order_per_contact;
 mod m20261207_000008_outbox_provider_imports;
 mod m20261207_000009_create_console_sessions;
 mod m20261207_000010_create_consent;
+mod m20261207_000011_create_provider_budget;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000008_outbox_provider_imports::Migration),
             Box::new(m20261207_000009_create_console_sessions::Migration),
             Box::new(m20261207_000010_create_consent::Migration),
+            Box::new(m20261207_000011_create_provider_budget::Migration),
         ]
     }
 }

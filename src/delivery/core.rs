@@ -182,6 +182,14 @@ impl Core {
         self.pump_again = false;
     }
 
+    /// The provider told another instance to wait until `until` (a shared budget, SPEC §3.6):
+    /// claim nothing until then, as after a 429 of this instance's own.
+    pub(crate) fn hold_until(&mut self, until: DateTime<Utc>) {
+        if self.paused_until.is_none_or(|at| at < until) {
+            self.paused_until = Some(until);
+        }
+    }
+
     /// The poll timer, a wake-up, or a `wake_at` coming due: claim what may go now.
     pub(crate) fn tick(&mut self, now: DateTime<Utc>) -> Actions {
         let mut out = Actions::default();

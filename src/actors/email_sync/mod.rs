@@ -184,9 +184,21 @@ impl EmailSyncActor {
             self.wake_at(at, ctx);
         }
         if actions.drained {
-            if let Some(done) = self.draining.take() {
-                let _ = done.send(());
-            }
+            // Nothing is in flight: every slot of a shared budget is idle, and goes back now
+            // rather than when its lease ends.
+            let provider = Arc::clone(&self.provider);
+            let done = self.draining.take();
+            ctx.spawn(
+                async move {
+                    if let Some(shared) = provider.budget().shared_part() {
+                        shared.release_idle(true).await;
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
+                .into_actor(self),
+            );
             self.db = DatabaseConnection::default();
         }
     }
@@ -197,7 +209,12 @@ impl EmailSyncActor {
         let db = self.db.clone();
         let lease = self.settings.lease;
         let turns = self.turns.clone();
+        let provider = Arc::clone(&self.provider);
         let claim = async move {
+            // Another instance got a 429 with a reset: no claim until it passes (SPEC §3.6).
+            if let Some(until) = provider.budget().read_shared_pause().await {
+                return Ok((Vec::new(), HashMap::new(), Some(until)));
+            }
             let rows = turns
                 .run(Writes::Deliveries, async {
                     outbox::claim(&db, limit, lease, Utc::now()).await
@@ -206,12 +223,15 @@ impl EmailSyncActor {
             // Once per claim, not once per request: reads on this pool compete with the
             // outcome writes, which must land within the lease.
             let declined = declined_of(&db, &rows).await?;
-            Ok::<_, sea_orm::DbErr>((rows, declined))
+            Ok::<_, sea_orm::DbErr>((rows, declined, None))
         };
         ctx.spawn(claim.into_actor(self).map(|result, act, ctx| {
             let actions = match result {
-                Ok((rows, declined)) => {
+                Ok((rows, declined, paused)) => {
                     act.declined.extend(declined);
+                    if let Some(until) = paused {
+                        act.core.hold_until(until);
+                    }
                     act.core.claimed(rows, Utc::now())
                 }
                 Err(e) => {
@@ -260,7 +280,15 @@ impl EmailSyncActor {
                 );
                 return None;
             }
-            Some(provider.deliver(&rows).await)
+            // The latest moment a request may start: every row's lease covers it to its end.
+            let send_by = claims
+                .iter()
+                .map(|claimed| claimed.lease)
+                .min()
+                .map_or(now, |lease| {
+                    lease - chrono::Duration::from_std(timeout).unwrap_or_default()
+                });
+            Some(provider.deliver(&rows, send_by).await)
         });
         self.aborts.insert(request.id, task.abort_handle());
         let id = request.id;
@@ -474,6 +502,7 @@ impl EmailSyncActor {
 }
 
 mod consent;
+mod budget;
 mod notes;
 mod rows;
 use rows::{declined_of, deliveries};
@@ -494,6 +523,7 @@ impl Actor for EmailSyncActor {
             GAUGE_REFRESH_EVERY.min(self.settings.poll_interval),
             |act, ctx| act.refresh_gauges(ctx),
         );
+        self.start_shared_budget(ctx);
         self.refresh_gauges(ctx);
         self.sweep_delivered(ctx);
         self.pump(ctx);

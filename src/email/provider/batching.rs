@@ -24,7 +24,7 @@ pub(crate) trait OneAtATime {
 pub(super) async fn contacts_one_by_one<A: OneAtATime + Sync>(
     api: &A,
     rows: &[Delivery],
-    gate: &Gate,
+    gate: &Gate<'_>,
 ) -> Vec<AttemptOutcome> {
     one_by_one(rows, gate, |row| async move {
         match event(row) {
@@ -69,7 +69,7 @@ pub(crate) trait InBatches: OneAtATime {
 pub(super) async fn bisecting<A: InBatches + Sync>(
     api: &A,
     rows: &[Delivery],
-    gate: &Gate,
+    gate: &Gate<'_>,
 ) -> Vec<AttemptOutcome> {
     let mut outcomes: Vec<Option<AttemptOutcome>> = vec![None; rows.len()];
     // The readable rows: their users, and where each one's outcome goes.
@@ -93,15 +93,22 @@ pub(super) async fn bisecting<A: InBatches + Sync>(
     parts.push(0..users.len());
     while let Some(part) = parts.pop() {
         let members = &users[part.clone()];
-        let answer = match (members, gate.admit().await) {
-            ([], _) => continue,
-            (_, Err(retry_after)) => BatchAnswer::Whole(AttemptOutcome::NotSent { retry_after }),
-            ([one], Ok(())) => BatchAnswer::Whole(api.send(one).await),
-            (_, Ok(())) => api.send_batch(members).await,
+        if members.is_empty() {
+            continue;
+        }
+        // Held until the answer is in: the request's place in the provider's budget.
+        let permit = gate.admit().await;
+        let answer = match (members, &permit) {
+            (_, Err(retry_after)) => BatchAnswer::Whole(AttemptOutcome::NotSent {
+                retry_after: *retry_after,
+            }),
+            ([one], Ok(_)) => BatchAnswer::Whole(api.send(one).await),
+            (_, Ok(_)) => api.send_batch(members).await,
         };
+        drop(permit);
         match answer {
             BatchAnswer::Each(each) if each.len() == members.len() => {
-                gate.observe(&each);
+                gate.observe(&each).await;
                 for (place, outcome) in places[part].iter().zip(each) {
                     outcomes[*place] = Some(outcome);
                 }
@@ -126,7 +133,7 @@ pub(super) async fn bisecting<A: InBatches + Sync>(
                 parts.push(part.start..middle);
             }
             BatchAnswer::Whole(whole) => {
-                gate.observe([&whole]);
+                gate.observe([&whole]).await;
                 for place in &places[part] {
                     outcomes[*place] = Some(whole.clone());
                 }
@@ -135,10 +142,13 @@ pub(super) async fn bisecting<A: InBatches + Sync>(
     }
     for (place, user, earlier) in erasures {
         let outcome = match gate.admit().await {
-            Ok(()) => api.erase(&user, earlier).await,
+            Ok(_permit) => {
+                let outcome = api.erase(&user, earlier).await;
+                gate.observe([&outcome]).await;
+                outcome
+            }
             Err(retry_after) => AttemptOutcome::NotSent { retry_after },
         };
-        gate.observe([&outcome]);
         outcomes[place] = Some(outcome);
     }
     outcomes

@@ -9,7 +9,7 @@
 //! Built from each provider's published API reference and tested against local fakes that
 //! check method, path, auth and body: no provider is reachable from where signup is built.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
@@ -36,7 +36,8 @@ pub(crate) use batching::{BatchAnswer, InBatches, OneAtATime};
 use batching::{bisecting, contacts_one_by_one};
 pub use brevo::{Brevo, BrevoSettings};
 use gate::one_by_one;
-pub use gate::{Gate, Paced};
+pub(crate) use gate::Gate;
+pub use gate::Paced;
 pub use mailchimp::{Mailchimp, MailchimpErase, MailchimpSettings, StatusIfNew, subscriber_hash};
 pub use mailgun::{Mailgun, MailgunSettings};
 pub use resend::{Resend, ResendSettings};
@@ -125,7 +126,7 @@ pub(crate) trait Adapter {
     fn deliver(
         &self,
         rows: &[Delivery],
-        gate: &Gate,
+        gate: &Gate<'_>,
     ) -> impl std::future::Future<Output = Vec<AttemptOutcome>> + Send;
 }
 
@@ -146,7 +147,7 @@ pub(crate) enum Provider {
 }
 
 impl Adapter for Provider {
-    async fn deliver(&self, rows: &[Delivery], gate: &Gate) -> Vec<AttemptOutcome> {
+    async fn deliver(&self, rows: &[Delivery], gate: &Gate<'_>) -> Vec<AttemptOutcome> {
         if rows.iter().all(|row| self.unsent(row).is_none()) {
             return self.send(rows, gate).await;
         }
@@ -188,7 +189,7 @@ impl Provider {
 
 impl Provider {
     /// One attempt for each of `rows`, by the kind's API.
-    async fn send(&self, rows: &[Delivery], gate: &Gate) -> Vec<AttemptOutcome> {
+    async fn send(&self, rows: &[Delivery], gate: &Gate<'_>) -> Vec<AttemptOutcome> {
         if rows.is_empty() {
             return Vec::new();
         }
