@@ -11,10 +11,10 @@ use actix_web::{App, HttpServer, web};
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::actors::{CommitWatch, DeliveryHook, Drain, EmailSyncActor, RegistrationActor};
+use crate::budget::{Budget, Shared};
 use crate::configuration::ProviderKind;
 use crate::configuration::Settings;
 use crate::database::{self, WriteTurns};
-use crate::budget::{Budget, Shared};
 use crate::email::provider::{Brevo, Mailchimp, Mailgun, Paced, Resend, Sendgrid};
 use crate::email::{CircuitState, Provider, WebhookProvider};
 use crate::hashing::{HashError, PasswordHasher};

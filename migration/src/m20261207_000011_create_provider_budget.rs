@@ -32,7 +32,11 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(ProviderSlots::Table)
-                    .col(ColumnDef::new(ProviderSlots::Kind).string_len(16).not_null())
+                    .col(
+                        ColumnDef::new(ProviderSlots::Kind)
+                            .string_len(16)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(ProviderSlots::Slot).integer().not_null())
                     .col(ColumnDef::new(ProviderSlots::Holder).uuid())
                     .col(ColumnDef::new(ProviderSlots::LeaseUntil).timestamp_with_time_zone())

@@ -231,10 +231,21 @@ mod tests {
     fn a_slot_is_used_only_for_a_request_that_ends_within_its_lease() {
         let now = Utc::now();
         let timeout = Duration::from_secs(10);
-        assert!(slot_covers(now + chrono::Duration::seconds(10), now, timeout));
-        assert!(!slot_covers(now + chrono::Duration::seconds(9), now, timeout));
+        assert!(slot_covers(
+            now + chrono::Duration::seconds(10),
+            now,
+            timeout
+        ));
+        assert!(!slot_covers(
+            now + chrono::Duration::seconds(9),
+            now,
+            timeout
+        ));
         assert!(slot_is_free(None, now));
         assert!(slot_is_free(Some(now), now));
-        assert!(!slot_is_free(Some(now + chrono::Duration::milliseconds(1)), now));
+        assert!(!slot_is_free(
+            Some(now + chrono::Duration::milliseconds(1)),
+            now
+        ));
     }
 }

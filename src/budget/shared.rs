@@ -144,7 +144,10 @@ impl Shared {
     /// whose lease covers the request, else one from the database (a free one, or an idle one
     /// of ours leased anew); waits while every slot is taken. `Err(wait)`: none came in time,
     /// or the database did not answer.
-    pub(crate) async fn slot(self: &Arc<Self>, send_by: DateTime<Utc>) -> Result<SlotPermit, Duration> {
+    pub(crate) async fn slot(
+        self: &Arc<Self>,
+        send_by: DateTime<Utc>,
+    ) -> Result<SlotPermit, Duration> {
         if let Err(e) = self.ensure().await {
             tracing::warn!(error = %e, "cannot set up the shared provider budget; the request waits");
             return Err(NO_SLOT_RETRY);
@@ -288,7 +291,10 @@ impl Shared {
         );
         if let Err(e) = self
             .db
-            .execute_raw(Self::statement(&sql, vec![self.kind.into(), self.holder.into()]))
+            .execute_raw(Self::statement(
+                &sql,
+                vec![self.kind.into(), self.holder.into()],
+            ))
             .await
         {
             // They come back when their lease ends.

@@ -8,6 +8,7 @@
 mod abuse;
 mod admin;
 mod browser;
+mod budget;
 mod cli;
 mod commit_outcome;
 mod concurrency;

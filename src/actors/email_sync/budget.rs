@@ -12,10 +12,10 @@ impl EmailSyncActor {
             return;
         }
         let provider = Arc::clone(&self.provider);
-        ctx.spawn(
-            async move { provider.budget().follow_shared_pauses().await }.into_actor(self),
-        );
-        ctx.run_interval(crate::budget::IDLE_SLOT, |act, ctx| act.release_slots(false, ctx));
+        ctx.spawn(async move { provider.budget().follow_shared_pauses().await }.into_actor(self));
+        ctx.run_interval(crate::budget::IDLE_SLOT, |act, ctx| {
+            act.release_slots(false, ctx)
+        });
     }
 
     /// Gives back this instance's idle slots: those idle long enough, or all of them.

@@ -501,8 +501,8 @@ impl EmailSyncActor {
     }
 }
 
-mod consent;
 mod budget;
+mod consent;
 mod notes;
 mod rows;
 use rows::{declined_of, deliveries};
