@@ -30,4 +30,22 @@ impl EmailSyncActor {
             .into_actor(self),
         );
     }
+
+    /// The drain is over: nothing is in flight, so every slot of a shared budget is idle and
+    /// goes back now rather than when its lease ends; then the drain is answered.
+    pub(super) fn answer_drain(&mut self, ctx: &mut Context<Self>) {
+        let provider = Arc::clone(&self.provider);
+        let done = self.draining.take();
+        ctx.spawn(
+            async move {
+                if let Some(shared) = provider.budget().shared_part() {
+                    shared.release_idle(true).await;
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            .into_actor(self),
+        );
+    }
 }

@@ -184,21 +184,7 @@ impl EmailSyncActor {
             self.wake_at(at, ctx);
         }
         if actions.drained {
-            // Nothing is in flight: every slot of a shared budget is idle, and goes back now
-            // rather than when its lease ends.
-            let provider = Arc::clone(&self.provider);
-            let done = self.draining.take();
-            ctx.spawn(
-                async move {
-                    if let Some(shared) = provider.budget().shared_part() {
-                        shared.release_idle(true).await;
-                    }
-                    if let Some(done) = done {
-                        let _ = done.send(());
-                    }
-                }
-                .into_actor(self),
-            );
+            self.answer_drain(ctx);
             self.db = DatabaseConnection::default();
         }
     }

@@ -177,6 +177,8 @@ struct AtProvider {
     /// Each row, and whether the provider applies it when the request ends (a timed-out
     /// request may or may not be).
     rows: Vec<(Uuid, bool)>,
+    /// The budget slot it holds.
+    slot: usize,
 }
 
 struct Instance {
@@ -204,6 +206,8 @@ struct Sim {
     request_of: HashMap<(usize, u32, RequestId), u64>,
     /// Requests at the provider now, per row.
     open: HashMap<Uuid, usize>,
+    /// The shared budget's `max_in_flight` slots (SPEC §3.6): who holds each, and until when.
+    slots: Vec<Option<((usize, u32), Ms)>>,
     /// What the provider holds: contact → present.
     contacts: HashMap<u32, bool>,
     /// Users registered and not erased: user → contact.
@@ -239,6 +243,7 @@ impl Sim {
             })
             .collect();
         let chaos_until = rng.random_range(10_000..120_000);
+        let slots = config.core.max_requests;
         Self {
             rng,
             config,
@@ -252,6 +257,7 @@ impl Sim {
             next_provider_request: 0,
             request_of: HashMap::new(),
             open: HashMap::new(),
+            slots: vec![None; slots],
             contacts: HashMap::new(),
             live: BTreeMap::new(),
             erased: Vec::new(),

@@ -8,6 +8,13 @@ impl Sim {
         let Some(done) = self.at_provider.remove(&request) else {
             return;
         };
+        // The request is over: its permit goes back, unless its instance died meanwhile (the
+        // slot then comes back when its lease passes).
+        if let Some(Some(((instance, epoch), _))) = self.slots.get(done.slot).copied()
+            && self.alive(instance, epoch)
+        {
+            self.slots[done.slot] = None;
+        }
         for (id, applies) in &done.rows {
             if let Some(open) = self.open.get_mut(id) {
                 *open -= 1;
@@ -55,6 +62,45 @@ impl Sim {
             );
             return Ok(());
         }
+        // SPEC §3.6: one budget for all instances. A request goes only with one of the
+        // `max_in_flight` slots shared by every instance, leased for `lease` and used only if
+        // the request is over before that lease is; a slot whose holder died comes back when
+        // its lease passes. None free: the request is not sent (no attempt), as when the
+        // leases of its rows would end before one came.
+        let now_at = at(self.now);
+        let Some(slot) = self.slots.iter().position(|held| {
+            held.is_none_or(|(_, until)| crate::budget::slot_is_free(Some(at(until)), now_at))
+        }) else {
+            let outcomes = Some(vec![AttemptOutcome::NotSent {
+                retry_after: Duration::from_millis(250),
+            }]);
+            self.schedule(
+                0,
+                Event::Answer {
+                    instance,
+                    epoch,
+                    id,
+                    outcomes,
+                },
+            );
+            return Ok(());
+        };
+        let until = self.now + ms_of(self.config.core.lease);
+        if !crate::budget::slot_covers(at(until), now_at, self.config.core.timeout) {
+            return Err(self.fail(format!(
+                "i{instance} would send on a slot whose lease ends before its request could"
+            )));
+        }
+        // §3.6: never more than max_in_flight at the provider, all instances together (a dead
+        // instance's requests included, until they end).
+        let max = self.config.core.max_requests;
+        if self.at_provider.len() >= max {
+            return Err(self.fail(format!(
+                "i{instance} sends while {} requests of all instances are at the provider (max_in_flight {max})",
+                self.at_provider.len()
+            )));
+        }
+        self.slots[slot] = Some(((instance, epoch), until));
         // §3.5.5: the breaker bounds the provider: while open no request, half-open one (the
         // requests sent before it opened may still be out).
         let node = &mut self.instances[instance];
@@ -151,7 +197,7 @@ impl Sim {
         let ids: Vec<Uuid> = rows.iter().map(|c| c.row.id).collect();
         self.note(format!("i{instance} sends {ids:?}, ends in {latency}ms"));
         let rows = ids.into_iter().zip(applies).collect();
-        self.at_provider.insert(request, AtProvider { rows });
+        self.at_provider.insert(request, AtProvider { rows, slot });
         let ends = latency.min(timeout);
         self.schedule(ends, Event::ProviderDone { request });
         // The answer may reach the core late (a busy Arbiter), even after the lease.
