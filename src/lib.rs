@@ -9,7 +9,8 @@
 mod activity;
 /// The two actors: RegistrationActor (serialized writes) and the email sync's messages.
 pub mod actors;
-
+/// The provider's budget (max in flight, requests a second, its pause): in memory for one
+/// process, in PostgreSQL for all instances together.
 mod budget;
 /// Settings from `config.toml` and `SIGNUP_…` variables.
 pub mod configuration;
