@@ -161,18 +161,24 @@ impl Shared {
                 Ok(held) => return Ok(self.permit(held)),
                 Err(renewable) => renewable,
             };
-            if let Ok(_asking) = self.asking.try_lock() {
-                match self.acquire(now, &renewable).await {
-                    Ok(Some(held)) => {
-                        self.forget_idle(held.slot);
-                        return Ok(self.permit(held));
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot lease a provider slot; the request is due again shortly");
-                        return Err(NO_SLOT_RETRY);
-                    }
+            let asked = match self.asking.try_lock() {
+                Ok(_asking) => Some(self.acquire(now, &renewable).await),
+                Err(_) => None,
+            };
+            match asked {
+                Some(Ok(Some(held))) => {
+                    self.forget_idle(held.slot);
+                    // There may be more free: the next waiting request asks at once, not at its
+                    // next poll (a burst of requests leases its slots one statement after
+                    // another, not one poll after another).
+                    self.returned.notify_one();
+                    return Ok(self.permit(held));
                 }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot lease a provider slot; the request is due again shortly");
+                    return Err(NO_SLOT_RETRY);
+                }
+                Some(Ok(None)) | None => {}
             }
             tokio::select! {
                 () = self.returned.notified() => {}
