@@ -149,15 +149,7 @@ impl Budget {
         // A connection of its own, outside the email sync's pool: the listener holds it for
         // good, and the pool's few connections are for claims and outcome writes (taking one
         // of them cost the PostgreSQL Mailchimp drain a fifth of its rate).
-        let options = shared
-            .db()
-            .get_postgres_connection_pool()
-            .connect_options()
-            .as_ref()
-            .clone();
-        let pool = sea_orm::sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(options);
+        let pool = shared.own_pool(1);
         loop {
             match sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await {
                 Ok(mut listener) => match listener.listen(SHARED_PAUSE_CHANNEL).await {

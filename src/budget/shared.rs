@@ -3,7 +3,7 @@
 //!   for `email_sync.lease`. A request uses a slot only if it is over before the slot's lease
 //!   is (the rule of the rows' leases), so no two instances ever count on one slot at once; an
 //!   instance keeps a slot for its next requests while the lease covers them, gives an idle one
-//!   back after [`IDLE_SLOT`], and a dead instance's slots come back when their lease expires.
+//!   back after [`IDLE_SLOT`] unused, and a dead instance's slots come back when their lease expires.
 //! - the requests-a-second allowance (`provider_budget.tat`): a GCRA whose theoretical arrival
 //!   time moves forward by one interval per request in one statement, with one second's burst
 //!   (as the in-process pace).
@@ -25,7 +25,7 @@ use super::{slot_covers, slot_is_free};
 /// The PostgreSQL channel a recorded pause is announced on: `<kind> <until, Unix ms>`.
 pub(crate) const SHARED_PAUSE_CHANNEL: &str = "signup_provider_pause";
 /// How long a slot may sit unused in an instance before it is given back for the others.
-pub(crate) const IDLE_SLOT: Duration = Duration::from_millis(250);
+pub(crate) const IDLE_SLOT: Duration = Duration::from_secs(1);
 /// How often a request waiting for a slot asks the database again.
 const SLOT_POLL: Duration = Duration::from_millis(25);
 /// After a request could not get a slot in time: due again this much later.
@@ -52,8 +52,11 @@ pub(crate) struct Shared {
     /// One request at a time asks the database for a slot; the others wait for it or for a
     /// slot given back here.
     asking: tokio::sync::Mutex<()>,
-    /// The kind's rows exist.
-    ready: tokio::sync::OnceCell<()>,
+    /// The budget's own connections (two), opened at first use on the email sync's thread,
+    /// once the kind's rows exist: slot leases and pauses never queue behind the claims and
+    /// outcome writes of the email sync's pool (they did, and the PostgreSQL Mailchimp drain
+    /// lost a tenth of its rate).
+    ready: tokio::sync::OnceCell<DatabaseConnection>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -109,35 +112,41 @@ impl Shared {
         self.kind
     }
 
-    /// The database this budget lives in.
-    pub(crate) fn db(&self) -> &DatabaseConnection {
-        &self.db
+    /// Connections of the budget's own to the email sync's database (its options).
+    pub(crate) fn own_pool(&self, connections: u32) -> sea_orm::sqlx::PgPool {
+        let options = self
+            .db
+            .get_postgres_connection_pool()
+            .connect_options()
+            .as_ref()
+            .clone();
+        sea_orm::sqlx::postgres::PgPoolOptions::new()
+            .max_connections(connections)
+            .connect_lazy_with(options)
     }
 
     fn statement(sql: &str, values: Vec<Value>) -> Statement {
         Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
     }
 
-    /// Creates the kind's budget row and slots, once.
-    async fn ensure(&self) -> Result<(), DbErr> {
+    /// The budget's connections, the kind's budget row and slots created the first time.
+    async fn ensure(&self) -> Result<&DatabaseConnection, DbErr> {
         self.ready
             .get_or_try_init(|| async {
-                self.db
-                    .execute_raw(Self::statement(
-                        r#"INSERT INTO "provider_budget" ("kind") VALUES ($1) ON CONFLICT ("kind") DO NOTHING"#,
-                        vec![self.kind.into()],
-                    ))
-                    .await?;
-                self.db
-                    .execute_raw(Self::statement(
-                        r#"INSERT INTO "provider_slots" ("kind", "slot") SELECT $1, generate_series(0, $2 - 1) ON CONFLICT DO NOTHING"#,
-                        vec![self.kind.into(), self.max.into()],
-                    ))
-                    .await?;
-                Ok::<(), DbErr>(())
+                let db = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(self.own_pool(2));
+                db.execute_raw(Self::statement(
+                    r#"INSERT INTO "provider_budget" ("kind") VALUES ($1) ON CONFLICT ("kind") DO NOTHING"#,
+                    vec![self.kind.into()],
+                ))
+                .await?;
+                db.execute_raw(Self::statement(
+                    r#"INSERT INTO "provider_slots" ("kind", "slot") SELECT $1, generate_series(0, $2 - 1) ON CONFLICT DO NOTHING"#,
+                    vec![self.kind.into(), self.max.into()],
+                ))
+                .await?;
+                Ok::<DatabaseConnection, DbErr>(db)
             })
             .await
-            .map(|_| ())
     }
 
     /// A slot for one request that must start by `send_by`: one of this instance's idle slots
@@ -148,10 +157,13 @@ impl Shared {
         self: &Arc<Self>,
         send_by: DateTime<Utc>,
     ) -> Result<SlotPermit, Duration> {
-        if let Err(e) = self.ensure().await {
-            tracing::warn!(error = %e, "cannot set up the shared provider budget; the request waits");
-            return Err(NO_SLOT_RETRY);
-        }
+        let db = match self.ensure().await {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set up the shared provider budget; the request waits");
+                return Err(NO_SLOT_RETRY);
+            }
+        };
         loop {
             let now = Utc::now();
             if now > send_by {
@@ -162,7 +174,7 @@ impl Shared {
                 Err(renewable) => renewable,
             };
             let asked = match self.asking.try_lock() {
-                Ok(_asking) => Some(self.acquire(now, &renewable).await),
+                Ok(_asking) => Some(self.acquire(db, now, &renewable).await),
                 Err(_) => None,
             };
             match asked {
@@ -230,7 +242,12 @@ impl Shared {
     /// Leases one slot until `now + lease`: one of `renewable` (ours, idle, its lease too
     /// short for a request) first, else a free one (never leased, given back, or its lease
     /// passed: a dead instance's).
-    async fn acquire(&self, now: DateTime<Utc>, renewable: &[i32]) -> Result<Option<Held>, DbErr> {
+    async fn acquire(
+        &self,
+        db: &DatabaseConnection,
+        now: DateTime<Utc>,
+        renewable: &[i32],
+    ) -> Result<Option<Held>, DbErr> {
         let until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
         // Our own slots by number: integers of our own, never input.
         let ours = if renewable.is_empty() {
@@ -249,8 +266,7 @@ impl Shared {
                WHERE s."kind" = free."kind" AND s."slot" = free."slot"
                RETURNING s."slot""#
         );
-        let row = self
-            .db
+        let row = db
             .query_one_raw(Self::statement(
                 &sql,
                 vec![
@@ -295,8 +311,10 @@ impl Shared {
                WHERE "kind" = $1 AND "holder" = $2 AND "slot" IN ({})"#,
             list.join(",")
         );
-        if let Err(e) = self
-            .db
+        let Ok(db) = self.ensure().await else {
+            return;
+        };
+        if let Err(e) = db
             .execute_raw(Self::statement(
                 &sql,
                 vec![self.kind.into(), self.holder.into()],
@@ -314,14 +332,16 @@ impl Shared {
         if self.per_second == 0 {
             return Ok(());
         }
-        if let Err(e) = self.ensure().await {
-            tracing::warn!(error = %e, "cannot set up the shared provider budget; the request waits");
-            return Err(NO_SLOT_RETRY);
-        }
+        let db = match self.ensure().await {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set up the shared provider budget; the request waits");
+                return Err(NO_SLOT_RETRY);
+            }
+        };
         let interval = 1_000_000 / i64::from(self.per_second);
         let now = Utc::now();
-        let row = self
-            .db
+        let row = db
             .query_one_raw(Self::statement(
                 r#"UPDATE "provider_budget"
                    SET "tat" = GREATEST(COALESCE("tat", $1), $1) + $2 * INTERVAL '1 microsecond'
@@ -355,19 +375,17 @@ impl Shared {
 
     /// Records the provider's pause until `until` for every instance, and announces it.
     pub(crate) async fn record_pause(&self, until: DateTime<Utc>) {
-        if self.ensure().await.is_err() {
+        let Ok(db) = self.ensure().await else {
             return;
-        }
-        let recorded = self
-            .db
+        };
+        let recorded = db
             .execute_raw(Self::statement(
                 r#"UPDATE "provider_budget" SET "paused_until" = GREATEST(COALESCE("paused_until", $1), $1) WHERE "kind" = $2"#,
                 vec![until.into(), self.kind.into()],
             ))
             .await;
         let payload = format!("{} {}", self.kind, until.timestamp_millis());
-        let announced = self
-            .db
+        let announced = db
             .execute_raw(Self::statement(
                 "SELECT pg_notify($1, $2)",
                 vec![SHARED_PAUSE_CHANNEL.into(), payload.into()],
@@ -381,7 +399,9 @@ impl Shared {
     /// The pause recorded for this kind, if it lasts.
     pub(crate) async fn paused_until(&self) -> Option<DateTime<Utc>> {
         let row = self
-            .db
+            .ensure()
+            .await
+            .ok()?
             .query_one_raw(Self::statement(
                 r#"SELECT "paused_until" FROM "provider_budget" WHERE "kind" = $1"#,
                 vec![self.kind.into()],
