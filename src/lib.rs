@@ -43,6 +43,8 @@ pub mod mock_provider;
 pub mod outbox;
 /// `signup outbox list | retry`.
 pub mod outbox_cli;
+/// `signup check` and `signup doctor`: the configuration, then the outside world, before serving.
+pub mod preflight;
 /// Per-client rate limiting of the registration routes.
 mod rate_limit;
 /// The pipeline validate → hash → RegistrationActor, shared by API and form.

@@ -7,8 +7,16 @@ use signup::startup::Application;
 use signup::{database, mock_provider, outbox_cli, telemetry};
 
 /// signup: a registration server.
+/// The version and the commit it was built from (SPEC §9).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    include_str!(concat!(env!("OUT_DIR"), "/commit.txt")),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     /// Configuration file (default: ./config.toml if present).
     #[arg(long, global = true)]
@@ -23,6 +31,12 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Validate the configuration as `serve` would, build the provider client and open the
+    /// database; start nothing. Exit 0, or 78 naming every problem.
+    Check,
+    /// Check the outside world with this configuration: the database and its migrations, the
+    /// provider's credentials (one read-only call), the consent hook's credential.
+    Doctor,
     /// Manage users.
     Users {
         #[command(subcommand)]
@@ -133,6 +147,8 @@ enum OutboxAction {
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every command that builds an HTTP client (serve, check, doctor, send-event) needs it.
+    signup::startup::install_crypto_provider();
     if let Some(Command::MockProvider {
         action: None,
         bind,
@@ -163,6 +179,9 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Check) = cli.command {
+        return signup::preflight::check(cli.config.as_deref(), std::env::vars()).await;
+    }
     let settings = match Settings::load(cli.config.as_deref(), std::env::vars()) {
         Ok(settings) => settings,
         Err(e) => {
@@ -174,6 +193,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::Doctor => return signup::preflight::doctor(&settings).await,
         Command::Outbox { action } => outbox(settings, action).await,
         Command::Users {
             action: UsersAction::Delete { who },
@@ -182,7 +202,7 @@ async fn main() -> ExitCode {
             action: Some(action),
             ..
         } => send_event(&settings, action).await,
-        Command::MockProvider { action: None, .. } => {
+        Command::MockProvider { action: None, .. } | Command::Check => {
             unreachable!("handled before loading settings")
         }
     };

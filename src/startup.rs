@@ -482,30 +482,7 @@ fn start_email_sync(
     } else {
         Budget::local(per_second)
     };
-    let provider = Arc::new(Paced::new(
-        match sync.kind {
-            ProviderKind::Webhook => {
-                WebhookProvider::new(sync.url.clone(), key, sync.timeout).map(Provider::Webhook)
-            }
-            ProviderKind::Brevo => {
-                Brevo::from_settings(&sync.brevo, sync.timeout).map(Provider::Brevo)
-            }
-            ProviderKind::Resend => {
-                Resend::from_settings(&sync.resend, sync.timeout).map(Provider::Resend)
-            }
-            ProviderKind::Mailchimp => {
-                Mailchimp::from_settings(&sync.mailchimp, sync.timeout).map(Provider::Mailchimp)
-            }
-            ProviderKind::Sendgrid => {
-                Sendgrid::from_settings(&sync.sendgrid, sync.timeout).map(Provider::Sendgrid)
-            }
-            ProviderKind::Mailgun => {
-                Mailgun::from_settings(&sync.mailgun, sync.timeout).map(Provider::Mailgun)
-            }
-        }
-        .map_err(StartupError::Provider)?,
-        budget,
-    ));
+    let provider = Arc::new(Paced::new(provider_of(&sync, key)?, budget));
     let arbiter = Arbiter::new();
     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
         EmailSyncActor::new(
@@ -519,6 +496,33 @@ fn start_email_sync(
         )
     });
     Ok(addr)
+}
+
+/// The provider `email_sync.kind` names, built from its settings as deliveries use it;
+/// `key` signs the webhook kind's requests.
+pub(crate) fn provider_of(
+    sync: &crate::configuration::EmailSyncSettings,
+    key: crate::email::webhook::WebhookKey,
+) -> Result<Provider, StartupError> {
+    match sync.kind {
+        ProviderKind::Webhook => {
+            WebhookProvider::new(sync.url.clone(), key, sync.timeout).map(Provider::Webhook)
+        }
+        ProviderKind::Brevo => Brevo::from_settings(&sync.brevo, sync.timeout).map(Provider::Brevo),
+        ProviderKind::Resend => {
+            Resend::from_settings(&sync.resend, sync.timeout).map(Provider::Resend)
+        }
+        ProviderKind::Mailchimp => {
+            Mailchimp::from_settings(&sync.mailchimp, sync.timeout).map(Provider::Mailchimp)
+        }
+        ProviderKind::Sendgrid => {
+            Sendgrid::from_settings(&sync.sendgrid, sync.timeout).map(Provider::Sendgrid)
+        }
+        ProviderKind::Mailgun => {
+            Mailgun::from_settings(&sync.mailgun, sync.timeout).map(Provider::Mailgun)
+        }
+    }
+    .map_err(StartupError::Provider)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -57,36 +57,43 @@ impl Settings {
             figment = figment.merge(Serialized::global(&key, value));
             from_env.push((key, name));
         }
-        let settings: Settings = figment.extract().map_err(|e| invalid(e, path, &from_env))?;
-        settings.validate()?;
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::all(invalid(e, path, &from_env)))?;
+        let problems = settings.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::all(problems));
+        }
         Ok(settings)
     }
 
-    /// Checks what a single value's type cannot: relations between keys, and minimums.
-    fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |key: &str, message: &str| {
-            Err(ConfigError::Invalid {
+    /// What a single value's type cannot check: relations between keys, and minimums. Every
+    /// problem, each naming its key (`signup check` lists them all).
+    fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let mut fail = |key: &str, message: &str| {
+            problems.push(ConfigError::Invalid {
                 key: key.to_string(),
                 origin: String::new(),
                 message: message.to_string(),
-            })
+            });
         };
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
             || url.starts_with("postgresql://"))
         {
-            return fail("database.url", "expected sqlite://… or postgres://…");
+            fail("database.url", "expected sqlite://… or postgres://…");
         }
         let retry = &self.email_sync.retry;
         if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
-            return fail(
+            fail(
                 "email_sync.retry.multiplier",
                 "must be a number of at least 1",
             );
         }
         if !(0.0..=1.0).contains(&retry.randomization) {
-            return fail("email_sync.retry.randomization", "must be between 0 and 1");
+            fail("email_sync.retry.randomization", "must be between 0 and 1");
         }
         let must_be_positive = [
             ("server.request_timeout", self.server.request_timeout),
@@ -110,12 +117,12 @@ impl Settings {
         ];
         for (key, value) in must_be_positive {
             if value.is_zero() {
-                return fail(key, "must be longer than 0");
+                fail(key, "must be longer than 0");
             }
         }
         let breaker = &self.email_sync.circuit_breaker;
         if breaker.max_open_for < breaker.open_for {
-            return fail(
+            fail(
                 "email_sync.circuit_breaker.max_open_for",
                 "must be at least email_sync.circuit_breaker.open_for",
             );
@@ -125,14 +132,14 @@ impl Settings {
         // The same rule the delivery core applies to each claimed row (`delivery::may_send`),
         // so that every lease accepted here delivers.
         if !crate::delivery::lease_accepted(self.email_sync.lease, self.email_sync.timeout) {
-            return fail(
+            fail(
                 "email_sync.lease",
                 "must exceed email_sync.timeout by at least 1s",
             );
         }
         let sync = &self.email_sync;
         if let Some((key, message)) = sync.missing() {
-            return fail(&key, message);
+            fail(&key, message);
         }
         if let Some(batch) = sync.max_batch
             && batch.get() > sync.kind.batch_limit()
@@ -141,17 +148,17 @@ impl Settings {
                 1 => "must be 1 (or unset) for this email_sync.kind: its API takes one contact per request".to_string(),
                 limit => format!("must be at most {limit}, this email_sync.kind's batch limit"),
             };
-            return fail("email_sync.max_batch", &message);
+            fail("email_sync.max_batch", &message);
         }
         if let Some(token) = &self.admin.token
             && token.expose_secret().chars().count() < MIN_ADMIN_TOKEN_CHARS
         {
-            return fail(
+            fail(
                 "admin.token",
                 "must be at least 32 characters (e.g. `openssl rand -hex 32`); unset it to turn the admin API off",
             );
         }
-        Ok(())
+        problems
     }
 
     /// Worker threads to start: the configured number, or one per core.
@@ -163,14 +170,16 @@ impl Settings {
     }
 }
 
-/// figment's error as a [`ConfigError`] naming the key, and the environment variable that set it
-/// or else the file.
-fn invalid(error: figment::Error, path: &str, from_env: &[(String, String)]) -> ConfigError {
-    // The first error is reported; one at a time is enough to fix a file.
-    let error = error
+/// figment's errors as [`ConfigError`]s, each naming the key, and the environment variable that
+/// set it or else the file.
+fn invalid(error: figment::Error, path: &str, from_env: &[(String, String)]) -> Vec<ConfigError> {
+    error
         .into_iter()
-        .next()
-        .unwrap_or_else(|| figment::Error::from("unknown error".to_string()));
+        .map(|error| invalid_key(error, path, from_env))
+        .collect()
+}
+
+fn invalid_key(error: figment::Error, path: &str, from_env: &[(String, String)]) -> ConfigError {
     let mut segments = error.path.clone();
     let message = match &error.kind {
         figment::error::Kind::UnknownField(field, _) => {

@@ -99,6 +99,19 @@ pub enum ConfigError {
         origin: String,
         message: String,
     },
+    /// More than one of the above, each on a line of its own.
+    #[error("{} configuration errors:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Several(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// `errors` as one error: the only one, or all of them (at least one is expected).
+    pub(crate) fn all(mut errors: Vec<ConfigError>) -> Self {
+        match errors.len() {
+            1 => errors.remove(0),
+            _ => ConfigError::Several(errors),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -35,6 +35,7 @@ mod metrics;
 mod openapi;
 mod outbox;
 mod overload;
+mod preflight;
 mod processes;
 mod properties;
 mod providers;

@@ -28,6 +28,7 @@ mod brevo;
 mod gate;
 mod mailchimp;
 mod mailgun;
+mod probe;
 mod resend;
 mod sendgrid;
 mod webhook;

@@ -61,4 +61,25 @@ impl WebhookProvider {
         )
         .await
     }
+
+    /// `signup doctor`'s read-only call (SPEC §9): a signed `ping` the receiver may ignore,
+    /// its id `ping-<uuid>` (no outbox row has it).
+    pub(super) fn ping(&self) -> reqwest::RequestBuilder {
+        let now = Utc::now();
+        let body = serde_json::json!({
+            "type": "ping",
+            "data": {},
+            "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+        .to_string();
+        let id = format!("ping-{}", Uuid::new_v4());
+        let signature = sign(self.key.expose(), &id, now.timestamp(), &body);
+        self.client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", now.timestamp().to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+    }
 }
