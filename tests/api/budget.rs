@@ -73,20 +73,33 @@ fn serve(fake: web::Data<Fake>) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-/// Registers users `range` through `servers` in turn, 32 at once.
+/// Registers users `range` through `servers` in turn, 32 at once. Each with an
+/// `Idempotency-Key`, as a careful client sends it: a request whose connection was closed under
+/// it (a keep-alive connection the server closed as it was reused) is sent again safely.
 async fn register_across(servers: &[ServerProcess], range: std::ops::Range<usize>) {
     let client = reqwest::Client::new();
     let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
     futures::stream::iter(range)
         .map(|n| {
             let url = format!("{}/api/v1/registrations", bases[n % bases.len()]);
-            let request = client
-                .post(url)
-                .json(&crate::helpers::registration(n))
-                .send();
+            let client = client.clone();
             async move {
-                let status = request.await.expect("sent").status().as_u16();
-                assert_eq!(status, 201, "registration {n}");
+                let mut tries = 0;
+                let status = loop {
+                    tries += 1;
+                    let sent = client
+                        .post(&url)
+                        .header("idempotency-key", format!("budget-{n}"))
+                        .json(&crate::helpers::registration(n))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) => break response.status().as_u16(),
+                        Err(e) if tries < 3 => eprintln!("registration {n} sent again: {e}"),
+                        Err(e) => panic!("registration {n}: {e}"),
+                    }
+                };
+                assert!(matches!(status, 200 | 201), "registration {n}: {status}");
             }
         })
         .buffer_unordered(32)
