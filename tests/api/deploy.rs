@@ -45,6 +45,11 @@ fn the_unit_carries_the_hardening_the_review_asked_for() {
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
         ("CapabilityBoundingSet", ""),
+        // SPEC §9: a bad configuration stops the start, every key named, before serve runs.
+        (
+            "ExecStartPre",
+            "/usr/local/bin/signup check --config /etc/signup/config.toml",
+        ),
     ] {
         assert_eq!(directive(&unit, name), Some(value), "{name}");
     }
