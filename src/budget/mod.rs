@@ -138,49 +138,59 @@ impl Budget {
 
 impl Budget {
     /// Shared budget: follows the pauses the other instances record (LISTEN on
-    /// [`SHARED_PAUSE_CHANNEL`]), so that their requests held back by a 429 hold this
-    /// instance's back too, claimed rows included. Runs until dropped; reconnects after a
-    /// second when the connection is lost (a pause missed meanwhile is read before the next
-    /// claim).
+    /// [`SHARED_PAUSE_CHANNEL`]) while this instance sends requests, so that their 429s hold
+    /// its requests back too, claimed rows included. Listens only while it has requests to
+    /// send (until [`LISTEN_IDLE`] after the last): an idle instance holds no connection for
+    /// it, and a pause recorded while it was not listening is read before its next claim, and
+    /// once more as it starts listening. Runs until dropped.
     pub(crate) async fn follow_shared_pauses(&self) {
         let Some(shared) = &self.shared else {
             return;
         };
-        // A connection of its own, outside the email sync's pool: the listener holds it for
-        // good, and the pool's few connections are for claims and outcome writes (taking one
-        // of them cost the PostgreSQL Mailchimp drain a fifth of its rate).
-        let pool = shared.own_pool(1);
         loop {
-            match sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await {
-                Ok(mut listener) => match listener.listen(SHARED_PAUSE_CHANNEL).await {
-                    Ok(()) => loop {
-                        match listener.recv().await {
-                            Ok(notification) => {
-                                if let Some((kind, until)) =
-                                    shared::read_announcement(notification.payload())
-                                    && kind == shared.kind()
-                                {
-                                    self.pause_until(instant_of(until));
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "the provider pause listener lost its connection");
-                                break;
-                            }
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for the other instances' provider pauses")
-                    }
-                },
+            shared.wanted().await;
+            match self.listen(shared).await {
+                Ok(()) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for the other instances' provider pauses")
+                    tracing::warn!(error = %e, "cannot listen for the other instances' provider pauses");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Listens until this instance has sent nothing for [`LISTEN_IDLE`], or the connection
+    /// is lost.
+    async fn listen(&self, shared: &Shared) -> Result<(), sea_orm::sqlx::Error> {
+        // One of the budget's own connections, outside the email sync's pool.
+        let mut listener =
+            sea_orm::sqlx::postgres::PgListener::connect_with(shared.own_pool()).await?;
+        listener.listen(SHARED_PAUSE_CHANNEL).await?;
+        if let Some(until) = shared.paused_until().await {
+            self.pause_until(instant_of(until));
+        }
+        loop {
+            tokio::select! {
+                received = listener.recv() => {
+                    let notification = received?;
+                    if let Some((kind, until)) = shared::read_announcement(notification.payload())
+                        && kind == shared.kind()
+                    {
+                        self.pause_until(instant_of(until));
+                    }
+                }
+                () = tokio::time::sleep(LISTEN_IDLE / 4) => {
+                    if shared.unused_for() >= LISTEN_IDLE {
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
 }
+
+/// How long after its last request an instance stops listening for the others' pauses.
+pub(crate) const LISTEN_IDLE: Duration = Duration::from_secs(30);
 
 /// `at` on this process's monotonic clock (now, if it has passed).
 pub(crate) fn instant_of(at: DateTime<Utc>) -> Instant {

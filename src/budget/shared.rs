@@ -52,11 +52,14 @@ pub(crate) struct Shared {
     /// One request at a time asks the database for a slot; the others wait for it or for a
     /// slot given back here.
     asking: tokio::sync::Mutex<()>,
-    /// The budget's own connections (two), opened at first use on the email sync's thread,
-    /// once the kind's rows exist: slot leases and pauses never queue behind the claims and
-    /// outcome writes of the email sync's pool (they did, and the PostgreSQL Mailchimp drain
-    /// lost a tenth of its rate).
+    /// [`Shared::own_pool`] as sea-orm's connection, once the kind's rows exist.
     ready: tokio::sync::OnceCell<DatabaseConnection>,
+    /// See [`Shared::own_pool`].
+    pool: std::sync::OnceLock<sea_orm::sqlx::PgPool>,
+    /// A request asked for a slot: the pause listener starts, if it is not running.
+    asked: tokio::sync::Notify,
+    /// When a request last asked for a slot.
+    last_asked: std::sync::Mutex<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +108,9 @@ impl Shared {
             returned: tokio::sync::Notify::new(),
             asking: tokio::sync::Mutex::new(()),
             ready: tokio::sync::OnceCell::new(),
+            pool: std::sync::OnceLock::new(),
+            asked: tokio::sync::Notify::new(),
+            last_asked: std::sync::Mutex::new(Instant::now()),
         })
     }
 
@@ -112,17 +118,38 @@ impl Shared {
         self.kind
     }
 
-    /// Connections of the budget's own to the email sync's database (its options).
-    pub(crate) fn own_pool(&self, connections: u32) -> sea_orm::sqlx::PgPool {
-        let options = self
-            .db
-            .get_postgres_connection_pool()
-            .connect_options()
-            .as_ref()
-            .clone();
-        sea_orm::sqlx::postgres::PgPoolOptions::new()
-            .max_connections(connections)
-            .connect_lazy_with(options)
+    /// Resolves once a request asks for a slot (at once if one did since the last call).
+    pub(crate) async fn wanted(&self) {
+        self.asked.notified().await;
+    }
+
+    /// How long since a request last asked for a slot.
+    pub(crate) fn unused_for(&self) -> Duration {
+        self.last_asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+    }
+
+    /// The budget's own connections (two at most: the pause listener holds one, the budget's
+    /// statements share the other), opened on first use on the email sync's thread, each
+    /// closed after 5 s unused: slot leases and pauses never queue behind the claims and
+    /// outcome writes of the email sync's pool (they did, and the PostgreSQL Mailchimp drain
+    /// lost a tenth of its rate), and an idle instance holds one connection more, not three.
+    pub(crate) fn own_pool(&self) -> &sea_orm::sqlx::PgPool {
+        self.pool.get_or_init(|| {
+            let options = self
+                .db
+                .get_postgres_connection_pool()
+                .connect_options()
+                .as_ref()
+                .clone();
+            sea_orm::sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .min_connections(0)
+                .idle_timeout(Duration::from_secs(5))
+                .connect_lazy_with(options)
+        })
     }
 
     fn statement(sql: &str, values: Vec<Value>) -> Statement {
@@ -133,7 +160,9 @@ impl Shared {
     async fn ensure(&self) -> Result<&DatabaseConnection, DbErr> {
         self.ready
             .get_or_try_init(|| async {
-                let db = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(self.own_pool(2));
+                let db = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
+                    self.own_pool().clone(),
+                );
                 db.execute_raw(Self::statement(
                     r#"INSERT INTO "provider_budget" ("kind") VALUES ($1) ON CONFLICT ("kind") DO NOTHING"#,
                     vec![self.kind.into()],
@@ -157,6 +186,11 @@ impl Shared {
         self: &Arc<Self>,
         send_by: DateTime<Utc>,
     ) -> Result<SlotPermit, Duration> {
+        *self
+            .last_asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        self.asked.notify_one();
         let db = match self.ensure().await {
             Ok(db) => db,
             Err(e) => {
