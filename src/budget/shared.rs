@@ -431,11 +431,11 @@ impl Shared {
     }
 
     /// The pause recorded for this kind, if it lasts.
+    /// Read before every claim, on the email sync's own connections (the claim's, right
+    /// after): the budget's are for instances that are sending.
     pub(crate) async fn paused_until(&self) -> Option<DateTime<Utc>> {
         let row = self
-            .ensure()
-            .await
-            .ok()?
+            .db
             .query_one_raw(Self::statement(
                 r#"SELECT "paused_until" FROM "provider_budget" WHERE "kind" = $1"#,
                 vec![self.kind.into()],

@@ -133,7 +133,10 @@ async fn three_instances_share_max_in_flight_the_pause_and_a_dead_ones_slots() {
         ..Fake::default()
     });
     let base = serve(fake.clone());
-    let extra = [("SIGNUP_EMAIL_SYNC__MAX_IN_FLIGHT", "4")];
+    let extra = [
+        ("SIGNUP_EMAIL_SYNC__MAX_IN_FLIGHT", "4"),
+        ("SIGNUP_DATABASE__MAX_CONNECTIONS", "4"),
+    ];
     let mut servers = three_servers(&url, &base, &extra).await;
     let users = 3000;
 
@@ -228,7 +231,10 @@ async fn three_instances_share_one_requests_a_second_allowance() {
         ..Fake::default()
     });
     let base = serve(fake.clone());
-    let extra = [("SIGNUP_EMAIL_SYNC__MAX_REQUESTS_PER_SECOND", "20")];
+    let extra = [
+        ("SIGNUP_EMAIL_SYNC__MAX_REQUESTS_PER_SECOND", "20"),
+        ("SIGNUP_DATABASE__MAX_CONNECTIONS", "4"),
+    ];
     let servers = three_servers(&url, &base, &extra).await;
     let users = 100;
 
