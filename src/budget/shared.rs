@@ -360,6 +360,16 @@ impl Shared {
         }
     }
 
+    /// After a drain: the budget's connections close, and the email sync's pool with them
+    /// (this budget holds a handle of it, which would otherwise keep its connections open
+    /// after the email sync let go of it).
+    pub(crate) async fn close(&self) {
+        if let Some(pool) = self.pool.get() {
+            pool.close().await;
+        }
+        self.db.get_postgres_connection_pool().close().await;
+    }
+
     /// Waits for this request's turn in the shared requests-a-second allowance; `Err(wait)` if
     /// it would come after `send_by`.
     pub(crate) async fn pace(&self, send_by: DateTime<Utc>) -> Result<(), Duration> {

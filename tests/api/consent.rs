@@ -70,15 +70,19 @@ pub async fn post_mailgun(app: &TestApp, body: &Value) -> reqwest::Response {
         .expect("sent")
 }
 
-/// Registers user `n` and answers its id.
+/// Registers user `n` and answers its id. A 503 (shed on a loaded machine; nothing stored,
+/// SPEC §4.7) is sent again, as a client would.
 pub async fn register(app: &TestApp, n: usize) -> String {
-    let created: Value = app
-        .post_registration(&registration(n))
-        .await
-        .json()
-        .await
-        .expect("json");
-    created["id"].as_str().expect("an id").to_owned()
+    for _ in 0..20 {
+        let response = app.post_registration(&registration(n)).await;
+        if response.status() == 503 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            continue;
+        }
+        let created: Value = response.json().await.expect("json");
+        return created["id"].as_str().expect("an id").to_owned();
+    }
+    panic!("registration {n} was shed 20 times")
 }
 
 pub async fn consent_of(app: &TestApp, id: &str) -> Value {

@@ -40,6 +40,7 @@ impl EmailSyncActor {
             async move {
                 if let Some(shared) = provider.budget().shared_part() {
                     shared.release_idle(true).await;
+                    shared.close().await;
                 }
                 if let Some(done) = done {
                     let _ = done.send(());
