@@ -61,7 +61,6 @@ async fn dead_rows_are_kept_past_the_retention_period() {
 /// `email_sync.retention` like delivered rows; the consent they set stays.
 #[actix_web::test]
 async fn provider_event_ids_are_deleted_after_the_retention_period_and_consent_stays() {
-    use hmac::{Hmac, Mac};
     use sea_orm::{EntityTrait, PaginatorTrait};
     const KEY: &str = "mailgun-webhook-signing-key-0123456789";
     let provider = MockServer::start().await;
@@ -74,20 +73,11 @@ async fn provider_event_ids_are_deleted_after_the_retention_period_and_consent_s
     app.register_all(0..1).await;
 
     let now = chrono::Utc::now();
-    let (timestamp, token) = (now.timestamp().to_string(), "t".repeat(50));
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(KEY.as_bytes()).expect("any key");
-    mac.update(timestamp.as_bytes());
-    mac.update(token.as_bytes());
-    let signature: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let body = serde_json::json!({
-        "signature": {"timestamp": timestamp, "token": token, "signature": signature},
-        "event-data": {"event": "unsubscribed", "id": "ev-1", "timestamp": now.timestamp(), "recipient": "user0@example.com"},
-    });
+    let body = crate::consent::mailgun_event(
+        KEY,
+        now,
+        crate::consent::data("unsubscribed", "ev-1", "user0@example.com", now),
+    );
     let response = app
         .client
         .post(app.url("/hooks/mailgun"))

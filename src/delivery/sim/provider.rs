@@ -50,16 +50,7 @@ impl Sim {
         // The provider's pause (the gate in front of it) holds some requests back unsent.
         if chaotic && self.rng.random_bool(0.05) {
             let retry_after = Duration::from_millis(self.rng.random_range(0..5000));
-            let outcomes = Some(vec![AttemptOutcome::NotSent { retry_after }]);
-            self.schedule(
-                0,
-                Event::Answer {
-                    instance,
-                    epoch,
-                    id,
-                    outcomes,
-                },
-            );
+            self.not_sent(instance, epoch, id, retry_after);
             return Ok(());
         }
         // SPEC §3.6: one budget for all instances. A request goes only with one of the
@@ -71,18 +62,7 @@ impl Sim {
         let Some(slot) = self.slots.iter().position(|held| {
             held.is_none_or(|(_, until)| crate::budget::slot_is_free(Some(at(until)), now_at))
         }) else {
-            let outcomes = Some(vec![AttemptOutcome::NotSent {
-                retry_after: Duration::from_millis(250),
-            }]);
-            self.schedule(
-                0,
-                Event::Answer {
-                    instance,
-                    epoch,
-                    id,
-                    outcomes,
-                },
-            );
+            self.not_sent(instance, epoch, id, Duration::from_millis(250));
             return Ok(());
         };
         let until = self.now + ms_of(self.config.core.lease);
@@ -216,6 +196,19 @@ impl Sim {
             },
         );
         Ok(())
+    }
+
+    /// Answers request `id` at once: not sent, due again after `retry_after` (no attempt).
+    fn not_sent(&mut self, instance: usize, epoch: u32, id: RequestId, retry_after: Duration) {
+        self.schedule(
+            0,
+            Event::Answer {
+                instance,
+                epoch,
+                id,
+                outcomes: Some(vec![AttemptOutcome::NotSent { retry_after }]),
+            },
+        );
     }
 
     pub(super) fn random_answer(&mut self) -> AttemptOutcome {
