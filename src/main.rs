@@ -1,12 +1,13 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches};
+use cli::{Cli, Command, MockAction, OutboxAction, UsersAction};
 use signup::configuration::{ProviderKind, Settings};
 use signup::startup::Application;
 use signup::{database, mock_provider, outbox_cli, telemetry};
 
-/// signup: a registration server.
+mod cli;
+
 /// The version and the commit it was built from (SPEC §9).
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -15,138 +16,10 @@ const VERSION: &str = concat!(
     ")"
 );
 
-#[derive(Parser)]
-#[command(version = VERSION, about)]
-struct Cli {
-    /// Configuration file (default: ./config.toml if present).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Apply pending migrations, then serve (the default).
-    Serve,
-    /// Apply pending migrations and exit.
-    Migrate,
-    /// Validate the configuration as `serve` would, build the provider client and open the
-    /// database; start nothing. Exit 0, or 78 naming every problem.
-    Check,
-    /// Check the outside world with this configuration: the database and its migrations, the
-    /// provider's credentials (one read-only call), the consent hook's credential.
-    Doctor,
-    /// Manage users.
-    Users {
-        #[command(subcommand)]
-        action: UsersAction,
-    },
-    /// Inspect and replay email sync jobs.
-    Outbox {
-        #[command(subcommand)]
-        action: OutboxAction,
-    },
-    /// Run a local stand-in for the email provider that verifies and prints deliveries, or
-    /// send a signup one of a provider's events (`send-event`).
-    #[command(args_conflicts_with_subcommands = true)]
-    MockProvider {
-        #[command(subcommand)]
-        action: Option<MockAction>,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8090")]
-        bind: String,
-        /// Signing secret (whsec_...); requests with a bad signature get 401.
-        #[arg(long)]
-        secret: Option<String>,
-        /// Fraction of requests (0-1) answered 503.
-        #[arg(long, default_value_t = 0.0)]
-        fail_rate: f64,
-        /// Delay before each answer, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        latency_ms: u64,
-        /// Answer every request with this status.
-        #[arg(long)]
-        status: Option<u16>,
-        /// The API to speak: webhook, mailchimp, sendgrid, brevo, resend or mailgun.
-        #[arg(long, default_value = "webhook", value_parser = parse_kind)]
-        kind: ProviderKind,
-        /// With a provider kind: the API key requests must carry.
-        #[arg(long)]
-        api_key: Option<String>,
-        /// Print nothing per request (for benchmarks).
-        #[arg(long)]
-        quiet: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum MockAction {
-    /// Send a running signup one event about an address, shaped and signed as the provider
-    /// `--kind` sends it (SPEC §8), with the credential signup is configured with.
-    SendEvent {
-        /// The provider: mailchimp, sendgrid, brevo, resend or mailgun.
-        #[arg(long, value_parser = parse_kind)]
-        kind: ProviderKind,
-        /// The provider's own name of the event: mailchimp `unsubscribe`, `cleaned`,
-        /// `subscribe`; sendgrid `unsubscribe`, `spamreport`, `bounce`; brevo `unsubscribed`,
-        /// `hardBounce`, `spam`; resend `contact.updated`, `email.bounced`, `email.complained`;
-        /// mailgun `unsubscribed`, `complained`, `failed` (sent as a permanent failure).
-        #[arg(long = "type")]
-        event_type: String,
-        /// The address the event is about.
-        #[arg(long)]
-        email: String,
-        /// The signup to send it to (default: server.bind of the configuration).
-        #[arg(long)]
-        to: Option<String>,
-        /// The credential to sign with (default: the kind's webhook setting in the
-        /// configuration; SendGrid's events are signed with the mock's own key).
-        #[arg(long)]
-        secret: Option<String>,
-        /// The provider's event id (default: a new one).
-        #[arg(long)]
-        id: Option<String>,
-        /// How long ago the event happened, in seconds.
-        #[arg(long, default_value_t = 0)]
-        seconds_ago: i64,
-    },
-}
-
-#[derive(Subcommand)]
-enum UsersAction {
-    /// Erase a user here and (queued, in order) at the email provider: GDPR art. 17.
-    Delete {
-        /// The user's id, or the email address they registered with.
-        who: signup::erasure::Who,
-    },
-}
-
-#[derive(Subcommand)]
-enum OutboxAction {
-    /// List the newest jobs.
-    List {
-        /// Only jobs with this status: pending, dead or delivered.
-        #[arg(long)]
-        status: Option<String>,
-        /// How many.
-        #[arg(long, default_value_t = 50)]
-        limit: u64,
-    },
-    /// Make a dead (or pending) job due now, attempts reset.
-    Retry {
-        /// The job's id.
-        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
-        id: Option<uuid::Uuid>,
-        /// Every dead job.
-        #[arg(long)]
-        all_dead: bool,
-    },
-}
-
 #[actix_web::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().version(VERSION).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Every command that builds an HTTP client (serve, check, doctor, send-event) needs it.
     signup::startup::install_crypto_provider();
     if let Some(Command::MockProvider {
@@ -168,7 +41,7 @@ async fn main() -> ExitCode {
             latency: std::time::Duration::from_millis(latency_ms),
             status,
             quiet,
-            kind,
+            kind: provider_kind(kind),
             api_key,
         };
         return match mock_provider::run(options).await {
@@ -189,7 +62,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _log_writer = telemetry::init(&settings.log);
+    let _telemetry = match telemetry::init(&settings.log, &settings.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("signup: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
@@ -197,7 +76,7 @@ async fn main() -> ExitCode {
         Command::Outbox { action } => outbox(settings, action).await,
         Command::Users {
             action: UsersAction::Delete { who },
-        } => erase(settings, who).await,
+        } => erase(settings, who.parse().unwrap_or_else(|never| match never {})).await,
         Command::MockProvider {
             action: Some(action),
             ..
@@ -288,6 +167,7 @@ async fn send_event(
         id,
         seconds_ago,
     } = action;
+    let kind = provider_kind(kind);
     let now = chrono::Utc::now();
     let event = mock_provider::EventToSend {
         kind,
@@ -339,8 +219,14 @@ async fn migrate(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `--kind` as `email_sync.kind` spells it.
-fn parse_kind(text: &str) -> Result<ProviderKind, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|_| "expected webhook, mailchimp, sendgrid, brevo, resend or mailgun".to_owned())
+/// `--kind` as the library's kind.
+fn provider_kind(kind: cli::Kind) -> ProviderKind {
+    match kind {
+        cli::Kind::Webhook => ProviderKind::Webhook,
+        cli::Kind::Mailchimp => ProviderKind::Mailchimp,
+        cli::Kind::Sendgrid => ProviderKind::Sendgrid,
+        cli::Kind::Brevo => ProviderKind::Brevo,
+        cli::Kind::Resend => ProviderKind::Resend,
+        cli::Kind::Mailgun => ProviderKind::Mailgun,
+    }
 }

@@ -76,6 +76,15 @@ pub(crate) enum Submission {
     Api { key: String },
 }
 
+/// Where a registration comes from: its request's id, for the log lines, and its trace context
+/// (SPEC §9), stored on its outbox row.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origin {
+    pub request_id: String,
+    /// The request span's W3C `traceparent`.
+    pub traceparent: Option<String>,
+}
+
 /// What the routes need to register someone.
 #[derive(Clone)]
 pub(crate) struct Registrar {
@@ -91,19 +100,19 @@ pub(crate) struct Registrar {
 impl Registrar {
     /// Registers the raw fields. Bad input is `RegistrationError::Invalid` and touches nothing;
     /// a taken name or address is an `Outcome`, not an error.
-    /// `request_id` follows the registration into the actor's log lines.
+    /// `origin` follows the registration into the actor's log lines and its outbox row.
     pub(crate) async fn register(
         &self,
         fields: Fields<'_>,
         submission: Submission,
-        request_id: &str,
+        origin: &Origin,
     ) -> Result<Outcome, RegistrationError> {
         let started = Instant::now();
         // At the deadline the caller gives up, which withdraws the registration before its
         // COMMIT, or, if the COMMIT is under way, waits once more for its outcome: a 503 is
         // never stored (SPEC §4.7). Dropped (the client left), the holder gives up too.
         let holder = Holder(Ticket::new());
-        let pipeline = self.register_unmeasured(fields, submission, request_id, &holder.0);
+        let pipeline = self.register_unmeasured(fields, submission, origin, &holder.0);
         tokio::pin!(pipeline);
         let result = match tokio::time::timeout(self.deadline, &mut pipeline).await {
             Ok(result) => result,
@@ -138,7 +147,7 @@ impl Registrar {
         &self,
         fields: Fields<'_>,
         submission: Submission,
-        request_id: &str,
+        origin: &Origin,
         ticket: &Ticket,
     ) -> Result<Outcome, RegistrationError> {
         let password = fields.password;
@@ -179,7 +188,7 @@ impl Registrar {
                 username: new.username,
                 email: new.email,
                 idempotency,
-                request_id: request_id.to_owned(),
+                origin: origin.clone(),
                 ticket: ticket.clone(),
                 reply,
             },
@@ -269,7 +278,7 @@ struct ToActor {
     username: Username,
     email: Email,
     idempotency: Option<IdempotencyKey>,
-    request_id: String,
+    origin: Origin,
     ticket: Ticket,
     reply: oneshot::Sender<Registered>,
 }
@@ -292,7 +301,8 @@ impl HashConsumer for ToActor {
             email: self.email,
             password_hash,
             idempotency: self.idempotency,
-            request_id: self.request_id,
+            request_id: self.origin.request_id,
+            traceparent: self.origin.traceparent,
             ticket: self.ticket,
         };
         self.registrations.submit(candidate, self.reply);

@@ -105,6 +105,9 @@ pub struct Model {
     /// The provider's import job for the row's last accepted upsert (SendGrid's `job_id`): a
     /// later deletion of the contact waits until that import has finished (SPEC §6).
     pub provider_job: Option<String>,
+    /// The W3C `traceparent` of the request that wrote the row (SPEC §9): each delivery attempt
+    /// is a span linked to it; the webhook kind sends it on (same trace id, the attempt's span).
+    pub traceparent: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

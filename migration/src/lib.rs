@@ -14,6 +14,7 @@ mod m20261207_000008_outbox_provider_imports;
 mod m20261207_000009_create_console_sessions;
 mod m20261207_000010_create_consent;
 mod m20261207_000011_create_provider_budget;
+mod m20261207_000012_outbox_traceparent;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000009_create_console_sessions::Migration),
             Box::new(m20261207_000010_create_consent::Migration),
             Box::new(m20261207_000011_create_provider_budget::Migration),
+            Box::new(m20261207_000012_outbox_traceparent::Migration),
         ]
     }
 }

@@ -125,6 +125,7 @@ pub struct Settings {
     pub email_sync: EmailSyncSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -281,6 +282,16 @@ pub struct AdminSettings {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Traces (SPEC §9): off unless an endpoint is set; nothing is sent anywhere otherwise.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// An OTLP/HTTP collector (`http://127.0.0.1:4318`): spans are exported there as OTLP JSON
+    /// to `<endpoint>/v1/traces`. Unset: no span leaves the process.
+    #[serde(deserialize_with = "http_url")]
+    pub otlp_endpoint: Option<Url>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -100,6 +100,7 @@ mod tests {
             contact: None,
             claimed_at: None,
             provider_job: None,
+            traceparent: None,
         }
     }
 

@@ -44,5 +44,6 @@ pub(crate) fn new_row(
         contact: Set(Some(contact)),
         claimed_at: Set(None),
         provider_job: Set(None),
+        traceparent: Set(None),
     }
 }

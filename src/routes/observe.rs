@@ -1,5 +1,6 @@
 //! Every request: a request id (the client's `X-Request-Id` if sensible, else a new one, sent
-//! back in the response), one log line, and the HTTP metrics labelled by route *pattern*.
+//! back in the response), a span in the client's trace (its `traceparent`) or a new one (SPEC
+//! §9), one log line, and the HTTP metrics labelled by route *pattern*.
 
 use std::future::{Ready, ready};
 use std::time::Instant;
@@ -12,12 +13,15 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use tracing::Instrument;
 
 use super::AppState;
+use crate::telemetry::trace::{TraceParent, request_span};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// The id of the request being served.
+/// The request being served: its id, and its span's trace context, which a registration stores
+/// on its outbox row.
 #[derive(Debug, Clone)]
-pub(super) struct RequestId(pub String);
+pub(super) struct RequestId(pub crate::registrar::Origin);
 
 impl FromRequest for RequestId {
     type Error = actix_web::Error;
@@ -28,7 +32,12 @@ impl FromRequest for RequestId {
             .extensions()
             .get::<RequestId>()
             .cloned()
-            .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string()));
+            .unwrap_or_else(|| {
+                RequestId(crate::registrar::Origin {
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    traceparent: None,
+                })
+            });
         ready(Ok(id))
     }
 }
@@ -66,12 +75,28 @@ pub(crate) async fn observe(
         .and_then(|v| v.to_str().ok())
         .filter(|v| acceptable(v))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    request.extensions_mut().insert(RequestId(id.clone()));
     let method = method_label(request.method());
     let metrics = request
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.clone());
-    let span = tracing::info_span!("request", request_id = %id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        otel.name = %format_args!("{method} {}", request.path()),
+        otel.kind = "server",
+    );
+    let incoming = request
+        .headers()
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let trace = request_span(&span, incoming.as_ref());
+    request
+        .extensions_mut()
+        .insert(RequestId(crate::registrar::Origin {
+            request_id: id.clone(),
+            traceparent: Some(trace.header()),
+        }));
 
     let mut response = next.call(request).instrument(span.clone()).await?;
 

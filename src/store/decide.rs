@@ -79,9 +79,12 @@ pub(super) fn decide<'a>(
         // Time-ordered: new rows land at the end of the primary key's index, not all over it.
         let outbox_id = Uuid::now_v7();
         let about = contact.of(candidate.email.normalized());
-        decided
-            .outbox
-            .push(new_outbox_row(outbox_id, &created, about));
+        decided.outbox.push(new_outbox_row(
+            outbox_id,
+            &created,
+            about,
+            candidate.traceparent.clone(),
+        ));
         decided.created_log.push((candidate, created.id, outbox_id));
         if let Some(key) = &candidate.idempotency {
             decided.new_keys.push(idempotency_key::ActiveModel {
@@ -129,11 +132,13 @@ pub(super) fn log_created(created: &[(&Candidate, Uuid, Uuid)]) {
     }
 }
 
-/// The outbox row announcing `user`: due at once, attempt 0.
+/// The outbox row announcing `user`: due at once, attempt 0, in the trace of the request that
+/// registered them (SPEC §9).
 pub(super) fn new_outbox_row(
     id: Uuid,
     user: &RegisteredUser,
     contact: String,
+    traceparent: Option<String>,
 ) -> email_outbox::ActiveModel {
     let payload = UserRegistered {
         user_id: user.id,
@@ -143,7 +148,7 @@ pub(super) fn new_outbox_row(
     };
     // A new user's first row (an erased user's name or address registering again is a new
     // user, with a new id).
-    crate::outbox::new_row(
+    let mut row = crate::outbox::new_row(
         id,
         user.id,
         email_outbox::EventType::UserRegistered,
@@ -151,7 +156,9 @@ pub(super) fn new_outbox_row(
         1,
         contact,
         user.created_at,
-    )
+    );
+    row.traceparent = Set(traceparent);
+    row
 }
 
 /// The candidates' idempotency keys.

@@ -33,6 +33,8 @@ pub struct Candidate {
     pub idempotency: Option<IdempotencyKey>,
     /// The HTTP request's id, for the log line that links it to its outbox row.
     pub request_id: String,
+    /// The request's W3C trace context, stored on the outbox row (SPEC §9).
+    pub traceparent: Option<String>,
     /// Shared with the caller: withdrawn before COMMIT if the caller gave up (SPEC §4.7).
     pub ticket: crate::ticket::Ticket,
 }
@@ -358,6 +360,7 @@ mod tests {
             password_hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
             idempotency: None,
             request_id: String::new(),
+            traceparent: None,
             ticket: Default::default(),
         }
     }

@@ -1,13 +1,15 @@
-//! The systemd unit in `deploy/` (SPEC §4.6, §4.7): it waits for the whole drain before it
-//! kills, and is hardened (systemd-analyze's exposure score).
+//! What the Debian package ships (SPEC §9): its systemd unit (`debian/signup.service`) waits for
+//! the whole drain before it kills (SPEC §4.6, §4.7) and is hardened (systemd-analyze's exposure
+//! score); the files build.rs generates (completions, man pages, the packaged config) are
+//! well-formed. CI builds, installs and purges the package itself (`.ci/run`).
 
 use std::path::Path;
 
 use signup::configuration::Settings;
 
 fn unit() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/signup.service"))
-        .expect("deploy/signup.service")
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/signup.service"))
+        .expect("debian/signup.service")
 }
 
 fn directive<'a>(unit: &'a str, name: &str) -> Option<&'a str> {
@@ -48,8 +50,16 @@ fn the_unit_carries_the_hardening_the_review_asked_for() {
         // SPEC §9: a bad configuration stops the start, every key named, before serve runs.
         (
             "ExecStartPre",
-            "/usr/local/bin/signup check --config /etc/signup/config.toml",
+            "/usr/bin/signup check --config /etc/signup/config.toml",
         ),
+        (
+            "ExecStart",
+            "/usr/bin/signup serve --config /etc/signup/config.toml",
+        ),
+        ("EnvironmentFile", "/etc/signup/env"),
+        ("StateDirectory", "signup"),
+        ("WorkingDirectory", "/var/lib/signup"),
+        ("User", "signup"),
     ] {
         assert_eq!(directive(&unit, name), Some(value), "{name}");
     }
@@ -108,4 +118,85 @@ fn systemd_analyze_scores_the_unit_at_most_1_1_and_at_most_1_0_with_the_ip_allow
         return;
     };
     assert!(closed <= 1.0, "exposure with the allow list {closed}");
+}
+
+/// build.rs's output for this build's profile: target/<profile>/assets.
+fn assets() -> std::path::PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_signup"))
+        .parent()
+        .expect("the binary's directory")
+        .join("assets")
+}
+
+#[test]
+fn the_packaged_config_is_config_toml_with_the_database_in_the_state_directory() {
+    let packaged = assets().join("config.toml");
+    let settings = Settings::load(Some(&packaged), std::iter::empty()).expect("it loads");
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        settings.database.url.expose_secret(),
+        "sqlite:///var/lib/signup/signup.db"
+    );
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let mut ours = Settings::load(Some(&source), std::iter::empty()).expect("config.toml");
+    ours.database.url = settings.database.url.clone();
+    assert_eq!(
+        format!("{ours:?}"),
+        format!("{settings:?}"),
+        "nothing else differs"
+    );
+}
+
+#[test]
+fn the_completions_load_in_their_shells_and_name_every_command() {
+    let dir = assets().join("completions");
+    let bash = dir.join("signup.bash");
+    let output = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source '{}' && complete -p signup", bash.display()))
+        .output()
+        .expect("bash runs");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("-F _signup signup"),
+        "bash: {output:?}"
+    );
+    let zsh = std::fs::read_to_string(dir.join("_signup")).expect("_signup");
+    assert!(zsh.starts_with("#compdef signup"), "{zsh:.80}");
+    let fish = std::fs::read_to_string(dir.join("signup.fish")).expect("signup.fish");
+    for command in [
+        "serve",
+        "migrate",
+        "check",
+        "doctor",
+        "users",
+        "outbox",
+        "mock-provider",
+    ] {
+        for (shell, text) in [("zsh", &zsh), ("fish", &fish)] {
+            assert!(text.contains(command), "{shell} completes {command}");
+        }
+    }
+    assert!(fish.contains("complete -c signup"), "{fish:.200}");
+}
+
+#[test]
+fn there_is_a_man_page_for_signup_and_each_of_its_commands() {
+    let dir = assets().join("man");
+    for page in [
+        "signup",
+        "signup-serve",
+        "signup-check",
+        "signup-doctor",
+        "signup-users-delete",
+        "signup-outbox-retry",
+        "signup-mock-provider-send-event",
+    ] {
+        let text = std::fs::read_to_string(dir.join(format!("{page}.1")))
+            .unwrap_or_else(|e| panic!("{page}.1: {e}"));
+        assert!(text.contains(".TH"), "{page}.1 is a man page");
+        assert!(
+            text.contains(env!("CARGO_PKG_VERSION")),
+            "{page}.1 names the version"
+        );
+    }
 }

@@ -34,7 +34,10 @@ fn init_tracing() {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
             // The writer lives as long as the test process.
-            std::mem::forget(signup::telemetry::init(&Default::default()));
+            if let Ok(telemetry) = signup::telemetry::init(&Default::default(), &Default::default())
+            {
+                std::mem::forget(telemetry);
+            }
         }
     });
 }
@@ -448,6 +451,7 @@ pub fn candidate(username: &str, email: &str) -> signup::store::Candidate {
         password_hash: "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
         idempotency: None,
         request_id: "test".into(),
+        traceparent: None,
         ticket: Default::default(),
     }
 }

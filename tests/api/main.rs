@@ -43,3 +43,4 @@ mod rate_limit;
 mod registrations;
 mod retention;
 mod send_event;
+mod traces;

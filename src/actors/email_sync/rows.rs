@@ -59,6 +59,10 @@ pub(super) async fn deliveries(
             payload: row.payload.clone(),
             upsert,
             suppressed: declined.get(&row.id).copied(),
+            trace: row
+                .traceparent
+                .as_deref()
+                .and_then(crate::telemetry::trace::TraceParent::parse),
         });
     }
     rows

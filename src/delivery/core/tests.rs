@@ -48,6 +48,7 @@ fn rows(n: usize, claimed_at: DateTime<Utc>, lease: i64) -> Vec<Claimed> {
                 contact: None,
                 claimed_at: None,
                 provider_job: None,
+                traceparent: None,
             },
             lease: claimed_at + chrono::Duration::seconds(lease),
         })

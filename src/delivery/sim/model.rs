@@ -41,6 +41,7 @@ impl Row {
             contact: Some(self.contact.to_string()),
             claimed_at: None,
             provider_job: None,
+            traceparent: None,
         }
     }
 }

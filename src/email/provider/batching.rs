@@ -26,7 +26,7 @@ pub(super) async fn contacts_one_by_one<A: OneAtATime + Sync>(
     rows: &[Delivery],
     gate: &Gate<'_>,
 ) -> Vec<AttemptOutcome> {
-    one_by_one(rows, gate, |row| async move {
+    one_by_one(rows, gate, |row, _trace| async move {
         match event(row) {
             Ok(Event::UserRegistered(user)) => api.send(&user).await,
             Ok(Event::UserDeleted(user)) => api.erase(&user, row.upsert.as_ref()).await,

@@ -3,8 +3,11 @@
 
 use chrono::{DateTime, Utc};
 
+use tracing::Instrument;
+
 use super::*;
 use crate::budget::{Budget, Permit};
+use crate::telemetry::trace::{self, TraceParent};
 
 /// Admits the requests of one delivery to the provider: each waits for its turn in the
 /// [`Budget`] (the pace, the provider's pause, and with several instances a shared slot), and
@@ -66,14 +69,16 @@ pub(super) async fn one_by_one<'r, F, Fut>(
     send: F,
 ) -> Vec<AttemptOutcome>
 where
-    F: Fn(&'r Delivery) -> Fut,
+    F: Fn(&'r Delivery, TraceParent) -> Fut,
     Fut: std::future::Future<Output = AttemptOutcome>,
 {
     let mut outcomes = Vec::with_capacity(rows.len());
     for row in rows {
         let outcome = match gate.admit().await {
             Ok(_permit) => {
-                let outcome = send(row).await;
+                let span = attempt_span(row);
+                let trace = trace::attempt_span(&span, &row.trace);
+                let outcome = send(row, trace).instrument(span).await;
                 gate.observe([&outcome]).await;
                 outcome
             }
@@ -82,6 +87,17 @@ where
         outcomes.push(outcome);
     }
     outcomes
+}
+
+/// The span of one row's delivery attempt (SPEC §9): in the trace of the request that wrote the
+/// row, linked to its span.
+pub(super) fn attempt_span(row: &Delivery) -> tracing::Span {
+    tracing::info_span!(
+        "email_sync.attempt",
+        otel.name = %format_args!("deliver {}", row.event.as_str()),
+        otel.kind = "client",
+        outbox_id = %row.id,
+    )
 }
 
 #[cfg(test)]
@@ -101,8 +117,9 @@ mod tests {
             payload: "{}".into(),
             upsert: None,
             suppressed: None,
+            trace: None,
         }];
-        let outcomes = one_by_one(&rows, &gate, |_| async {
+        let outcomes = one_by_one(&rows, &gate, |_, _| async {
             panic!("nothing is sent while paused")
         })
         .await;

@@ -15,6 +15,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::event::{Event, UserDeleted, UserRegistered};
@@ -118,6 +119,8 @@ pub(crate) struct Delivery {
     /// For an upsert: the state of an address whose person declined (SPEC §8), which no
     /// delivery may subscribe again; the kinds that would, skip it.
     pub(crate) suppressed: Option<&'static str>,
+    /// The trace context of the request that wrote the row (SPEC §9).
+    pub(crate) trace: Option<crate::telemetry::trace::TraceParent>,
 }
 
 /// A provider's API as the EmailSyncActor uses it.
@@ -196,18 +199,31 @@ impl Provider {
         }
         match self {
             Provider::Webhook(p) => {
-                one_by_one(rows, gate, |row| {
-                    p.deliver_payload(row.id, row.event, &row.payload)
+                one_by_one(rows, gate, |row, trace| {
+                    p.deliver_payload(row.id, row.event, &row.payload, trace)
                 })
                 .await
             }
             Provider::Brevo(p) => contacts_one_by_one(p, rows, gate).await,
             Provider::Resend(p) => contacts_one_by_one(p, rows, gate).await,
-            Provider::Mailchimp(p) => bisecting(p, rows, gate).await,
-            Provider::Sendgrid(p) => bisecting(p, rows, gate).await,
-            Provider::Mailgun(p) => bisecting(p, rows, gate).await,
+            Provider::Mailchimp(p) => bisecting(p, rows, gate).instrument(batch_span(rows)).await,
+            Provider::Sendgrid(p) => bisecting(p, rows, gate).instrument(batch_span(rows)).await,
+            Provider::Mailgun(p) => bisecting(p, rows, gate).instrument(batch_span(rows)).await,
         }
     }
+}
+
+/// The span of a batch's delivery attempt (SPEC §9): its own trace, linked to the span of each
+/// request that wrote one of its rows.
+fn batch_span(rows: &[Delivery]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "email_sync.attempt",
+        otel.name = "deliver batch",
+        otel.kind = "client",
+        rows = rows.len(),
+    );
+    crate::telemetry::trace::attempt_span(&span, rows.iter().filter_map(|row| row.trace.as_ref()));
+    span
 }
 
 /// Sends `request`: its answer, or the transient outcome of a request that got none.

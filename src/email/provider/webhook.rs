@@ -6,6 +6,7 @@ use reqwest::header::CONTENT_TYPE;
 
 use super::*;
 use crate::email::webhook::{WebhookKey, body, sign};
+use crate::telemetry::trace::TraceParent;
 
 /// Delivers outbox rows to `email_sync.url`. One `reqwest` client (one connection pool).
 pub struct WebhookProvider {
@@ -26,12 +27,14 @@ impl WebhookProvider {
         Ok(Self { client, url, key })
     }
 
-    /// One attempt for outbox row `id` with its `payload`.
+    /// One attempt for outbox row `id` with its `payload`, the attempt's span `trace` sent as its
+    /// `traceparent` (SPEC §9).
     pub(crate) async fn deliver_payload(
         &self,
         id: Uuid,
         event: entity::email_outbox::EventType,
         payload: &str,
+        trace: TraceParent,
     ) -> AttemptOutcome {
         let now = Utc::now();
         let body = match body(event, payload, now) {
@@ -53,6 +56,7 @@ impl WebhookProvider {
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
+            .header("traceparent", trace.header())
             .body(body);
         attempt(
             request,
