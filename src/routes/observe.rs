@@ -13,7 +13,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use tracing::Instrument;
 
 use super::AppState;
-use crate::telemetry::trace::{TraceParent, request_span};
+use crate::telemetry::trace::{TraceParent, name_exported, request_span};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -82,15 +82,18 @@ pub(crate) async fn observe(
     let span = tracing::info_span!(
         "request",
         request_id = %id,
-        otel.name = %format_args!("{method} {}", request.path()),
-        otel.kind = "server",
+        trace_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
     );
     let incoming = request
         .headers()
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse);
+    name_exported(&span, format_args!("{method} {}", request.path()), "server");
     let trace = request_span(&span, incoming.as_ref());
+    span.record("trace_id", tracing::field::display(trace.trace_id()));
     request
         .extensions_mut()
         .insert(RequestId(crate::registrar::Origin {

@@ -14,6 +14,7 @@
 pub mod trace;
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -76,14 +77,23 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Telemetr
                 metadata.is_span() && metadata.target().starts_with("signup")
             }))
     });
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(lines.with_filter(filter))
         .with(spans)
-        .try_init();
+        .try_init()
+        .is_ok();
+    EXPORTING.store(installed && tracer.is_some(), Ordering::Relaxed);
     Ok(Telemetry {
         _log: guard,
         tracer,
     })
+}
+
+/// Whether this process exports spans: set once, by [`init`].
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// A batch exporter to `<endpoint>/v1/traces`, OTLP JSON. Built on a thread of its own: its

@@ -104,6 +104,16 @@ pub fn attempt_span<'a>(
     })
 }
 
+/// Names an exported span (`otel.name`, `otel.kind`, fields the span declares empty): only when
+/// spans are exported, so that log lines do not carry them. Before [`request_span`] or
+/// [`attempt_span`]: the layer takes a span's name only until its context is made.
+pub fn name_exported(span: &tracing::Span, name: impl std::fmt::Display, kind: &'static str) {
+    if super::exporting() {
+        span.record("otel.name", tracing::field::display(name));
+        span.record("otel.kind", kind);
+    }
+}
+
 /// The span's context as the OpenTelemetry layer made it; None when no layer is installed
 /// (no OTLP endpoint), when the ids are made here.
 fn exported(span: &tracing::Span) -> Option<TraceParent> {

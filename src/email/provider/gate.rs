@@ -77,6 +77,11 @@ where
         let outcome = match gate.admit().await {
             Ok(_permit) => {
                 let span = attempt_span(row);
+                trace::name_exported(
+                    &span,
+                    format_args!("deliver {}", row.event.as_str()),
+                    "client",
+                );
                 let trace = trace::attempt_span(&span, &row.trace);
                 let outcome = send(row, trace).instrument(span).await;
                 gate.observe([&outcome]).await;
@@ -94,9 +99,9 @@ where
 pub(super) fn attempt_span(row: &Delivery) -> tracing::Span {
     tracing::info_span!(
         "email_sync.attempt",
-        otel.name = %format_args!("deliver {}", row.event.as_str()),
-        otel.kind = "client",
         outbox_id = %row.id,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
     )
 }
 

@@ -216,13 +216,15 @@ impl Provider {
 /// The span of a batch's delivery attempt (SPEC §9): its own trace, linked to the span of each
 /// request that wrote one of its rows.
 fn batch_span(rows: &[Delivery]) -> tracing::Span {
+    use crate::telemetry::trace;
     let span = tracing::info_span!(
         "email_sync.attempt",
-        otel.name = "deliver batch",
-        otel.kind = "client",
         rows = rows.len(),
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
     );
-    crate::telemetry::trace::attempt_span(&span, rows.iter().filter_map(|row| row.trace.as_ref()));
+    trace::name_exported(&span, "deliver batch", "client");
+    trace::attempt_span(&span, rows.iter().filter_map(|row| row.trace.as_ref()));
     span
 }
 
