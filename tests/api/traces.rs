@@ -34,6 +34,21 @@ fn parts(traceparent: &str) -> (String, String) {
     (fields[1].to_owned(), fields[2].to_owned())
 }
 
+/// Registers person 1 at `base` with the caller's `traceparent`: 201.
+async fn register_in_callers_trace(client: &reqwest::Client, base: &str) {
+    let response = client
+        .post(format!(
+            "{}/api/v1/registrations",
+            base.trim_end_matches('/')
+        ))
+        .header("traceparent", callers_traceparent())
+        .json(&registration(1))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 201);
+}
+
 async fn webhook_traceparents(provider: &MockServer) -> Vec<String> {
     provider
         .received_requests()
@@ -57,15 +72,7 @@ async fn the_provider_gets_the_registrations_trace_and_the_row_keeps_it() {
     accepting().mount(&provider).await;
     let app = app_with_provider(&provider, |_| {}).await;
 
-    let response = app
-        .client
-        .post(app.url("/api/v1/registrations"))
-        .header("traceparent", callers_traceparent())
-        .json(&registration(1))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status().as_u16(), 201);
+    register_in_callers_trace(&app.client, &app.url("")).await;
     // Without one: a new trace, carried the same way.
     assert_eq!(
         app.post_registration(&registration(2))
@@ -121,33 +128,80 @@ async fn the_provider_gets_the_registrations_trace_and_the_row_keeps_it() {
 
 #[actix_web::test]
 async fn with_an_otlp_endpoint_a_registration_and_its_delivery_arrive_as_one_linked_trace() {
+    let provider = MockServer::start().await;
+    accepting().mount(&provider).await;
+    let attempt = exported_trace(&provider, &[], "deliver user.registered").await;
+    // The provider got the attempt's own span as its traceparent.
+    let sent = webhook_traceparents(&provider).await;
+    let attempt_span = attempt["spanId"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        sent.iter()
+            .any(|t| parts(t) == (CALLER_TRACE.to_owned(), attempt_span.clone())),
+        "sent {sent:?}, attempt {attempt}"
+    );
+}
+
+/// A kind that sends batches (Mailchimp): the batch's span is in the trace of its one row.
+#[actix_web::test]
+async fn with_an_otlp_endpoint_a_batch_kinds_delivery_is_linked_to_the_registration() {
+    let provider = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "id": "h", "status": "subscribed",
+            "new_members": [], "updated_members": [], "errors": [],
+        })))
+        .mount(&provider)
+        .await;
+    let uri = provider.uri();
+    exported_trace(
+        &provider,
+        &[
+            ("SIGNUP_EMAIL_SYNC__KIND", "mailchimp"),
+            ("SIGNUP_EMAIL_SYNC__MAILCHIMP__API_KEY", "key-us1"),
+            ("SIGNUP_EMAIL_SYNC__MAILCHIMP__BASE_URL", &uri),
+            ("SIGNUP_EMAIL_SYNC__MAILCHIMP__LIST_ID", "list1"),
+        ],
+        "deliver batch",
+    )
+    .await;
+    let requests = provider.received_requests().await.unwrap_or_default();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.url.path().starts_with("/3.0/lists/list1")),
+        "Mailchimp was called: {:?}",
+        requests
+            .iter()
+            .map(|r| r.url.path().to_owned())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Starts `signup serve` (its provider at `provider`, `settings` added) exporting to a fake
+/// collector, registers someone in the caller's trace, and waits for the request's span and the
+/// delivery attempt's (named with `attempt_name`): both in the caller's trace, the attempt the
+/// request's child and linked to it. The attempt's span.
+async fn exported_trace(
+    provider: &MockServer,
+    settings: &[(&str, &str)],
+    attempt_name: &str,
+) -> Value {
     let collector = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/traces"))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({})))
         .mount(&collector)
         .await;
-    let provider = MockServer::start().await;
-    accepting().mount(&provider).await;
     let (database_url, _dir, _) = fresh_database().await;
-    let server = ServerProcess::start_with(
-        &database_url,
-        &provider.uri(),
-        &[
-            ("SIGNUP_TELEMETRY__OTLP_ENDPOINT", &collector.uri()),
-            // The batch processor's delay (the SDK's own variable): spans leave within 200 ms.
-            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-        ],
-    )
-    .await;
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/v1/registrations", server.base))
-        .header("traceparent", callers_traceparent())
-        .json(&registration(1))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status().as_u16(), 201);
+    let collector_uri = collector.uri();
+    let mut settings = settings.to_vec();
+    settings.extend([
+        ("SIGNUP_TELEMETRY__OTLP_ENDPOINT", collector_uri.as_str()),
+        // The batch processor's delay (the SDK's own variable): spans leave within 200 ms.
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ]);
+    let server = ServerProcess::start_with(&database_url, &provider.uri(), &settings).await;
+    register_in_callers_trace(&reqwest::Client::new(), &server.base).await;
 
     let in_trace = |spans: &[Value], name: &str| {
         spans
@@ -157,20 +211,20 @@ async fn with_an_otlp_endpoint_a_registration_and_its_delivery_arrive_as_one_lin
             })
             .cloned()
     };
+    const REQUEST: &str = "POST /api/v1/registrations";
     wait_until(
         "the collector has the request's and the attempt's spans",
         PATIENCE,
         || async {
             let spans = exported_spans(&collector).await;
-            in_trace(&spans, "/api/v1/registrations").is_some()
-                && in_trace(&spans, "deliver").is_some()
+            in_trace(&spans, REQUEST).is_some() && in_trace(&spans, attempt_name).is_some()
         },
     )
     .await;
     let spans = exported_spans(&collector).await;
     let named = |name: &str| in_trace(&spans, name).expect("found above");
-    let request = named("/api/v1/registrations");
-    let attempt = named("deliver");
+    let request = named(REQUEST);
+    let attempt = named(attempt_name);
     assert_eq!(
         request["parentSpanId"], CALLER_SPAN,
         "the request joins the caller's trace"
@@ -183,17 +237,8 @@ async fn with_an_otlp_endpoint_a_registration_and_its_delivery_arrive_as_one_lin
             .any(|l| l["traceId"] == CALLER_TRACE && l["spanId"] == request["spanId"]),
         "the attempt is linked to the registration's span: {attempt}"
     );
-    // The provider got the attempt's own span as its traceparent.
-    let sent = webhook_traceparents(&provider).await;
-    assert!(
-        sent.iter().any(|t| parts(t)
-            == (
-                CALLER_TRACE.to_owned(),
-                attempt["spanId"].as_str().unwrap_or_default().to_owned()
-            )),
-        "sent {sent:?}, attempt {attempt}"
-    );
     drop(server);
+    attempt
 }
 
 /// Every span the collector received (OTLP JSON: resourceSpans → scopeSpans → spans).
