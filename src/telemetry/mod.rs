@@ -14,7 +14,6 @@
 pub mod trace;
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -82,18 +81,11 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Telemetr
         .with(spans)
         .try_init()
         .is_ok();
-    EXPORTING.store(installed && tracer.is_some(), Ordering::Relaxed);
+    trace::set_exporting(installed && tracer.is_some());
     Ok(Telemetry {
         _log: guard,
         tracer,
     })
-}
-
-/// Whether this process exports spans: set once, by [`init`].
-static EXPORTING: AtomicBool = AtomicBool::new(false);
-
-fn exporting() -> bool {
-    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// A batch exporter to `<endpoint>/v1/traces`, OTLP JSON. Built on a thread of its own: its

@@ -7,6 +7,8 @@
 //! spans are `tracing-opentelemetry`'s and are exported; without one, the ids are made here and
 //! nothing leaves the process but the stored and sent headers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, propagation::TextMapPropagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -104,11 +106,18 @@ pub fn attempt_span<'a>(
     })
 }
 
+/// Whether this process exports spans: set once, by `telemetry::init`.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+pub(super) fn set_exporting(exporting: bool) {
+    EXPORTING.store(exporting, Ordering::Relaxed);
+}
+
 /// Names an exported span (`otel.name`, `otel.kind`, fields the span declares empty): only when
 /// spans are exported, so that log lines do not carry them. Before [`request_span`] or
 /// [`attempt_span`]: the layer takes a span's name only until its context is made.
 pub fn name_exported(span: &tracing::Span, name: impl std::fmt::Display, kind: &'static str) {
-    if super::exporting() {
+    if EXPORTING.load(Ordering::Relaxed) {
         span.record("otel.name", tracing::field::display(name));
         span.record("otel.kind", kind);
     }
