@@ -272,7 +272,7 @@ async fn raw_loop(url: &str, n: usize, per_commit: usize) -> f64 {
             password_hash: hash.clone(),
             idempotency: None,
             request_id: String::new(),
-            traceparent: None,
+            trace: None,
             ticket: Default::default(),
         })
         .collect();
@@ -580,7 +580,7 @@ async fn seed_registrations(url: &str, rows: usize) {
             password_hash: hash.clone(),
             idempotency: None,
             request_id: String::new(),
-            traceparent: None,
+            trace: None,
             ticket: Default::default(),
         })
         .collect();

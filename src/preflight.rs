@@ -120,33 +120,19 @@ async fn provider(settings: &Settings) -> Result<String, String> {
 /// unsubscribes, bounces and complaints never reach signup.
 fn inbound(settings: &Settings) -> Result<String, String> {
     use crate::configuration::ProviderKind;
-    use secrecy::ExposeSecret;
     let sync = &settings.email_sync;
-    let (key, set) = match sync.kind {
+    let key = match sync.kind {
         ProviderKind::Webhook => {
             return Ok("consent hooks: kind webhook takes no provider events".into());
         }
-        ProviderKind::Mailchimp => (
-            "email_sync.mailchimp.webhook_secret",
-            !sync.mailchimp.webhook_secret.expose_secret().is_empty(),
-        ),
-        ProviderKind::Sendgrid => (
-            "email_sync.sendgrid.webhook_public_key",
-            sync.sendgrid.webhook_public_key.is_some(),
-        ),
-        ProviderKind::Brevo => (
-            "email_sync.brevo.webhook_token",
-            !sync.brevo.webhook_token.expose_secret().is_empty(),
-        ),
-        ProviderKind::Resend => (
-            "email_sync.resend.webhook_secret",
-            sync.resend.webhook_secret.is_some(),
-        ),
-        ProviderKind::Mailgun => (
-            "email_sync.mailgun.webhook_signing_key",
-            !sync.mailgun.webhook_signing_key.expose_secret().is_empty(),
-        ),
+        ProviderKind::Mailchimp => "email_sync.mailchimp.webhook_secret",
+        ProviderKind::Sendgrid => "email_sync.sendgrid.webhook_public_key",
+        ProviderKind::Brevo => "email_sync.brevo.webhook_token",
+        ProviderKind::Resend => "email_sync.resend.webhook_secret",
+        ProviderKind::Mailgun => "email_sync.mailgun.webhook_signing_key",
     };
+    // The routes' own rule (`/hooks/<kind>` is 404 unless this holds).
+    let set = crate::consent::HookCredentials::from_settings(sync).is_on(sync.kind);
     let kind = sync.kind.as_str();
     if set {
         Ok(format!("consent hooks: /hooks/{kind} is on ({key} is set)"))

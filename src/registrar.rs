@@ -82,7 +82,7 @@ pub(crate) enum Submission {
 pub(crate) struct Origin {
     pub request_id: String,
     /// The request span's W3C `traceparent`.
-    pub traceparent: Option<String>,
+    pub trace: Option<crate::telemetry::trace::TraceParent>,
 }
 
 /// What the routes need to register someone.
@@ -302,7 +302,7 @@ impl HashConsumer for ToActor {
             password_hash,
             idempotency: self.idempotency,
             request_id: self.origin.request_id,
-            traceparent: self.origin.traceparent,
+            trace: self.origin.trace,
             ticket: self.ticket,
         };
         self.registrations.submit(candidate, self.reply);

@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 
 use crate::configuration::EmailSyncSettings;
 use crate::database::WriteTurns;
+use crate::email::provider::ProviderKind;
 use crate::outbox::ContactKey;
 
 pub(crate) mod brevo;
@@ -23,10 +24,10 @@ pub(crate) mod store;
 
 pub(crate) use crate::domain::{ConsentState, Source};
 
-/// What the `/hooks/…` routes need: each kind's credential (unset: its route is 404), the key
-/// that turns an address into its contact, and SQLite's write turns.
+/// Each kind's inbound-hook credential (SPEC §8): unset (or empty), its `/hooks/<kind>` route
+/// is 404 and `signup doctor` says so.
 #[derive(Clone)]
-pub(crate) struct Inbound {
+pub(crate) struct HookCredentials {
     /// `email_sync.brevo.webhook_token`.
     pub(crate) brevo: Option<SecretSlice<u8>>,
     /// `email_sync.mailchimp.webhook_secret`.
@@ -37,6 +38,41 @@ pub(crate) struct Inbound {
     pub(crate) sendgrid: Option<crate::email::provider::EventWebhookKey>,
     /// `email_sync.resend.webhook_secret`.
     pub(crate) resend: Option<crate::email::webhook::WebhookKey>,
+}
+
+impl HookCredentials {
+    pub(crate) fn from_settings(sync: &EmailSyncSettings) -> Self {
+        let credential = |secret: &SecretString| {
+            let bytes = secret.expose_secret().as_bytes();
+            (!bytes.is_empty()).then(|| SecretSlice::from(bytes.to_vec()))
+        };
+        Self {
+            brevo: credential(&sync.brevo.webhook_token),
+            mailchimp: credential(&sync.mailchimp.webhook_secret),
+            mailgun: credential(&sync.mailgun.webhook_signing_key),
+            resend: sync.resend.webhook_secret.clone(),
+            sendgrid: sync.sendgrid.webhook_public_key.clone(),
+        }
+    }
+
+    /// Whether `kind`'s hook takes events; kind webhook has none.
+    pub(crate) fn is_on(&self, kind: ProviderKind) -> bool {
+        match kind {
+            ProviderKind::Webhook => false,
+            ProviderKind::Brevo => self.brevo.is_some(),
+            ProviderKind::Mailchimp => self.mailchimp.is_some(),
+            ProviderKind::Mailgun => self.mailgun.is_some(),
+            ProviderKind::Resend => self.resend.is_some(),
+            ProviderKind::Sendgrid => self.sendgrid.is_some(),
+        }
+    }
+}
+
+/// What the `/hooks/…` routes need: each kind's credential, the key that turns an address into
+/// its contact, and SQLite's write turns.
+#[derive(Clone)]
+pub(crate) struct Inbound {
+    pub(crate) credentials: HookCredentials,
     pub(crate) contacts: ContactKey,
     pub(crate) turns: WriteTurns,
     /// Kind `webhook`: each applied change is forwarded as `user.consent_changed` (SPEC §8).
@@ -49,19 +85,11 @@ impl Inbound {
         contacts: ContactKey,
         turns: WriteTurns,
     ) -> Self {
-        let credential = |secret: &SecretString| {
-            let bytes = secret.expose_secret().as_bytes();
-            (!bytes.is_empty()).then(|| SecretSlice::from(bytes.to_vec()))
-        };
         Self {
-            brevo: credential(&sync.brevo.webhook_token),
-            mailchimp: credential(&sync.mailchimp.webhook_secret),
-            mailgun: credential(&sync.mailgun.webhook_signing_key),
-            resend: sync.resend.webhook_secret.clone(),
-            sendgrid: sync.sendgrid.webhook_public_key.clone(),
+            credentials: HookCredentials::from_settings(sync),
             contacts,
             turns,
-            forward: sync.kind == crate::email::provider::ProviderKind::Webhook,
+            forward: sync.kind == ProviderKind::Webhook,
         }
     }
 }

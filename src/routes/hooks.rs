@@ -13,6 +13,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::consent::{Event, Rejected, brevo, mailchimp, mailgun, resend, sendgrid, store};
 use crate::database::Writes;
+use crate::email::provider::ProviderKind;
 
 /// How every `/hooks/…` route refuses a request, changing nothing (OpenAPI only): 400 a body
 /// that is not the kind's shape, 401 a missing or wrong credential or signature or a signed
@@ -74,16 +75,16 @@ pub(super) async fn count_refused(
 /// The kind a `/hooks/<kind>…` path is for, if its credential is set.
 fn configured_kind(path: &str, inbound: &crate::consent::Inbound) -> Option<&'static str> {
     let segment = path.strip_prefix("/hooks/")?.split('/').next()?;
-    let on = [
-        (brevo::KIND, inbound.brevo.is_some()),
-        (mailchimp::KIND, inbound.mailchimp.is_some()),
-        (mailgun::KIND, inbound.mailgun.is_some()),
-        (resend::KIND, inbound.resend.is_some()),
-        (sendgrid::KIND, inbound.sendgrid.is_some()),
-    ];
-    on.into_iter()
-        .find(|(kind, configured)| *configured && *kind == segment)
-        .map(|(kind, _)| kind)
+    [
+        ProviderKind::Brevo,
+        ProviderKind::Mailchimp,
+        ProviderKind::Mailgun,
+        ProviderKind::Resend,
+        ProviderKind::Sendgrid,
+    ]
+    .into_iter()
+    .find(|kind| kind.as_str() == segment && inbound.credentials.is_on(*kind))
+    .map(ProviderKind::as_str)
 }
 
 /// What the route answers for events it took: each one's outcome.
@@ -106,7 +107,7 @@ pub(crate) async fn brevo(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(token) = &state.inbound.brevo else {
+    let Some(token) = &state.inbound.credentials.brevo else {
         return ApiError::NotFound.error_response();
     };
     let authorization = header(&request, "authorization");
@@ -129,7 +130,7 @@ pub(crate) async fn mailchimp(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(key) = &state.inbound.mailchimp else {
+    let Some(key) = &state.inbound.credentials.mailchimp else {
         return ApiError::NotFound.error_response();
     };
     let read = if mailchimp::authorized(&secret, key.expose_secret()) {
@@ -153,7 +154,7 @@ pub(crate) async fn mailchimp_validator(
     secret: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    match &state.inbound.mailchimp {
+    match &state.inbound.credentials.mailchimp {
         None => ApiError::NotFound.error_response(),
         Some(key) if mailchimp::authorized(&secret, key.expose_secret()) => {
             HttpResponse::Ok().finish()
@@ -170,7 +171,7 @@ pub(crate) async fn mailchimp_validator(
         HookRefused,
     ))]
 pub(crate) async fn mailgun(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
-    let Some(key) = &state.inbound.mailgun else {
+    let Some(key) = &state.inbound.credentials.mailgun else {
         return ApiError::NotFound.error_response();
     };
     let read = mailgun::read(&body, key.expose_secret(), Utc::now());
@@ -194,7 +195,7 @@ pub(crate) async fn resend(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(key) = &state.inbound.resend else {
+    let Some(key) = &state.inbound.credentials.resend else {
         return ApiError::NotFound.error_response();
     };
     let headers = resend::Headers {
@@ -222,7 +223,7 @@ pub(crate) async fn sendgrid(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(key) = &state.inbound.sendgrid else {
+    let Some(key) = &state.inbound.credentials.sendgrid else {
         return ApiError::NotFound.error_response();
     };
     let headers = sendgrid::Headers {

@@ -35,7 +35,7 @@ impl FromRequest for RequestId {
             .unwrap_or_else(|| {
                 RequestId(crate::registrar::Origin {
                     request_id: uuid::Uuid::new_v4().to_string(),
-                    traceparent: None,
+                    trace: None,
                 })
             });
         ready(Ok(id))
@@ -98,7 +98,7 @@ pub(crate) async fn observe(
         .extensions_mut()
         .insert(RequestId(crate::registrar::Origin {
             request_id: id.clone(),
-            traceparent: Some(trace.header()),
+            trace: Some(trace),
         }));
 
     let mut response = next.call(request).instrument(span.clone()).await?;

@@ -2,6 +2,7 @@
 //! that carry it out.
 
 use super::*;
+use crate::telemetry::trace::TraceParent;
 
 /// What a batch decided for each candidate, and the rows that carry it out.
 pub(super) struct Decided<'a> {
@@ -83,7 +84,7 @@ pub(super) fn decide<'a>(
             outbox_id,
             &created,
             about,
-            candidate.traceparent.clone(),
+            candidate.trace.as_ref(),
         ));
         decided.created_log.push((candidate, created.id, outbox_id));
         if let Some(key) = &candidate.idempotency {
@@ -138,7 +139,7 @@ pub(super) fn new_outbox_row(
     id: Uuid,
     user: &RegisteredUser,
     contact: String,
-    traceparent: Option<String>,
+    trace: Option<&TraceParent>,
 ) -> email_outbox::ActiveModel {
     let payload = UserRegistered {
         user_id: user.id,
@@ -157,7 +158,7 @@ pub(super) fn new_outbox_row(
         contact,
         user.created_at,
     );
-    row.traceparent = Set(traceparent);
+    row.traceparent = Set(trace.map(TraceParent::header));
     row
 }
 

@@ -33,8 +33,8 @@ pub struct Candidate {
     pub idempotency: Option<IdempotencyKey>,
     /// The HTTP request's id, for the log line that links it to its outbox row.
     pub request_id: String,
-    /// The request's W3C trace context, stored on the outbox row (SPEC §9).
-    pub traceparent: Option<String>,
+    /// The request's W3C trace context, stored on the outbox row as its `traceparent` (SPEC §9).
+    pub trace: Option<crate::telemetry::trace::TraceParent>,
     /// Shared with the caller: withdrawn before COMMIT if the caller gave up (SPEC §4.7).
     pub ticket: crate::ticket::Ticket,
 }
@@ -360,7 +360,7 @@ mod tests {
             password_hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
             idempotency: None,
             request_id: String::new(),
-            traceparent: None,
+            trace: None,
             ticket: Default::default(),
         }
     }

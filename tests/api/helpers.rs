@@ -451,7 +451,7 @@ pub fn candidate(username: &str, email: &str) -> signup::store::Candidate {
         password_hash: "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
         idempotency: None,
         request_id: "test".into(),
-        traceparent: None,
+        trace: None,
         ticket: Default::default(),
     }
 }
